@@ -1,0 +1,337 @@
+//! The contract between the engine and a stage: what a stage declares (name, version, deps,
+//! typed config, external inputs) and what it gets when it runs (a [`StageContext`]).
+//! The engine, not the stage, computes keys, writes manifests and commits.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::Serialize;
+
+use crate::progress::Progress;
+
+/// Any error a stage reports; its `Display` must name the file, row, key or step at fault.
+pub type StageError = Box<dyn std::error::Error + Send + Sync + 'static>;
+/// The result of a stage's fallible operations.
+pub type StageResult<T = ()> = Result<T, StageError>;
+
+/// One stage of the pipeline. Implement it in one file and add one line to [`crate::registry`].
+pub trait Stage: Send + Sync + 'static {
+    /// The table name in pipeline.toml and the directory name under artifacts/.
+    const NAME: &'static str;
+    /// Bump when the stage's output for the same inputs changes: it invalidates the cache.
+    const VERSION: u32;
+    /// One line for `pipe dag` and `pipe init`.
+    const ABOUT: &'static str;
+    /// Upstream stage names whose committed artifacts this stage reads.
+    const DEPS: &'static [&'static str];
+    /// Commented TOML for `pipe init`, starting with the `[NAME]` header.
+    const STARTER: &'static str;
+    /// The `[NAME]` table; use `#[serde(deny_unknown_fields)]` and defaults for optional keys.
+    type Config: Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// Files or directories (relative to the workspace root) whose content is part of the key.
+    fn external_inputs(_cfg: &Self::Config) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// Checks serde cannot express (a fraction in (0, 1), exclusive options); name the key.
+    fn validate(_cfg: &Self::Config) -> Result<(), ConfigIssue> {
+        Ok(())
+    }
+
+    /// Reads `cx.input(dep)` and the external inputs, writes everything into `cx.out_dir()`.
+    fn run(cfg: &Self::Config, cx: &mut StageContext) -> StageResult;
+
+    /// The stage's own part of `pipe show`: a readable view of a committed artifact directory.
+    fn show(_dir: &Path, _out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A semantic config error: `key` is relative to the stage's table (`val_fraction`, `lora.r`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigIssue {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a stage's table could not be loaded; the engine turns it into a located message.
+#[derive(Debug)]
+pub enum ConfigProblem {
+    /// A syntax, unknown-key, missing-key or type error, with a span into the document.
+    Toml(toml::de::Error),
+    /// A value of the right type that the stage refuses.
+    Invalid(ConfigIssue),
+}
+
+/// A stage's typed config plus what the engine needs from it without knowing its type.
+pub struct LoadedConfig {
+    /// Every key with defaults filled in, as JSON (objects are key-sorted): hashed into the key.
+    pub canonical: serde_json::Value,
+    /// External files or directories, relative to the workspace root unless absolute.
+    pub external_inputs: Vec<PathBuf>,
+    typed: Box<dyn Any + Send + Sync>,
+}
+
+impl fmt::Debug for LoadedConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedConfig")
+            .field("canonical", &self.canonical)
+            .field("external_inputs", &self.external_inputs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The object-safe face of a [`Stage`], as the engine sees it.
+pub trait DynStage: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn version(&self) -> u32;
+    fn about(&self) -> &'static str;
+    fn deps(&self) -> &'static [&'static str];
+    fn starter(&self) -> &'static str;
+    /// Loads this stage's table from the whole pipeline.toml text (absent table = empty table).
+    fn load_config(&self, document: &str) -> Result<LoadedConfig, ConfigProblem>;
+    fn run(&self, cfg: &LoadedConfig, cx: &mut StageContext) -> StageResult;
+    fn show(&self, dir: &Path, out: &mut dyn std::io::Write) -> std::io::Result<()>;
+}
+
+/// Wraps a [`Stage`] type for the registry.
+pub fn erase<S: Stage>() -> Box<dyn DynStage> {
+    Box::new(Erased::<S>(PhantomData))
+}
+
+struct Erased<S>(PhantomData<fn() -> S>);
+
+impl<S: Stage> DynStage for Erased<S> {
+    fn name(&self) -> &'static str {
+        S::NAME
+    }
+    fn version(&self) -> u32 {
+        S::VERSION
+    }
+    fn about(&self) -> &'static str {
+        S::ABOUT
+    }
+    fn deps(&self) -> &'static [&'static str] {
+        S::DEPS
+    }
+    fn starter(&self) -> &'static str {
+        S::STARTER
+    }
+
+    fn load_config(&self, document: &str) -> Result<LoadedConfig, ConfigProblem> {
+        let cfg: S::Config = pick_table(document, S::NAME).map_err(ConfigProblem::Toml)?;
+        S::validate(&cfg).map_err(ConfigProblem::Invalid)?;
+        let canonical = serde_json::to_value(&cfg).map_err(|e| {
+            ConfigProblem::Invalid(ConfigIssue::new("", format!("cannot serialise config: {e}")))
+        })?;
+        Ok(LoadedConfig {
+            canonical,
+            external_inputs: S::external_inputs(&cfg),
+            typed: Box::new(cfg),
+        })
+    }
+
+    fn run(&self, cfg: &LoadedConfig, cx: &mut StageContext) -> StageResult {
+        let typed = cfg
+            .typed
+            .downcast_ref::<S::Config>()
+            .ok_or_else(|| format!("stage {}: config of another stage passed in", S::NAME))?;
+        S::run(typed, cx)
+    }
+
+    fn show(&self, dir: &Path, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        S::show(dir, out)
+    }
+}
+
+/// Deserialises the table `name` out of a whole TOML document, so that error spans point into
+/// the user's file. A missing table deserialises as an empty one (defaults, or "missing field").
+pub fn pick_table<C: DeserializeOwned>(document: &str, name: &str) -> Result<C, toml::de::Error> {
+    let de = toml::de::Deserializer::parse(document)?;
+    let picked = PickSeed::<C> {
+        name,
+        _c: PhantomData,
+    }
+    .deserialize(de)?;
+    match picked {
+        Some(cfg) => Ok(cfg),
+        None => {
+            let empty = toml::de::Deserializer::parse("")?;
+            C::deserialize(empty)
+        }
+    }
+}
+
+struct PickSeed<'n, C> {
+    name: &'n str,
+    _c: PhantomData<fn() -> C>,
+}
+
+impl<'de, C: DeserializeOwned> DeserializeSeed<'de> for PickSeed<'_, C> {
+    type Value = Option<C>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, C: DeserializeOwned> Visitor<'de> for PickSeed<'_, C> {
+    type Value = Option<C>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "a TOML document")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == self.name {
+                found = Some(map.next_value::<C>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// What a running stage can see and where it writes. Built by the engine.
+pub struct StageContext<'a> {
+    workspace: PathBuf,
+    out_dir: PathBuf,
+    partial_dir: PathBuf,
+    inputs: BTreeMap<String, PathBuf>,
+    seed: u64,
+    progress: &'a dyn Progress,
+    metrics: serde_json::Map<String, serde_json::Value>,
+}
+
+impl<'a> StageContext<'a> {
+    /// `inputs` maps each dependency name to its committed artifact directory.
+    pub fn new(
+        workspace: PathBuf,
+        out_dir: PathBuf,
+        partial_dir: PathBuf,
+        inputs: BTreeMap<String, PathBuf>,
+        seed: u64,
+        progress: &'a dyn Progress,
+    ) -> Self {
+        Self {
+            workspace,
+            out_dir,
+            partial_dir,
+            inputs,
+            seed,
+            progress,
+            metrics: serde_json::Map::new(),
+        }
+    }
+
+    /// The committed artifact directory of the upstream stage `dep`.
+    pub fn input(&self, dep: &str) -> StageResult<&Path> {
+        self.inputs
+            .get(dep)
+            .map(PathBuf::as_path)
+            .ok_or_else(|| format!("stage reads `{dep}`, which is not among its declared deps").into())
+    }
+
+    /// The (empty, existing) directory that becomes the committed artifact on success.
+    pub fn out_dir(&self) -> &Path {
+        &self.out_dir
+    }
+
+    /// A per-key directory that survives a crash, for checkpoints; created on first use.
+    pub fn partial_dir(&self) -> std::io::Result<&Path> {
+        std::fs::create_dir_all(&self.partial_dir)?;
+        Ok(&self.partial_dir)
+    }
+
+    /// The directory holding pipeline.toml; relative paths in configs are relative to it.
+    pub fn workspace(&self) -> &Path {
+        &self.workspace
+    }
+
+    /// A config path resolved against the workspace root.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.workspace.join(path)
+        }
+    }
+
+    /// The project seed (`[project] seed`), part of every key.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    pub fn progress(&self) -> &dyn Progress {
+        self.progress
+    }
+
+    /// A headline number recorded in the manifest (`pipe show` prints them).
+    pub fn set_metric(&mut self, key: &str, value: impl Serialize) {
+        let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+        self.metrics.insert(key.to_string(), value);
+    }
+
+    pub fn metrics(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.metrics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Cfg {
+        path: String,
+        #[serde(default = "half")]
+        frac: f64,
+    }
+    fn half() -> f64 {
+        0.5
+    }
+
+    #[test]
+    fn picks_only_its_table_and_fills_defaults() {
+        let doc = "[other]\nx = 1\n[mine]\npath = \"a.csv\"\n";
+        let cfg: Cfg = pick_table(doc, "mine").unwrap();
+        assert_eq!(
+            cfg,
+            Cfg {
+                path: "a.csv".into(),
+                frac: 0.5
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_key_error_points_into_the_document() {
+        let doc = "[mine]\npath = \"a.csv\"\nfracc = 0.1\n";
+        let err = pick_table::<Cfg>(doc, "mine").unwrap_err();
+        assert!(err.message().contains("unknown field `fracc`"), "{err}");
+        let span = err.span().expect("span");
+        assert_eq!(&doc[span], "fracc");
+    }
+
+    #[test]
+    fn absent_table_reports_missing_required_key() {
+        let err = pick_table::<Cfg>("[other]\n", "mine").unwrap_err();
+        assert!(err.message().contains("missing field `path`"), "{err}");
+    }
+}
