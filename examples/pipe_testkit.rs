@@ -1,0 +1,166 @@
+//! `pipe` with a registry of small test stages instead of the real ones, so the integration
+//! tests can exercise the DAG, caching, locking and crash handling through a real process.
+//! Only the registry differs from the `pipe` binary.
+
+use std::path::{Path, PathBuf};
+
+use pipe_stages::{erase, ConfigIssue, Stage, StageContext, StageResult};
+use serde::{Deserialize, Serialize};
+
+fn main() -> std::process::ExitCode {
+    pipe::main_with(vec![
+        erase::<Source>(),
+        erase::<Upper>(),
+        erase::<Count>(),
+        erase::<Side>(),
+        erase::<Sleep>(),
+    ])
+}
+
+fn read(path: &Path) -> StageResult<String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
+fn write(cx: &StageContext, name: &str, text: &str) -> StageResult {
+    let path = cx.out_dir().join(name);
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
+/// Copies an external file: the root of the test DAG.
+struct Source;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceConfig {
+    path: PathBuf,
+    #[serde(default)]
+    repeat: u32,
+}
+
+impl Stage for Source {
+    const NAME: &'static str = "source";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "copies an external file";
+    const DEPS: &'static [&'static str] = &[];
+    const STARTER: &'static str = "[source]\npath = \"input.txt\"\n";
+    type Config = SourceConfig;
+
+    fn external_inputs(cfg: &SourceConfig) -> Vec<PathBuf> {
+        vec![cfg.path.clone()]
+    }
+
+    fn validate(cfg: &SourceConfig) -> Result<(), ConfigIssue> {
+        if cfg.repeat > 100 {
+            return Err(ConfigIssue::new("repeat", "must be at most 100"));
+        }
+        Ok(())
+    }
+
+    fn run(cfg: &SourceConfig, cx: &mut StageContext) -> StageResult {
+        let text = read(&cx.resolve(&cfg.path))?;
+        let text = text.repeat(cfg.repeat.max(1) as usize);
+        cx.set_metric("bytes", text.len());
+        write(cx, "data.txt", &text)
+    }
+}
+
+/// Upper-cases its input and appends a suffix.
+struct Upper;
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UpperConfig {
+    #[serde(default)]
+    suffix: String,
+}
+
+impl Stage for Upper {
+    const NAME: &'static str = "upper";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "upper-cases source";
+    const DEPS: &'static [&'static str] = &["source"];
+    const STARTER: &'static str = "[upper]\n";
+    type Config = UpperConfig;
+
+    fn run(cfg: &UpperConfig, cx: &mut StageContext) -> StageResult {
+        let text = read(&cx.input("source")?.join("data.txt"))?;
+        write(cx, "data.txt", &(text.to_uppercase() + &cfg.suffix))
+    }
+}
+
+/// Counts the characters of `upper` into a JSONL row.
+struct Count;
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+impl Stage for Count {
+    const NAME: &'static str = "count";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "counts upper's characters";
+    const DEPS: &'static [&'static str] = &["upper"];
+    const STARTER: &'static str = "[count]\n";
+    type Config = Empty;
+
+    fn run(_cfg: &Empty, cx: &mut StageContext) -> StageResult {
+        let text = read(&cx.input("upper")?.join("data.txt"))?;
+        write(
+            cx,
+            "count.jsonl",
+            &format!("{{\"chars\": {}}}\n", text.chars().count()),
+        )
+    }
+}
+
+/// Reverses `source`: a second branch of the DAG.
+struct Side;
+
+impl Stage for Side {
+    const NAME: &'static str = "side";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "reverses source";
+    const DEPS: &'static [&'static str] = &["source"];
+    const STARTER: &'static str = "[side]\n";
+    type Config = Empty;
+
+    fn run(_cfg: &Empty, cx: &mut StageContext) -> StageResult {
+        let text = read(&cx.input("source")?.join("data.txt"))?;
+        write(cx, "data.txt", &text.chars().rev().collect::<String>())
+    }
+}
+
+/// Sleeps (to be killed or to hold the lock), fails or panics on request.
+struct Sleep;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SleepConfig {
+    seconds: f64,
+    #[serde(default)]
+    fail: bool,
+    #[serde(default)]
+    panic: bool,
+}
+
+impl Stage for Sleep {
+    const NAME: &'static str = "sleep";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "sleeps";
+    const DEPS: &'static [&'static str] = &[];
+    const STARTER: &'static str = "[sleep]\nseconds = 1.0\n";
+    type Config = SleepConfig;
+
+    fn run(cfg: &SleepConfig, cx: &mut StageContext) -> StageResult {
+        write(cx, "started.txt", "started")?;
+        std::fs::write(cx.workspace().join("sleep.started"), "1")?;
+        std::thread::sleep(std::time::Duration::from_secs_f64(cfg.seconds));
+        if cfg.panic {
+            panic!("sleep was asked to panic");
+        }
+        if cfg.fail {
+            return Err("sleep was asked to fail (row 3, column `x`)".into());
+        }
+        write(cx, "done.txt", "done")
+    }
+}

@@ -1,0 +1,104 @@
+//! The command line, as clap derives only; `app.rs` carries the commands out.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Fine-tune small LLMs as a DAG of content-hashed, cached stages.
+#[derive(Debug, Parser)]
+#[command(name = "pipe", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The pipeline file; its directory is the workspace root.
+    #[arg(
+        long,
+        global = true,
+        default_value = "pipeline.toml",
+        value_name = "FILE"
+    )]
+    pub config: PathBuf,
+    /// Override a config key, checked like the file (repeatable): -s ingest.val_fraction=0.1
+    #[arg(short = 's', long = "set", global = true, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Only errors and what was asked for.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More detail.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every stage whose inputs changed; skip the rest.
+    Run(RunArgs),
+    /// Every stage: cached, stale (and why), or never run.
+    Status,
+    /// A stage's artifact: manifest, metrics, files and sample rows.
+    Show(ShowArgs),
+    /// The stage graph.
+    Dag(DagArgs),
+    /// Delete artifacts that the current pipeline no longer uses.
+    Gc(GcArgs),
+    /// Write a commented starter pipeline.toml.
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Re-run this stage and everything downstream; reuse the latest artifacts above it.
+    #[arg(long, value_name = "STAGE")]
+    pub from: Option<String>,
+    /// Stop after this stage (runs only it and what it needs).
+    #[arg(long, value_name = "STAGE")]
+    pub to: Option<String>,
+    /// Run just this stage, reading its upstreams' latest artifacts.
+    #[arg(long, value_name = "STAGE")]
+    pub only: Option<String>,
+    /// Re-run the selected stages even if cached.
+    #[arg(long)]
+    pub force: bool,
+    /// Show what would run, and why, without running anything.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The stage to show.
+    pub stage: String,
+    /// An artifact key (or a unique prefix); default: the current key if cached, else the latest.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Print the manifest as JSON only.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DagArgs {
+    /// Graphviz dot output.
+    #[arg(long, conflicts_with = "mermaid")]
+    pub dot: bool,
+    /// Mermaid flowchart output.
+    #[arg(long)]
+    pub mermaid: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Also keep this many of the most recent other artifacts of each stage.
+    #[arg(long, default_value_t = 0)]
+    pub keep: usize,
+    /// List what would be deleted.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Overwrite an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
