@@ -33,6 +33,16 @@ pub fn main_with(registry: Vec<Box<dyn DynStage>>) -> ExitCode {
     }
 }
 
+/// Runs one command line in-process (benchmarks, embedding); `args[0]` is the program name.
+pub fn run_args<I, T>(args: I, registry: &[Box<dyn DynStage>]) -> Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args).map_err(|e| PipeError::Usage(e.to_string()))?;
+    dispatch(&cli, registry)
+}
+
 fn verbosity(cli: &Cli) -> Verbosity {
     match (cli.quiet, cli.verbose) {
         (true, _) => Verbosity::Quiet,

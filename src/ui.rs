@@ -1,5 +1,5 @@
 //! The terminal: run events as lines on stdout, progress bars (indicatif, the only file that
-//! uses it) on stderr and only when stderr is a terminal.
+//! uses it) on stderr, and only when both streams are a terminal.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -27,7 +27,10 @@ pub struct TerminalUi {
 
 impl TerminalUi {
     pub fn new(verbosity: Verbosity) -> Self {
-        let bars = std::io::stderr().is_terminal() && verbosity != Verbosity::Quiet;
+        // Bars only for a person watching: not when either stream is redirected (logs, CI, pipes).
+        let bars = std::io::stdout().is_terminal()
+            && std::io::stderr().is_terminal()
+            && verbosity != Verbosity::Quiet;
         let target = if bars {
             ProgressDrawTarget::stderr()
         } else {
