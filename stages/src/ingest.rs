@@ -43,7 +43,8 @@ pub enum Format {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
-    /// `messages` (or `conversations`) → messages; `instruction` + `output` → alpaca; else columns.
+    /// A `messages`/`conversations` field → messages; `instruction` + `output` → alpaca;
+    /// anything else → columns.
     #[default]
     Auto,
     /// Named columns (`prompt`, `response`, ...).
@@ -217,20 +218,9 @@ pub enum IngestError {
     UnknownFormat { file: String, ext: String },
     #[error("{file}: layout \"messages\" needs JSON or JSONL input, but this is CSV; use layout = \"columns\" and map `prompt` and `response`")]
     MessagesInCsv { file: String },
-    #[error("{file}: {at}no {noun} `{name}` ({origin}); the {holder} has: {available}; {advice}")]
-    MissingColumn {
-        file: String,
-        /// `line 3: ` for a JSON record, empty for a CSV header.
-        at: String,
-        /// `column` or `field`.
-        noun: &'static str,
-        name: String,
-        origin: String,
-        /// `header` or `record`.
-        holder: &'static str,
-        available: String,
-        advice: String,
-    },
+    /// Boxed: the largest variant, and `Result<_, IngestError>` is returned everywhere.
+    #[error(transparent)]
+    MissingColumn(Box<MissingColumn>),
     #[error("{file}: column `{name}` ({origin}) appears {count} times in the header; rename the duplicates so the mapping is unambiguous")]
     AmbiguousColumn {
         file: String,
@@ -273,6 +263,23 @@ pub enum IngestError {
     },
 }
 
+/// A mapped column (CSV) or field (JSON record) that is not there.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {at}no {noun} `{name}` ({origin}); the {holder} has: {available}; {advice}")]
+pub struct MissingColumn {
+    pub file: String,
+    /// `line 3: ` for a JSON record, empty for a CSV header.
+    pub at: String,
+    /// `column` or `field`.
+    pub noun: &'static str,
+    pub name: String,
+    pub origin: String,
+    /// `header` or `record`.
+    pub holder: &'static str,
+    pub available: String,
+    pub advice: String,
+}
+
 impl Stage for Ingest {
     const NAME: &'static str = "ingest";
     const VERSION: u32 = 1;
@@ -280,9 +287,10 @@ impl Stage for Ingest {
         "read a CSV/JSON/JSONL dataset, clean and deduplicate it, split it into train and val";
     const DEPS: &'static [&'static str] = &[];
     const STARTER: &'static str = r#"[ingest]
-# The dataset, relative to this file: CSV, JSON (an array of objects) or JSONL (one object per line).
+# The dataset, relative to this file: CSV, JSON (an array of objects) or JSONL (an object a line).
 path = "data/unix_manual_qa.csv"
-# format = "auto"        # "auto" (by extension: .csv .tsv .json .jsonl .ndjson), "csv", "json", "jsonl"
+# format = "auto"        # "auto" (by extension: .csv .tsv .json .jsonl .ndjson), "csv", "json",
+#                        # "jsonl"
 # encoding = "auto"      # "auto" (BOM, else UTF-8, else CP949/EUC-KR), "utf-8", "cp949", "euc-kr"
 # delimiter = ","        # CSV field separator, one character (default "," or "\t" for .tsv)
 # layout = "auto"        # "auto", "columns", "alpaca" (instruction/input/output/system fields),
@@ -296,8 +304,9 @@ response = "answer"
 # system = "system"      # optional: a per-row system prompt
 category = "category"    # optional: per-category stats and a stratified split
 # input = "input"        # optional: extra context joined into the prompt by prompt_template
-# prompt_template = "{question}\n\n{input}"  # {column} placeholders; default "{<prompt>}\n\n{<input>}";
-#                        # with `input` set, used only on rows whose input is non-empty
+# prompt_template = "{question}\n\n{input}"  # {column} placeholders, {{ }} for literal braces;
+#                        # default "{<prompt>}\n\n{<input>}"; with `input` set it is used only on
+#                        # rows whose input is non-empty (the prompt alone otherwise)
 # val_fraction = 0.2     # share of rows held out for validation, 0 < f < 1
 # max_rows = 1000        # optional: keep a seeded sample of this many clean rows (quick runs)
 # stratify = true        # split each category in the same proportion (needs `category`)
@@ -369,7 +378,8 @@ fn validate_config(cfg: &IngestConfig) -> Result<(), ConfigIssue> {
         if let Some(key) = chat_keys.next() {
             return Err(ConfigIssue::new(
                 key,
-                "does not apply to layout \"messages\", which takes the prompt, response and system from the chat; remove it, or use layout = \"columns\"",
+                "does not apply to layout \"messages\", which takes the prompt, response and \
+                 system from the chat; remove it, or use layout = \"columns\"",
             ));
         }
     }
@@ -383,7 +393,10 @@ fn validate_config(cfg: &IngestConfig) -> Result<(), ConfigIssue> {
             {
                 return Err(ConfigIssue::new(
                     "prompt_template",
-                    format!("does not use `{{{input}}}`, the `input` column, so the input would be lost; add it to the template"),
+                    format!(
+                        "does not use `{{{input}}}`, the `input` column, so the input would be \
+                         lost; add it to the template"
+                    ),
                 ));
             }
         }
@@ -405,7 +418,8 @@ fn delimiter_byte(d: &str) -> Result<u8, String> {
     match d.as_bytes() {
         [b] if b.is_ascii() && !matches!(b, b'"' | b'\n' | b'\r') => Ok(*b),
         _ => Err(format!(
-            "must be one ASCII character other than a quote or newline (\",\", \";\", \"\\t\", \"|\"), got {d:?}"
+            "must be one ASCII character other than a quote or newline \
+             (\",\", \";\", \"\\t\", \"|\"), got {d:?}"
         )),
     }
 }
@@ -438,7 +452,8 @@ fn parse_template(template: &str) -> Result<Vec<Piece>, String> {
             '{' => {
                 let name = placeholder(&mut chars).ok_or_else(|| {
                     format!(
-                        "has an empty or unclosed placeholder in {template:?}; write {{column}}, or {{{{ for a literal brace"
+                        "has an empty or unclosed placeholder in {template:?}; \
+                         write {{column}}, or {{{{ for a literal brace"
                     )
                 })?;
                 if !text.is_empty() {
@@ -510,61 +525,38 @@ enum TemplatePiece {
 impl Mapping {
     fn new(cfg: &IngestConfig, layout: Layout) -> Result<Self, String> {
         let alpaca = layout == Layout::Alpaca;
-        let mut needs = Vec::new();
-        let mut add = |key: &'static str,
-                       explicit: Option<&String>,
-                       default: Option<&str>,
-                       default_required: bool| {
-            let (name, origin, required) = match (explicit, default) {
-                (Some(name), _) => (name.trim().to_string(), format!("set by `{key}`"), true),
-                (None, Some(name)) if alpaca => (
-                    name.to_string(),
-                    format!("the alpaca field for `{key}`"),
-                    default_required,
-                ),
-                (None, Some(name)) => (
-                    name.to_string(),
-                    format!("the default for `{key}`"),
-                    default_required,
-                ),
-                (None, None) => return None,
-            };
-            Some(push_need(
-                &mut needs,
-                Need {
-                    name,
-                    required,
-                    origin,
-                    key,
-                },
-            ))
-        };
         let (prompt_default, response_default) = if alpaca {
             ("instruction", "output")
         } else {
             ("prompt", "response")
         };
-        let prompt = add("prompt", cfg.prompt.as_ref(), Some(prompt_default), true).unwrap_or(0);
-        let response = add(
+        let mut needs = Vec::new();
+        let prompt = role_need("prompt", cfg.prompt.as_ref(), prompt_default, layout, true);
+        let prompt = push_need(&mut needs, prompt);
+        let response = role_need(
             "response",
             cfg.response.as_ref(),
-            Some(response_default),
+            response_default,
+            layout,
             true,
-        )
-        .unwrap_or(0);
-        let system = add(
-            "system",
-            cfg.system.as_ref(),
-            alpaca.then_some("system"),
-            false,
         );
-        let category = add("category", cfg.category.as_ref(), None, false);
-        let input = add(
-            "input",
-            cfg.input.as_ref(),
-            alpaca.then_some("input"),
-            false,
-        );
+        let response = push_need(&mut needs, response);
+        // Optional roles: alpaca's `system` and `input` fields may be absent from a record.
+        let mut optional = |key: &'static str, explicit: Option<&String>, alpaca_name: &str| {
+            let default = alpaca.then_some(alpaca_name);
+            (explicit.is_some() || default.is_some()).then(|| {
+                let need = role_need(key, explicit, default.unwrap_or(key), layout, false);
+                push_need(&mut needs, need)
+            })
+        };
+        let system = optional("system", cfg.system.as_ref(), "system");
+        let input = optional("input", cfg.input.as_ref(), "input");
+        let category = cfg.category.as_ref().map(|name| {
+            push_need(
+                &mut needs,
+                role_need("category", Some(name), "", layout, true),
+            )
+        });
 
         let pieces = match (&cfg.prompt_template, input) {
             (Some(template), _) => Some(parse_template(template)?),
@@ -655,6 +647,36 @@ impl Mapping {
     }
 }
 
+/// The column for a role: the configured name (required), else the layout's default, which is
+/// required only if `default_required`.
+fn role_need(
+    key: &'static str,
+    explicit: Option<&String>,
+    default: &str,
+    layout: Layout,
+    default_required: bool,
+) -> Need {
+    let (name, origin, required) = match explicit {
+        Some(name) => (name.trim().to_string(), format!("set by `{key}`"), true),
+        None if layout == Layout::Alpaca => (
+            default.to_string(),
+            format!("the alpaca field for `{key}`"),
+            default_required,
+        ),
+        None => (
+            default.to_string(),
+            format!("the default for `{key}`"),
+            default_required,
+        ),
+    };
+    Need {
+        name,
+        required,
+        origin,
+        key,
+    }
+}
+
 /// Adds a need unless one of the same name exists; returns its index.
 fn push_need(needs: &mut Vec<Need>, need: Need) -> usize {
     if let Some(i) = needs.iter().position(|n| n.name == need.name) {
@@ -741,10 +763,10 @@ fn suggest<'a>(name: &str, key: &str, available: &'a [String]) -> Option<&'a str
         .map(String::as_str)
 }
 
+/// `at`: the JSON record lacking the field; `None` for a CSV header lacking the column.
 fn missing_column(
     file: &str,
-    at: String,
-    json: bool,
+    at: Option<Location>,
     need: &Need,
     available: &[String],
     layout: Layout,
@@ -762,16 +784,16 @@ fn missing_column(
     if layout == Layout::Alpaca && need.origin.starts_with("the alpaca") {
         advice.push_str(", or use layout = \"columns\"");
     }
-    IngestError::MissingColumn {
+    IngestError::MissingColumn(Box::new(MissingColumn {
         file: file.to_string(),
-        at,
-        noun: if json { "field" } else { "column" },
+        at: at.map_or_else(String::new, |l| format!("{l}: ")),
+        noun: if at.is_some() { "field" } else { "column" },
         name: need.name.clone(),
         origin: need.origin.clone(),
-        holder: if json { "record" } else { "header" },
+        holder: if at.is_some() { "record" } else { "header" },
         available: available.join(", "),
         advice,
-    }
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -832,9 +854,13 @@ fn choose_layout(cfg: &IngestConfig, names: &[String]) -> Layout {
         return cfg.layout;
     }
     let has = |n: &str| names.iter().any(|c| c == n);
-    if cfg.prompt.is_some() || cfg.response.is_some() {
+    let columns_set = cfg.prompt.is_some() || cfg.response.is_some();
+    // Keys that only make sense for columns or alpaca also rule out a chat.
+    let chat_ruled_out =
+        columns_set || cfg.input.is_some() || cfg.system.is_some() || cfg.prompt_template.is_some();
+    if columns_set {
         Layout::Columns
-    } else if has("messages") || has("conversations") {
+    } else if !chat_ruled_out && (has("messages") || has("conversations")) {
         Layout::Messages
     } else if has("instruction") && has("output") {
         Layout::Alpaca
@@ -862,14 +888,7 @@ fn load_csv(
         let found = table.positions(&need.name);
         match found.as_slice() {
             [] if need.required => {
-                return Err(missing_column(
-                    file,
-                    String::new(),
-                    false,
-                    need,
-                    table.columns(),
-                    layout,
-                ))
+                return Err(missing_column(file, None, need, table.columns(), layout))
             }
             [] => picks.push(None),
             [i] => picks.push(Some(*i)),
@@ -932,8 +951,7 @@ fn load_json(
             let available: Vec<String> = record.fields.keys().cloned().collect();
             missing_column(
                 file,
-                format!("{}: ", record.location),
-                true,
+                Some(record.location),
                 &mapping.needs[i],
                 &available,
                 layout,
@@ -977,24 +995,20 @@ fn load_messages(
     records: &[JsonRecord],
     file: &str,
 ) -> Result<Loaded, IngestError> {
-    let category = cfg.category.as_ref().map(|c| c.trim().to_string());
+    let category = cfg
+        .category
+        .as_ref()
+        .map(|name| role_need("category", Some(name), "", Layout::Messages, true));
     let mut rows = Vec::with_capacity(records.len());
     for record in records {
         let mut row = chat_exchange(record, file)?;
-        if let Some(name) = &category {
-            let value = tabular::text_field(record, name, file)?.ok_or_else(|| {
-                let need = Need {
-                    name: name.clone(),
-                    required: true,
-                    origin: "set by `category`".into(),
-                    key: "category",
-                };
+        if let Some(need) = &category {
+            let value = tabular::text_field(record, &need.name, file)?.ok_or_else(|| {
                 let available: Vec<String> = record.fields.keys().cloned().collect();
                 missing_column(
                     file,
-                    format!("{}: ", record.location),
-                    true,
-                    &need,
+                    Some(record.location),
+                    need,
                     &available,
                     Layout::Messages,
                 )
@@ -1008,8 +1022,8 @@ fn load_messages(
         "messages".to_string(),
         "first user turn → prompt, next assistant turn → response".to_string(),
     );
-    if let Some(name) = &category {
-        columns.insert("category".to_string(), name.clone());
+    if let Some(need) = &category {
+        columns.insert("category".to_string(), need.name.clone());
     }
     Ok(Loaded {
         rows,
@@ -1026,14 +1040,22 @@ fn chat_exchange(record: &JsonRecord, file: &str) -> Result<Candidate, IngestErr
         location: record.location,
         message,
     };
-    let turns = match record.fields.get("messages").or_else(|| record.fields.get("conversations")) {
+    let turns = match record
+        .fields
+        .get("messages")
+        .or_else(|| record.fields.get("conversations"))
+    {
         Some(Value::Array(turns)) => turns,
         Some(other) => {
-            return Err(bad(format!("`messages` is {}, expected an array of {{\"role\", \"content\"}} objects", tabular::kind_name(other))))
+            return Err(bad(format!(
+                "`messages` is {}, expected an array of {{\"role\", \"content\"}} objects",
+                tabular::kind_name(other)
+            )))
         }
         None => {
             return Err(bad(format!(
-                "layout \"messages\" needs a `messages` (or `conversations`) array, but the record has: {}; set `layout` to \"alpaca\" or \"columns\" in [ingest]",
+                "layout \"messages\" needs a `messages` (or `conversations`) array, but the \
+                 record has: {}; set `layout` to \"alpaca\" or \"columns\" in [ingest]",
                 record.field_names()
             )))
         }
@@ -1386,7 +1408,8 @@ fn run_ingest(cfg: &IngestConfig, cx: &mut StageContext) -> StageResult {
     let truncated = loaded.rows.iter().filter(|r| r.truncated).count();
     if truncated > 0 {
         cx.progress().info(&format!(
-            "ingest: {truncated} chats have turns after the first user/assistant exchange; kept only that exchange of each"
+            "ingest: {truncated} chats have turns after the first user/assistant exchange; \
+             kept only that exchange of each"
         ));
     }
 
@@ -2359,5 +2382,58 @@ mod tests {
                 max: 7
             }
         );
+    }
+
+    #[test]
+    fn auto_layout_prefers_explicit_column_keys_over_a_chat() {
+        let names = [
+            "messages".to_string(),
+            "instruction".into(),
+            "output".into(),
+        ];
+        let base = "[ingest]\npath = \"a.jsonl\"\n";
+        assert_eq!(choose_layout(&config(base), &names), Layout::Messages);
+        let with_system = config(&format!("{base}system = \"sys\"\n"));
+        assert_eq!(choose_layout(&with_system, &names), Layout::Alpaca);
+        let with_prompt = config(&format!("{base}prompt = \"instruction\"\n"));
+        assert_eq!(choose_layout(&with_prompt, &names), Layout::Columns);
+    }
+
+    /// A manual throughput check: `PIPE_INGEST_BENCH_MB=1000 cargo test -p pipe-stages --lib
+    /// --release ingest::tests::large_csv -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn large_csv_throughput() {
+        let megabytes: usize = std::env::var("PIPE_INGEST_BENCH_MB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100);
+        let ws = tempfile::tempdir().unwrap();
+        let path = ws.path().join("qa.csv");
+        let mut out = BufWriter::new(File::create(&path).unwrap());
+        writeln!(out, "question,answer,category").unwrap();
+        let mut written = 0;
+        let mut i = 0usize;
+        while written < megabytes << 20 {
+            let line = format!(
+                "\"What does command number {i}, in section {}, do?\",\"It does thing {i}; \
+                 see the \"\"manual\"\" for the long explanation of all its options.\",cat{}\n",
+                i % 8,
+                i % 13
+            );
+            written += line.len();
+            out.write_all(line.as_bytes()).unwrap();
+            i += 1;
+        }
+        out.flush().unwrap();
+        let started = std::time::Instant::now();
+        let o = run_at(ws.path(), QA, 1).unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        println!(
+            "{megabytes} MB, {} rows in {seconds:.1} s ({:.0} MB/s)",
+            o.stats.rows_read,
+            megabytes as f64 / seconds
+        );
+        assert_eq!(o.stats.rows_read, i);
     }
 }
