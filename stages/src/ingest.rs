@@ -1414,11 +1414,15 @@ fn run_ingest(cfg: &IngestConfig, cx: &mut StageContext) -> StageResult {
     }
 
     let (kept, dropped) = clean(loaded.rows);
-    cx.progress().info(&format!(
-        "ingest: dropped {} of {rows_read} rows: {}",
-        dropped.total(),
-        dropped.describe()
-    ));
+    cx.progress().info(&if dropped.total() == 0 {
+        format!("ingest: dropped none of {rows_read} rows (no empty or duplicate rows)")
+    } else {
+        format!(
+            "ingest: dropped {} of {rows_read} rows: {}",
+            dropped.total(),
+            dropped.describe()
+        )
+    });
     if kept.len() < 2 {
         return Err(IngestError::TooFewRows {
             file,
@@ -1542,6 +1546,7 @@ fn write_stats(s: &IngestStats, out: &mut dyn Write) -> std::io::Result<()> {
         "source      {} ({}, {}, layout {}{delimiter})",
         s.file, s.format, s.encoding, s.layout
     )?;
+    writeln!(out, "columns")?;
     for (role, column) in &s.columns {
         writeln!(out, "  {role:<15} {column:?}")?;
     }
