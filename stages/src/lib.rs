@@ -2,8 +2,10 @@
 //! through the [`Stage`] contract and the [`registry`] without knowing any ML.
 
 pub mod contract;
+pub mod ingest;
 pub mod llm;
 pub mod progress;
+pub mod tabular;
 
 pub use contract::{
     erase, ConfigIssue, ConfigProblem, DynStage, LoadedConfig, Stage, StageContext, StageError,
@@ -13,5 +15,5 @@ pub use progress::{Bar, NullProgress, Progress};
 
 /// Every fully implemented stage, in pipeline order. Adding a stage: one file plus one line here.
 pub fn registry() -> Vec<Box<dyn DynStage>> {
-    vec![]
+    vec![erase::<ingest::Ingest>()]
 }
