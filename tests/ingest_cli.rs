@@ -146,6 +146,7 @@ fn config_mistakes_are_located() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("pipeline.toml:9:1: unknown key `val_fractoin` in [ingest]"), "{}", r.stderr);
     assert!(r.stderr.contains("did you mean `val_fraction`?"), "{}", r.stderr);
+    ws.write("pipeline.toml", PIPELINE);
     let r = ws.run(&["run", "-s", "ingest.val_fraction=1.5"]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("invalid `ingest.val_fraction`"), "{}", r.stderr);
