@@ -136,7 +136,10 @@ impl<S: Stage> DynStage for Erased<S> {
         let cfg: S::Config = pick_table(document, S::NAME).map_err(ConfigProblem::Toml)?;
         S::validate(&cfg).map_err(ConfigProblem::Invalid)?;
         let canonical = serde_json::to_value(&cfg).map_err(|e| {
-            ConfigProblem::Invalid(ConfigIssue::new("", format!("cannot serialise config: {e}")))
+            ConfigProblem::Invalid(ConfigIssue::new(
+                "",
+                format!("cannot serialise config: {e}"),
+            ))
         })?;
         Ok(LoadedConfig {
             canonical,
@@ -240,10 +243,9 @@ impl<'a> StageContext<'a> {
 
     /// The committed artifact directory of the upstream stage `dep`.
     pub fn input(&self, dep: &str) -> StageResult<&Path> {
-        self.inputs
-            .get(dep)
-            .map(PathBuf::as_path)
-            .ok_or_else(|| format!("stage reads `{dep}`, which is not among its declared deps").into())
+        self.inputs.get(dep).map(PathBuf::as_path).ok_or_else(|| {
+            format!("stage reads `{dep}`, which is not among its declared deps").into()
+        })
     }
 
     /// The (empty, existing) directory that becomes the committed artifact on success.

@@ -16,7 +16,9 @@ pub enum LlmError {
     #[error("{path}: {message}")]
     BadFile { path: PathBuf, message: String },
     /// A model family we do not implement.
-    #[error("unsupported architecture `{0}`: pipe implements Llama, SmolLM/SmolLM2, Mistral and Qwen2")]
+    #[error(
+        "unsupported architecture `{0}`: pipe implements Llama, SmolLM/SmolLM2, Mistral and Qwen2"
+    )]
     UnsupportedArchitecture(String),
     /// A tensor that is missing or has the wrong shape.
     #[error("tensor `{name}`: {message}")]

@@ -1,8 +1,34 @@
 //! The LLM engine shared by the ML stages: a trainable Llama-family model in candle, its
 //! weights, tokenizer and chat template, LoRA adapters in PEFT format, and the losses.
 
+pub mod attention;
+pub mod batch;
 pub mod config;
 pub mod error;
+pub mod frozen_linear;
+pub mod kv_cache;
+pub mod layer;
+pub mod lora;
+pub mod loss;
+pub mod mlp;
+pub mod model;
+pub mod ops;
+pub mod projection;
+pub mod rope;
+pub mod scalar_op;
+pub mod slots;
 
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use batch::{Example, TargetMask, TokenBatch};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{LlmError, LlmResult};
+pub use kv_cache::KvCache;
+pub use lora::{LoraConfig, LoraLayer, Mode, TargetModule};
+pub use loss::{
+    OrpoConfig, OrpoMetrics, OrpoNll, OrpoOutput, PreferencePair, SftLoss, TargetLogProbs,
+};
+pub use model::LlamaModel;
