@@ -2,6 +2,7 @@
 //! weights, tokenizer and chat template, LoRA adapters in PEFT format, and the losses.
 
 pub mod attention;
+pub mod base_ref;
 pub mod batch;
 pub mod config;
 pub mod error;
@@ -10,9 +11,11 @@ pub mod kv_cache;
 pub mod layer;
 pub mod lora;
 pub mod loss;
+pub mod merge;
 pub mod mlp;
 pub mod model;
 pub mod ops;
+pub mod peft;
 pub mod projection;
 pub mod rope;
 pub mod scalar_op;
@@ -23,6 +26,7 @@ mod model_tests;
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub use base_ref::{portable_base_reference, resolve_base_reference, BaseModelRef};
 pub use batch::{Example, TargetMask, TokenBatch};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{LlmError, LlmResult};
@@ -31,4 +35,6 @@ pub use lora::{LoraConfig, LoraLayer, Mode, TargetModule};
 pub use loss::{
     OrpoConfig, OrpoMetrics, OrpoNll, OrpoOutput, PreferencePair, SftLoss, TargetLogProbs,
 };
+pub use merge::{merge_adapters, merge_adapters_into_model};
 pub use model::LlamaModel;
+pub use peft::{AdapterConfig, LoraWeights, PeftAdapter};

@@ -1,6 +1,6 @@
 //! One projection of a decoder layer: the frozen base linear plus, when attached, its LoRA.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 use super::frozen_linear::FrozenLinear;
 use super::lora::{LoraLayer, Mode};
@@ -39,9 +39,12 @@ impl Projection {
         self.lora.take()
     }
 
-    /// Adds `delta` `[out, in]` to the base weight (a merge).
+    /// Adds `delta` `[out, in]` to the base weight (a merge), summing in f64 so the merged
+    /// weight is rounded once.
     pub fn add_to_weight(&mut self, delta: &Tensor) -> Result<()> {
-        let merged = (self.base.weight() + delta.to_dtype(self.base.weight().dtype())?)?;
+        let w = self.base.weight();
+        let merged =
+            (w.to_dtype(DType::F64)? + delta.to_dtype(DType::F64)?)?.to_dtype(w.dtype())?;
         self.base.set_weight(merged)
     }
 
