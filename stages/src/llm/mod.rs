@@ -3,6 +3,19 @@
 
 pub mod config;
 pub mod error;
+pub mod gguf;
+pub mod hub;
+pub mod loader;
+pub mod spec;
+pub mod testing;
+pub mod tokenizer;
+pub mod weights;
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{LlmError, LlmResult};
+pub use gguf::GgufFile;
+pub use hub::HubCache;
+pub use loader::{load_model, load_model_path, LoadedModel, ModelSource};
+pub use spec::{ModelFormat, ModelSpec, ResolvedModel};
+pub use tokenizer::{SpecialTokens, TextTokenizer};
+pub use weights::ModelWeights;
