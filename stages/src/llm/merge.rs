@@ -66,7 +66,7 @@ mod tests {
     use super::*;
     use crate::llm::config::Architecture;
     use crate::llm::lora::{LoraConfig, Mode, TargetModule};
-    use crate::llm::testing::{max_abs_diff, tiny_model};
+    use crate::llm::tiny::{max_abs_diff, tiny_model};
     use candle_core::Device;
 
     fn adapter_for(model: &LlamaModel, seed: u64, modules: Vec<TargetModule>) -> PeftAdapter {

@@ -9,7 +9,7 @@ use super::config::Architecture;
 use super::lora::{LoraConfig, Mode, TargetModule};
 use super::loss::{sft_loss, TargetLogProbs, DEFAULT_CHUNK};
 use super::model::LlamaModel;
-use super::testing::{max_abs_diff, random_tensors, tiny_config, tiny_model};
+use super::tiny::{max_abs_diff, random_tensors, tiny_config, tiny_model};
 
 fn lora_all(r: usize) -> LoraConfig {
     LoraConfig {

@@ -361,7 +361,7 @@ fn bad_file(path: &Path, message: String) -> LlmError {
 mod tests {
     use super::*;
     use crate::llm::config::Architecture;
-    use crate::llm::testing::{max_abs_diff, tiny_model};
+    use crate::llm::tiny::{max_abs_diff, tiny_model};
 
     fn fixture_dir() -> PathBuf {
         PathBuf::from(concat!(

@@ -1,118 +1,55 @@
-//! Tiny random models for the engine's tests: small enough for f64 finite differences, shaped
-//! like the real families (GQA, optional q/k/v bias, tied or untied lm_head).
+//! Test support shared by the engine's tests: where the real SmolLM2 GGUF and the reference
+//! fixtures are. Not used by the pipeline itself.
 
-use std::collections::HashMap;
+use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+/// The environment variable the project's test script sets to the demo model's path.
+pub const TEST_MODEL_ENV: &str = "PIPE_TEST_MODEL";
 
-use super::config::{Architecture, ModelConfig};
-use super::lora::TargetModule;
-use super::model::LlamaModel;
-
-/// 2 layers, hidden 16, 4 heads over 2 kv heads, vocab 32.
-pub fn tiny_config(architecture: Architecture) -> ModelConfig {
-    ModelConfig {
-        architecture,
-        vocab_size: 32,
-        hidden_size: 16,
-        intermediate_size: 24,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 4,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        rope_scaling: None,
-        max_position_embeddings: 64,
-        tie_word_embeddings: architecture == Architecture::Llama,
-        attention_bias: architecture == Architecture::Qwen2,
-        sliding_window: None,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
-        pad_token_id: Some(0),
-    }
+/// The workspace root (the parent of the `stages` crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-/// Random weights with HF names for `config`, deterministic in `seed`.
-pub fn random_tensors(config: &ModelConfig, seed: u64, dtype: DType) -> HashMap<String, Tensor> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut out = HashMap::new();
-    let mut put = |name: String, shape: &[usize], scale: f64, offset: f64| {
-        let n: usize = shape.iter().product();
-        let v: Vec<f64> = (0..n)
-            .map(|_| offset + scale * rng.random_range(-1.0..1.0))
-            .collect();
-        let t = Tensor::from_vec(v, shape, &Device::Cpu)
-            .and_then(|t| t.to_dtype(dtype))
-            .expect("random tensor");
-        out.insert(name, t);
-    };
-    let (h, v, i) = (
-        config.hidden_size,
-        config.vocab_size,
-        config.intermediate_size,
+/// The SmolLM2-135M-Instruct Q4_1 GGUF: `$PIPE_TEST_MODEL`, else
+/// `<workspace>/models/SmolLM2-135M-Instruct.Q4_1.gguf`. Panics (this is for tests) with
+/// the command that fetches it when neither exists.
+pub fn smollm2_gguf_path() -> PathBuf {
+    let path = std::env::var_os(TEST_MODEL_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(
+        path.is_file(),
+        "the test model {} is missing: run scripts/fetch-model.sh (or set {TEST_MODEL_ENV} to its path)",
+        path.display()
     );
-    let q = config.num_attention_heads * config.head_dim;
-    let kv = config.num_key_value_heads * config.head_dim;
-    put("model.embed_tokens.weight".into(), &[v, h], 1.0, 0.0);
-    for l in 0..config.num_hidden_layers {
-        for m in TargetModule::ALL {
-            let shape = match m {
-                TargetModule::QProj => [q, h],
-                TargetModule::KProj | TargetModule::VProj => [kv, h],
-                TargetModule::OProj => [h, q],
-                TargetModule::GateProj | TargetModule::UpProj => [i, h],
-                TargetModule::DownProj => [h, i],
-            };
-            let scale = 1.0 / (shape[1] as f64).sqrt();
-            put(format!("{}.weight", m.module_path(l)), &shape, scale, 0.0);
-            let biased = matches!(
-                m,
-                TargetModule::QProj | TargetModule::KProj | TargetModule::VProj
-            );
-            if config.attention_bias && biased {
-                put(format!("{}.bias", m.module_path(l)), &shape[..1], 0.1, 0.0);
-            }
-        }
-        put(
-            format!("model.layers.{l}.input_layernorm.weight"),
-            &[h],
-            0.2,
-            1.0,
-        );
-        put(
-            format!("model.layers.{l}.post_attention_layernorm.weight"),
-            &[h],
-            0.2,
-            1.0,
-        );
-    }
-    put("model.norm.weight".into(), &[h], 0.2, 1.0);
-    if !config.tie_word_embeddings {
-        put("lm_head.weight".into(), &[v, h], 0.5, 0.0);
-    }
-    out
+    path
 }
 
-/// A tiny random model of `architecture` in `dtype`.
-pub fn tiny_model(architecture: Architecture, dtype: DType) -> LlamaModel {
-    let config = tiny_config(architecture);
-    LlamaModel::from_tensors(&config, random_tensors(&config, 42, dtype)).expect("tiny model")
+/// A file under `tests/fixtures/smollm2/` (reference numbers from transformers/llama.cpp).
+pub fn smollm2_fixture(name: &str) -> PathBuf {
+    workspace_root().join("tests/fixtures/smollm2").join(name)
 }
 
-/// Largest absolute difference between two tensors of the same shape.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
+/// The SmolLM2 GGUF loaded once per test process (dequantizing it takes a moment and
+/// ~540 MB; tests share it read-only).
+pub fn smollm2_model() -> &'static super::LoadedModel {
+    static MODEL: std::sync::OnceLock<super::LoadedModel> = std::sync::OnceLock::new();
+    MODEL.get_or_init(|| {
+        let path = smollm2_gguf_path();
+        super::load_model_path(&path, &candle_core::Device::Cpu)
+            .unwrap_or_else(|e| panic!("cannot load {}: {e}", path.display()))
+    })
+}
+
+/// The SmolLM2 tokenizer from the GGUF metadata, without reading the weights.
+pub fn smollm2_tokenizer() -> &'static super::TextTokenizer {
+    static TOKENIZER: std::sync::OnceLock<super::TextTokenizer> = std::sync::OnceLock::new();
+    TOKENIZER.get_or_init(|| {
+        let path = smollm2_gguf_path();
+        super::GgufFile::open(&path)
+            .and_then(|gguf| super::TextTokenizer::from_gguf(&gguf))
+            .unwrap_or_else(|e| panic!("cannot read the tokenizer of {}: {e}", path.display()))
+    })
 }
