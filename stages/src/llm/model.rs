@@ -103,7 +103,21 @@ impl LlamaModel {
         mode: Mode,
     ) -> LlmResult<Tensor> {
         let mut slots = TokenSlots::new();
-        self.run(input_ids, attention_mask, mode, &mut slots, None)
+        self.run(input_ids, attention_mask, mode, &mut slots, None, None)
+    }
+
+    /// As [`LlamaModel::hidden_states`] with `noise` `[batch, seq, hidden]` added to the input
+    /// embeddings: NEFTune (Jain et al. 2023) trains on noisy embeddings, and the noise must
+    /// enter after the embedding lookup, inside the forward.
+    pub fn hidden_states_with_embedding_noise(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        mode: Mode,
+        noise: &Tensor,
+    ) -> LlmResult<Tensor> {
+        let mut slots = TokenSlots::new();
+        self.run(input_ids, attention_mask, mode, &mut slots, None, Some(noise))
     }
 
     /// `lm_head` on hidden states `[..., hidden]` -> `[..., vocab]`.
@@ -135,6 +149,7 @@ impl LlamaModel {
             Mode::Eval,
             &mut slots,
             Some(&mut *cache),
+            None,
         );
         *cache.slots_mut() = slots;
         self.logits(&hidden?)
@@ -148,6 +163,7 @@ impl LlamaModel {
         mode: Mode,
         slots: &mut TokenSlots,
         mut cache: Option<&mut KvCache>,
+        embedding_noise: Option<&Tensor>,
     ) -> LlmResult<Tensor> {
         let (batch, seq) = self.check_ids(input_ids)?;
         let real = real_tokens(attention_mask, (batch, seq))?;
@@ -164,6 +180,16 @@ impl LlamaModel {
             .embed_tokens
             .index_select(&input_ids.flatten_all()?, 0)?
             .reshape((batch, seq, self.config.hidden_size))?;
+        if let Some(noise) = embedding_noise {
+            if noise.dims() != x.dims() {
+                return Err(LlmError::Invalid(format!(
+                    "embedding noise has shape {:?}, the embeddings {:?}",
+                    noise.dims(),
+                    x.dims()
+                )));
+            }
+            x = (x + noise.to_dtype(dtype)?)?;
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             x = layer.forward(&x, &cx, layer_cache)?;

@@ -1,0 +1,161 @@
+//! The per-step training log (`metrics.jsonl`, one JSON object a line, as TRL's
+//! `log_history`). It is written to the partial directory as training goes, so a resumed run
+//! keeps the lines up to its checkpoint and drops those of steps it will redo.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One line of `metrics.jsonl`. Training fields are absent on the evaluation-only line of
+/// step 0 (before training); `eval_*` fields are present on steps that evaluated.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricRecord {
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// Fractional epochs completed.
+    pub epoch: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// The global gradient norm before clipping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    /// Tokens (prompt and completion, no padding) through the model per second of this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_perplexity: Option<f64>,
+}
+
+/// Why the log could not be read or written; names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct MetricsError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// An append-only writer of [`MetricRecord`] lines.
+#[derive(Debug)]
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// Opens `path` for appending after keeping only its records of steps `<= keep_through`
+    /// (`None`: start empty). Lines of steps after the checkpoint are redone by the resumed
+    /// run, so keeping them would duplicate steps.
+    pub fn open(path: &Path, keep_through: Option<usize>) -> Result<Self, MetricsError> {
+        let kept = match keep_through {
+            Some(step) if path.exists() => read(path)?
+                .into_iter()
+                .filter(|r| r.step <= step)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut text = String::new();
+        for r in &kept {
+            text.push_str(&to_line(r, path)?);
+        }
+        std::fs::write(path, text).map_err(|e| error(path, e))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| error(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Appends one record and flushes it (a crash loses at most the line being written).
+    pub fn append(&mut self, record: &MetricRecord) -> Result<(), MetricsError> {
+        let line = to_line(record, &self.path)?;
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .map_err(|e| error(&self.path, e))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn to_line(record: &MetricRecord, path: &Path) -> Result<String, MetricsError> {
+    serde_json::to_string(record)
+        .map(|s| s + "\n")
+        .map_err(|e| error(path, e))
+}
+
+/// Every record of a `metrics.jsonl`; a torn last line (a crash mid-write) is skipped.
+pub fn read(path: &Path) -> Result<Vec<MetricRecord>, MetricsError> {
+    let file = File::open(path).map_err(|e| error(path, e))?;
+    let lines: Vec<String> = BufReader::new(file)
+        .lines()
+        .collect::<Result<_, _>>()
+        .map_err(|e| error(path, e))?;
+    let last = lines.len().saturating_sub(1);
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(r) => out.push(r),
+            Err(_) if i == last => {}
+            Err(e) => return Err(error(path, format!("line {}: {e}", i + 1))),
+        }
+    }
+    Ok(out)
+}
+
+fn error(path: &Path, e: impl std::fmt::Display) -> MetricsError {
+    MetricsError {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(step: usize) -> MetricRecord {
+        MetricRecord {
+            step,
+            loss: Some(1.0 / (step as f64 + 1.0)),
+            ..MetricRecord::default()
+        }
+    }
+
+    #[test]
+    fn resume_keeps_lines_through_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut log = MetricsLog::open(&path, None).unwrap();
+        for s in 0..5 {
+            log.append(&record(s)).unwrap();
+        }
+        drop(log);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"step\": 5, \"epo")
+            .unwrap();
+        assert_eq!(read(&path).unwrap().len(), 5, "a torn last line is skipped");
+        let mut log = MetricsLog::open(&path, Some(2)).unwrap();
+        log.append(&record(3)).unwrap();
+        let steps: Vec<usize> = read(&path).unwrap().iter().map(|r| r.step).collect();
+        assert_eq!(steps, vec![0, 1, 2, 3]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("eval_loss"), "absent fields are omitted: {text}");
+    }
+}

@@ -1,0 +1,25 @@
+//! Training machinery shared by the trainer stages (sft now, orpo next): the learning-rate
+//! schedule, AdamW with savable state, gradient accumulation and clipping, length-grouped
+//! batching planned from the seed, atomic checkpoints, NEFTune noise, the metrics log,
+//! evaluation, greedy samples and the peak-memory probe.
+
+pub mod batching;
+pub mod checkpoint;
+pub mod eval;
+pub mod grads;
+pub mod greedy;
+pub mod lora_state;
+pub mod memory;
+pub mod metrics;
+pub mod neftune;
+pub mod optim;
+pub mod rng;
+pub mod schedule;
+pub mod step;
+
+pub use batching::{Plan, PlannedStep, RunLength};
+pub use eval::EvalResult;
+pub use metrics::{MetricRecord, MetricsLog};
+pub use optim::{AdamW, AdamWParams};
+pub use schedule::{LrScheduler, Schedule};
+pub use step::{StepFailure, StepOutcome, Trainer};
