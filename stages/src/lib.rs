@@ -4,9 +4,11 @@
 pub mod contract;
 pub mod ingest;
 pub mod llm;
+pub mod model;
 pub mod progress;
 pub mod train;
 pub mod tabular;
+pub mod testkit;
 
 pub use contract::{
     erase, ConfigIssue, ConfigProblem, DynStage, LoadedConfig, Stage, StageContext, StageError,
@@ -16,5 +18,5 @@ pub use progress::{Bar, NullProgress, Progress};
 
 /// Every fully implemented stage, in pipeline order. Adding a stage: one file plus one line here.
 pub fn registry() -> Vec<Box<dyn DynStage>> {
-    vec![erase::<ingest::Ingest>()]
+    vec![erase::<ingest::Ingest>(), erase::<model::Model>()]
 }

@@ -1,0 +1,554 @@
+//! The `model` stage: names the base model once for the whole pipeline, checks that it loads
+//! (architecture, weights, tokenizer, chat template) and records what every ML stage needs
+//! in `model.json`. Downstream stages load the base through [`BaseModel`], so they all use
+//! the same weights, tokenizer, chat template and default system prompt.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
+use crate::llm::template::{MODEL_TEMPLATE, NAMED_TEMPLATES};
+use crate::llm::{
+    load_model, ChatMessage, ChatTemplate, LlamaModel, LlmError, LoadedModel, ModelConfig,
+    ModelFormat, ModelSpec, PromptCompletion, TextTokenizer,
+};
+
+/// What the stage writes: [`ModelInfo`] as JSON.
+pub const MODEL_FILE: &str = "model.json";
+
+/// The `model` stage.
+pub struct Model;
+
+/// The `[model]` table of pipeline.toml.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelStageConfig {
+    /// A local .gguf file or HF directory (relative to the workspace), or `hf:org/name[@rev]`.
+    pub path: String,
+    /// `model` (the model's own), a named fallback, or a path to a .jinja file.
+    #[serde(default)]
+    pub chat_template: Option<String>,
+    /// The system prompt of rows that have none; `None`: the template's own default.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+}
+
+/// Where the chat template came from and its text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateInfo {
+    /// `model`, a fallback name (`chatml`, ...), or `file:<path as written>`.
+    pub source: String,
+    pub text: String,
+}
+
+/// `model.json`: everything downstream stages need to load the same base and render the same
+/// conversations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// The spec as written in pipeline.toml.
+    pub spec: String,
+    /// The file or directory read, absolute (for humans; stages re-resolve `spec`).
+    pub path: PathBuf,
+    /// The portable name for outputs (PEFT's `base_model_name_or_path`): the hub repository
+    /// id, or the path as written, relative to the workspace root.
+    pub name: String,
+    pub format: ModelFormat,
+    pub config: ModelConfig,
+    /// Ids the tokenizer can produce (at most the embedding rows, `config.vocab_size`).
+    pub tokenizer_vocab_size: usize,
+    /// Generation stops at any of these.
+    pub eos_token_ids: Vec<u32>,
+    /// The id right-padding uses (never a target).
+    pub pad_token_id: u32,
+    pub chat_template: TemplateInfo,
+    pub system_prompt: Option<String>,
+    /// Parameters of the base model.
+    pub parameters: u64,
+}
+
+/// Why the model stage (or a stage loading its output) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("[model] `path`: {0}")]
+    Load(#[source] LlmError),
+    #[error("[model] `chat_template`: cannot read {}: {source}", path.display())]
+    TemplateFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("[model] `chat_template`: {0}")]
+    Template(#[source] LlmError),
+    #[error("{}: {message}; re-run `pipe run --from model`", path.display())]
+    Info { path: PathBuf, message: String },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Stage for Model {
+    const NAME: &'static str = "model";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str =
+        "check the base model (weights, tokenizer, chat template) every ML stage trains or runs";
+    const DEPS: &'static [&'static str] = &[];
+    const STARTER: &'static str = r#"[model]
+# The base model: a local GGUF file or HF directory (config.json, tokenizer.json,
+# *.safetensors), relative to this file, or "hf:org/name[@revision][:file.gguf]" from the
+# Hugging Face cache (offline: download it first, e.g. with `huggingface-cli download`).
+path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+# chat_template = "model"  # "model" (the model's own, the default), a fallback for models
+#                          # without one ("chatml", "llama3", "zephyr", "alpaca"), or a path
+#                          # to a .jinja file; every stage renders conversations with it
+# system_prompt = "You are a concise Unix expert."  # for rows without their own system
+#                          # prompt (default: none, the template's own default applies)
+"#;
+    type Config = ModelStageConfig;
+
+    fn external_inputs(cfg: &ModelStageConfig) -> Vec<PathBuf> {
+        let mut inputs = Vec::new();
+        match ModelSpec::parse(&cfg.path) {
+            Ok(ModelSpec::Local(path)) => inputs.push(path),
+            // A hub snapshot is hashed where it is cached; an uncached one fails at run time.
+            Ok(spec) => inputs.extend(spec.resolve(Path::new("")).ok().map(|r| r.path)),
+            Err(_) => {}
+        }
+        if let Some(TemplateChoice::File(path)) = cfg.chat_template.as_deref().map(choice) {
+            inputs.push(path);
+        }
+        inputs
+    }
+
+    fn validate(cfg: &ModelStageConfig) -> Result<(), ConfigIssue> {
+        validate_config(cfg)
+    }
+
+    fn run(cfg: &ModelStageConfig, cx: &mut StageContext) -> StageResult {
+        run_model(cfg, cx)
+    }
+
+    fn show(dir: &Path, out: &mut dyn Write) -> std::io::Result<()> {
+        let info = read_info(&dir.join(MODEL_FILE)).map_err(std::io::Error::other)?;
+        write_info(&info, out)
+    }
+}
+
+/// How `chat_template` is to be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TemplateChoice {
+    Model,
+    Named(String),
+    File(PathBuf),
+}
+
+fn choice(value: &str) -> TemplateChoice {
+    let value = value.trim();
+    if value == MODEL_TEMPLATE {
+        TemplateChoice::Model
+    } else if NAMED_TEMPLATES.iter().any(|(n, _)| *n == value) {
+        TemplateChoice::Named(value.to_string())
+    } else {
+        TemplateChoice::File(PathBuf::from(value))
+    }
+}
+
+fn validate_config(cfg: &ModelStageConfig) -> Result<(), ConfigIssue> {
+    ModelSpec::parse(&cfg.path).map_err(|e| ConfigIssue::new("path", e.to_string()))?;
+    if let Some(t) = &cfg.chat_template {
+        let names: Vec<&str> = NAMED_TEMPLATES.iter().map(|(n, _)| *n).collect();
+        let is_file = |p: &Path| {
+            p.extension().is_some_and(|e| e == "jinja" || e == "j2")
+                || p.components().count() > 1
+        };
+        match choice(t) {
+            TemplateChoice::File(p) if t.trim().is_empty() || !is_file(&p) => {
+                return Err(ConfigIssue::new(
+                    "chat_template",
+                    format!(
+                        "`{t}` is neither `model`, a known template ({}) nor a path to a .jinja file",
+                        names.join(", ")
+                    ),
+                ))
+            }
+            _ => {}
+        }
+    }
+    if cfg.system_prompt.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        return Err(ConfigIssue::new(
+            "system_prompt",
+            "is empty; remove the key to use the template's default",
+        ));
+    }
+    Ok(())
+}
+
+fn run_model(cfg: &ModelStageConfig, cx: &mut StageContext) -> StageResult {
+    let spec = ModelSpec::parse(&cfg.path).map_err(ModelError::Load)?;
+    cx.progress().info(&format!("model: loading {spec}"));
+    let loaded = load_model(&spec, cx.workspace(), &Device::Cpu).map_err(ModelError::Load)?;
+    let template = resolve_template(cfg, &loaded, cx.workspace())?;
+    let compiled = ChatTemplate::new(
+        &template.source,
+        &template.text,
+        loaded.tokenizer.special(),
+    )
+    .map_err(ModelError::Template)?;
+    // A render now catches a template that cannot render a plain exchange (or the system
+    // prompt) before any training starts.
+    let messages = chat_messages(cfg.system_prompt.as_deref(), None, "ping");
+    compiled
+        .render_prompt_completion(&messages, "pong", &loaded.tokenizer)
+        .map_err(ModelError::Template)?;
+    let parameters = loaded
+        .weights
+        .tensors()
+        .values()
+        .map(|t| t.elem_count() as u64)
+        .sum();
+    let info = ModelInfo {
+        spec: spec.to_string(),
+        path: std::path::absolute(&loaded.source.path).unwrap_or(loaded.source.path.clone()),
+        name: loaded.source.name.clone(),
+        format: loaded.source.format,
+        tokenizer_vocab_size: loaded.tokenizer.vocab_size(),
+        eos_token_ids: eos_ids(&loaded.config, &loaded.tokenizer),
+        pad_token_id: pad_id(&loaded.config, &loaded.tokenizer),
+        config: loaded.config.clone(),
+        chat_template: template,
+        system_prompt: cfg.system_prompt.clone(),
+        parameters,
+    };
+    // Building the model checks every tensor against the architecture.
+    LlamaModel::from_tensors(&loaded.config, loaded.weights.into_map())
+        .map_err(ModelError::Load)?;
+    let path = cx.out_dir().join(MODEL_FILE);
+    let text = serde_json::to_string_pretty(&info).map_err(|e| ModelError::Write {
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    std::fs::write(&path, text + "\n").map_err(|source| ModelError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    cx.progress().info(&format!(
+        "model: {} ({:?}, {} layers, hidden {}, {:.1}M parameters), chat template `{}`",
+        info.name,
+        info.config.architecture,
+        info.config.num_hidden_layers,
+        info.config.hidden_size,
+        info.parameters as f64 / 1e6,
+        info.chat_template.source
+    ));
+    cx.set_metric("parameters", info.parameters);
+    cx.set_metric("layers", info.config.num_hidden_layers);
+    Ok(())
+}
+
+/// The template text and where it came from; errors say how to fix the choice.
+fn resolve_template(
+    cfg: &ModelStageConfig,
+    loaded: &LoadedModel,
+    workspace: &Path,
+) -> Result<TemplateInfo, ModelError> {
+    let chosen = cfg.chat_template.as_deref().map(choice);
+    match chosen.unwrap_or(TemplateChoice::Model) {
+        TemplateChoice::Model => {
+            let compiled = ChatTemplate::select(
+                None,
+                loaded.chat_template.as_deref(),
+                loaded.tokenizer.special(),
+            )
+            .map_err(ModelError::Template)?;
+            Ok(TemplateInfo {
+                source: MODEL_TEMPLATE.to_string(),
+                text: compiled.source().to_string(),
+            })
+        }
+        TemplateChoice::Named(name) => {
+            let compiled = ChatTemplate::named(&name, loaded.tokenizer.special())
+                .map_err(ModelError::Template)?;
+            Ok(TemplateInfo {
+                source: name,
+                text: compiled.source().to_string(),
+            })
+        }
+        TemplateChoice::File(path) => {
+            let full = workspace.join(&path);
+            let text = std::fs::read_to_string(&full)
+                .map_err(|source| ModelError::TemplateFile { path: full, source })?;
+            Ok(TemplateInfo {
+                source: format!("file:{}", path.display()),
+                text,
+            })
+        }
+    }
+}
+
+/// The config's eos ids plus the tokenizer's, so generation stops at either.
+fn eos_ids(config: &ModelConfig, tokenizer: &TextTokenizer) -> Vec<u32> {
+    let mut ids = config.eos_token_ids.clone();
+    if let Some(id) = tokenizer.eos_id() {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// Padding is masked out, so any valid id works; prefer the model's own pad token.
+fn pad_id(config: &ModelConfig, tokenizer: &TextTokenizer) -> u32 {
+    tokenizer
+        .pad_id()
+        .or(config.pad_token_id)
+        .or_else(|| config.eos_token_ids.first().copied())
+        .unwrap_or(0)
+        .min(config.vocab_size.saturating_sub(1) as u32)
+}
+
+/// The conversation of one single-turn example: the row's system prompt, else the
+/// configured default, else none (the template's own default applies).
+fn chat_messages(
+    default_system: Option<&str>,
+    row_system: Option<&str>,
+    prompt: &str,
+) -> Vec<ChatMessage> {
+    let system = row_system
+        .filter(|s| !s.trim().is_empty())
+        .or(default_system);
+    ChatMessage::prompt(system, prompt)
+}
+
+/// Reads `model.json`.
+pub fn read_info(path: &Path) -> Result<ModelInfo, ModelError> {
+    let bad = |message: String| ModelError::Info {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| bad(format!("not a model description: {e}")))
+}
+
+/// The base model as the `model` stage described it, loaded for a downstream stage.
+pub struct BaseModel {
+    pub info: ModelInfo,
+    pub model: LlamaModel,
+    pub tokenizer: TextTokenizer,
+    pub template: ChatTemplate,
+}
+
+impl BaseModel {
+    /// Loads the model of the committed `model` artifact `model_dir`, resolving its spec
+    /// against `workspace` again (the artifact stores no weights).
+    pub fn load(model_dir: &Path, workspace: &Path, device: &Device) -> Result<Self, ModelError> {
+        let info = read_info(&model_dir.join(MODEL_FILE))?;
+        let spec = ModelSpec::parse(&info.spec).map_err(ModelError::Load)?;
+        let loaded = load_model(&spec, workspace, device).map_err(ModelError::Load)?;
+        let template = ChatTemplate::new(
+            &info.chat_template.source,
+            &info.chat_template.text,
+            loaded.tokenizer.special(),
+        )
+        .map_err(ModelError::Template)?;
+        let model = LlamaModel::from_tensors(&loaded.config, loaded.weights.into_map())
+            .map_err(ModelError::Load)?;
+        Ok(Self {
+            info,
+            model,
+            tokenizer: loaded.tokenizer,
+            template,
+        })
+    }
+
+    /// The messages of a single-turn prompt (system: the row's, else the configured default).
+    pub fn messages(&self, system: Option<&str>, prompt: &str) -> Vec<ChatMessage> {
+        chat_messages(self.info.system_prompt.as_deref(), system, prompt)
+    }
+
+    /// The one rendering of a training example that every stage shares: prompt and
+    /// completion ids split where a completion-only loss masks.
+    pub fn render_example(
+        &self,
+        system: Option<&str>,
+        prompt: &str,
+        response: &str,
+    ) -> Result<PromptCompletion, LlmError> {
+        self.template.render_prompt_completion(
+            &self.messages(system, prompt),
+            response,
+            &self.tokenizer,
+        )
+    }
+
+    /// The prompt ids generation conditions on (the same as [`BaseModel::render_example`]'s).
+    pub fn render_prompt(&self, system: Option<&str>, prompt: &str) -> Result<Vec<u32>, LlmError> {
+        let text = self.template.render(&self.messages(system, prompt), true)?;
+        self.tokenizer.encode(&text, false)
+    }
+}
+
+/// `pipe show model`.
+fn write_info(info: &ModelInfo, out: &mut dyn Write) -> std::io::Result<()> {
+    let c = &info.config;
+    writeln!(out, "model       {} ({:?})", info.name, info.format)?;
+    writeln!(out, "spec        {}", info.spec)?;
+    writeln!(out, "file        {}", info.path.display())?;
+    writeln!(
+        out,
+        "arch        {:?}: {} layers, hidden {}, {} heads ({} kv, dim {}), mlp {}",
+        c.architecture,
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.intermediate_size
+    )?;
+    writeln!(
+        out,
+        "            vocab {} (tokenizer {}), rope theta {}, context {}, tied embeddings {}",
+        c.vocab_size,
+        info.tokenizer_vocab_size,
+        c.rope_theta,
+        c.max_position_embeddings,
+        c.tie_word_embeddings
+    )?;
+    writeln!(
+        out,
+        "parameters  {:.1}M",
+        info.parameters as f64 / 1e6
+    )?;
+    writeln!(
+        out,
+        "tokens      eos {:?}, pad {}",
+        info.eos_token_ids, info.pad_token_id
+    )?;
+    writeln!(
+        out,
+        "system      {}",
+        info.system_prompt
+            .as_deref()
+            .unwrap_or("(none: the template's default)")
+    )?;
+    writeln!(out, "template    {}", info.chat_template.source)?;
+    for line in info.chat_template.text.lines().take(20) {
+        writeln!(out, "  | {line}")?;
+    }
+    let lines = info.chat_template.text.lines().count();
+    if lines > 20 {
+        writeln!(out, "  | ... ({} more lines)", lines - 20)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::pick_table;
+    use crate::progress::NullProgress;
+    use std::collections::BTreeMap;
+
+    fn config(toml: &str) -> ModelStageConfig {
+        pick_table(toml, "model").unwrap()
+    }
+
+    fn run_in(workspace: &Path, toml: &str) -> Result<(tempfile::TempDir, ModelInfo), String> {
+        let cfg = config(toml);
+        validate_config(&cfg).map_err(|i| format!("{}: {}", i.key, i.message))?;
+        let out = tempfile::tempdir().unwrap();
+        let mut cx = StageContext::new(
+            workspace.to_path_buf(),
+            out.path().to_path_buf(),
+            out.path().join("partial"),
+            BTreeMap::new(),
+            1,
+            &NullProgress,
+        );
+        Model::run(&cfg, &mut cx).map_err(|e| e.to_string())?;
+        let info = read_info(&out.path().join(MODEL_FILE)).unwrap();
+        Ok((out, info))
+    }
+
+    #[test]
+    fn tiny_hf_dir_is_described_and_loads_back() {
+        let ws = tempfile::tempdir().unwrap();
+        crate::testkit::write_tiny_model(&ws.path().join("tiny"), 1).unwrap();
+        let (out, info) = run_in(
+            ws.path(),
+            "[model]\npath = \"tiny\"\nsystem_prompt = \"Be brief.\"\n",
+        )
+        .unwrap();
+        assert_eq!(info.name, "tiny");
+        assert_eq!(info.format, ModelFormat::HfDir);
+        assert_eq!(info.chat_template.source, "model");
+        assert!(info.chat_template.text.contains("<|im_start|>"));
+        assert!(info.parameters > 10_000);
+        assert_eq!(info.eos_token_ids, vec![crate::testkit::TINY_EOS]);
+        let base = BaseModel::load(out.path(), ws.path(), &Device::Cpu).unwrap();
+        let pc = base.render_example(None, "hi", "ok").unwrap();
+        assert!(pc.prompt_text.starts_with("<|im_start|>system\nBe brief."), "{}", pc.prompt_text);
+        assert_eq!(base.render_prompt(None, "hi").unwrap(), pc.prompt_ids);
+        let own = base.render_example(Some("Row system."), "hi", "ok").unwrap();
+        assert!(own.prompt_text.contains("Row system."));
+        let mut shown = Vec::new();
+        Model::show(out.path(), &mut shown).unwrap();
+        let shown = String::from_utf8(shown).unwrap();
+        assert!(shown.contains("Be brief.") && shown.contains("template    model"), "{shown}");
+    }
+
+    #[test]
+    fn named_and_file_templates_and_their_inputs() {
+        let ws = tempfile::tempdir().unwrap();
+        crate::testkit::write_tiny_model(&ws.path().join("tiny"), 1).unwrap();
+        let (_, info) = run_in(ws.path(), "[model]\npath = \"tiny\"\nchat_template = \"zephyr\"\n")
+            .unwrap();
+        assert_eq!(info.chat_template.source, "zephyr");
+        std::fs::create_dir_all(ws.path().join("t")).unwrap();
+        std::fs::write(
+            ws.path().join("t/mine.jinja"),
+            "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}",
+        )
+        .unwrap();
+        let toml = "[model]\npath = \"tiny\"\nchat_template = \"t/mine.jinja\"\n";
+        let (_, info) = run_in(ws.path(), toml).unwrap();
+        assert_eq!(info.chat_template.source, "file:t/mine.jinja");
+        assert_eq!(
+            Model::external_inputs(&config(toml)),
+            vec![PathBuf::from("tiny"), PathBuf::from("t/mine.jinja")]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let ws = tempfile::tempdir().unwrap();
+        let err = run_in(ws.path(), "[model]\npath = \"nope.gguf\"\n").unwrap_err();
+        assert!(err.contains("[model] `path`") && err.contains("does not exist"), "{err}");
+        let err = run_in(ws.path(), "[model]\npath = \"x\"\nchat_template = \"vicuna\"\n").unwrap_err();
+        assert!(err.starts_with("chat_template:") && err.contains("chatml"), "{err}");
+        let err = run_in(ws.path(), "[model]\npath = \"hf:bad\"\n").unwrap_err();
+        assert!(err.starts_with("path:"), "{err}");
+        let err = run_in(ws.path(), "[model]\npath = \"x\"\nsystem_prompt = \" \"\n").unwrap_err();
+        assert!(err.starts_with("system_prompt:"), "{err}");
+        crate::testkit::write_tiny_model(&ws.path().join("tiny"), 1).unwrap();
+        let err = run_in(ws.path(), "[model]\npath = \"tiny\"\nchat_template = \"no/such.jinja\"\n")
+            .unwrap_err();
+        assert!(err.contains("`chat_template`") && err.contains("no/such.jinja"), "{err}");
+    }
+
+    #[test]
+    fn smollm2_gguf_is_described() {
+        let path = crate::llm::testing::smollm2_gguf_path();
+        let ws = path.parent().unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let (_, info) = run_in(ws, &format!("[model]\npath = \"{name}\"\n")).unwrap();
+        assert_eq!(info.name, name);
+        assert_eq!(info.config.num_hidden_layers, 30);
+        assert_eq!(info.eos_token_ids, vec![2]);
+        assert!((134_000_000..136_000_000).contains(&info.parameters), "{}", info.parameters);
+    }
+}

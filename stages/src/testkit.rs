@@ -1,0 +1,143 @@
+//! Tiny but complete models on disk for the ML stages' tests and the CLI integration tests:
+//! an HF directory (config.json, model.safetensors, a byte-level BPE tokenizer.json and a
+//! chatml template in tokenizer_config.json) that loads through the same code path as a real
+//! checkpoint, yet trains in milliseconds. Not used by the pipeline itself.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::DType;
+use serde_json::{json, Value};
+
+use crate::llm::tiny::random_tensors;
+use crate::llm::{Architecture, LlmError, LlmResult, ModelConfig};
+
+/// `<|endoftext|>`: padding.
+pub const TINY_PAD: u32 = 0;
+/// `<|im_start|>`.
+pub const TINY_IM_START: u32 = 1;
+/// `<|im_end|>`: the end of a turn and of generation.
+pub const TINY_EOS: u32 = 2;
+const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// The chatml template, without a default system prompt (short sequences keep tests fast).
+pub const TINY_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// A 2-layer Llama with hidden size 64 over the 259 tokens of [`write_tiny_model`]'s
+/// tokenizer (3 specials + 256 bytes; 5 spare rows). Hidden 64 rather than smaller: the final
+/// RMSNorm bounds the logits by about `sqrt(hidden)`, and a model must be able to put most of
+/// the probability on one token for an overfitting test to reach a low loss.
+pub fn tiny_config() -> ModelConfig {
+    ModelConfig {
+        architecture: Architecture::Llama,
+        vocab_size: 264,
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 16,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        max_position_embeddings: 1024,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        sliding_window: None,
+        bos_token_id: None,
+        eos_token_ids: vec![TINY_EOS],
+        pad_token_id: Some(TINY_PAD),
+    }
+}
+
+/// Writes the tiny model as an HF directory `dir` (created), weights seeded by `seed`.
+pub fn write_tiny_model(dir: &Path, seed: u64) -> LlmResult<()> {
+    std::fs::create_dir_all(dir).map_err(|e| LlmError::io(dir, e))?;
+    let config = tiny_config();
+    write_json(&dir.join("config.json"), &config.to_hf_json("float32"))?;
+    let tensors: HashMap<String, candle_core::Tensor> = random_tensors(&config, seed, DType::F32);
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+    write_json(&dir.join("tokenizer.json"), &tokenizer_json())?;
+    write_json(
+        &dir.join("tokenizer_config.json"),
+        &json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": null,
+            "eos_token": SPECIALS[TINY_EOS as usize],
+            "pad_token": SPECIALS[TINY_PAD as usize],
+            "add_bos_token": false,
+            "chat_template": TINY_TEMPLATE,
+        }),
+    )
+}
+
+/// A byte-level BPE without merges: every byte is one token, the specials are added tokens.
+fn tokenizer_json() -> Value {
+    let mut bytes: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
+        .into_iter()
+        .collect();
+    bytes.sort_unstable();
+    let offset = SPECIALS.len();
+    // The specials are in the model's vocabulary too: tokenizers gives added tokens that are
+    // not new ids after the vocabulary instead of the ids written here.
+    let vocab: serde_json::Map<String, Value> = SPECIALS
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.to_string(), json!(i)))
+        .chain(
+            bytes
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.to_string(), json!(i + offset))),
+        )
+        .collect();
+    let added: Vec<Value> = SPECIALS
+        .iter()
+        .enumerate()
+        .map(|(id, content)| {
+            json!({
+                "id": id, "content": content, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true
+            })
+        })
+        .collect();
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "ignore_merges": false, "vocab": vocab, "merges": []
+        }
+    })
+}
+
+fn write_json(path: &Path, value: &Value) -> LlmResult<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| LlmError::bad_file(path, format!("cannot serialise: {e}")))?;
+    std::fs::write(path, text + "\n").map_err(|e| LlmError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tiny_model_loads_tokenizes_and_renders() {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny_model(dir.path(), 3).unwrap();
+        let loaded = crate::llm::load_model_path(dir.path(), &candle_core::Device::Cpu).unwrap();
+        let ids = loaded.tokenizer.encode("<|im_start|>ab<|im_end|>", false).unwrap();
+        assert_eq!(ids.len(), 4);
+        assert_eq!((ids[0], ids[3]), (TINY_IM_START, TINY_EOS));
+        assert_eq!(loaded.tokenizer.decode(&ids[1..3], false).unwrap(), "ab");
+        assert_eq!(loaded.tokenizer.eos_id(), Some(TINY_EOS));
+        assert_eq!(loaded.chat_template.as_deref(), Some(TINY_TEMPLATE));
+    }
+}
