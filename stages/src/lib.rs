@@ -6,9 +6,10 @@ pub mod ingest;
 pub mod llm;
 pub mod model;
 pub mod progress;
-pub mod train;
+pub mod sft;
 pub mod tabular;
 pub mod testkit;
+pub mod train;
 
 pub use contract::{
     erase, ConfigIssue, ConfigProblem, DynStage, LoadedConfig, Stage, StageContext, StageError,
@@ -18,5 +19,9 @@ pub use progress::{Bar, NullProgress, Progress};
 
 /// Every fully implemented stage, in pipeline order. Adding a stage: one file plus one line here.
 pub fn registry() -> Vec<Box<dyn DynStage>> {
-    vec![erase::<ingest::Ingest>(), erase::<model::Model>()]
+    vec![
+        erase::<ingest::Ingest>(),
+        erase::<model::Model>(),
+        erase::<sft::Sft>(),
+    ]
 }

@@ -163,8 +163,7 @@ fn validate_config(cfg: &ModelStageConfig) -> Result<(), ConfigIssue> {
     if let Some(t) = &cfg.chat_template {
         let names: Vec<&str> = NAMED_TEMPLATES.iter().map(|(n, _)| *n).collect();
         let is_file = |p: &Path| {
-            p.extension().is_some_and(|e| e == "jinja" || e == "j2")
-                || p.components().count() > 1
+            p.extension().is_some_and(|e| e == "jinja" || e == "j2") || p.components().count() > 1
         };
         match choice(t) {
             TemplateChoice::File(p) if t.trim().is_empty() || !is_file(&p) => {
@@ -179,7 +178,11 @@ fn validate_config(cfg: &ModelStageConfig) -> Result<(), ConfigIssue> {
             _ => {}
         }
     }
-    if cfg.system_prompt.as_deref().is_some_and(|s| s.trim().is_empty()) {
+    if cfg
+        .system_prompt
+        .as_deref()
+        .is_some_and(|s| s.trim().is_empty())
+    {
         return Err(ConfigIssue::new(
             "system_prompt",
             "is empty; remove the key to use the template's default",
@@ -193,12 +196,8 @@ fn run_model(cfg: &ModelStageConfig, cx: &mut StageContext) -> StageResult {
     cx.progress().info(&format!("model: loading {spec}"));
     let loaded = load_model(&spec, cx.workspace(), &Device::Cpu).map_err(ModelError::Load)?;
     let template = resolve_template(cfg, &loaded, cx.workspace())?;
-    let compiled = ChatTemplate::new(
-        &template.source,
-        &template.text,
-        loaded.tokenizer.special(),
-    )
-    .map_err(ModelError::Template)?;
+    let compiled = ChatTemplate::new(&template.source, &template.text, loaded.tokenizer.special())
+        .map_err(ModelError::Template)?;
     // A render now catches a template that cannot render a plain exchange (or the system
     // prompt) before any training starts.
     let messages = chat_messages(cfg.system_prompt.as_deref(), None, "ping");
@@ -418,11 +417,7 @@ fn write_info(info: &ModelInfo, out: &mut dyn Write) -> std::io::Result<()> {
         c.max_position_embeddings,
         c.tie_word_embeddings
     )?;
-    writeln!(
-        out,
-        "parameters  {:.1}M",
-        info.parameters as f64 / 1e6
-    )?;
+    writeln!(out, "parameters  {:.1}M", info.parameters as f64 / 1e6)?;
     writeln!(
         out,
         "tokens      eos {:?}, pad {}",
@@ -491,22 +486,34 @@ mod tests {
         assert_eq!(info.eos_token_ids, vec![crate::testkit::TINY_EOS]);
         let base = BaseModel::load(out.path(), ws.path(), &Device::Cpu).unwrap();
         let pc = base.render_example(None, "hi", "ok").unwrap();
-        assert!(pc.prompt_text.starts_with("<|im_start|>system\nBe brief."), "{}", pc.prompt_text);
+        assert!(
+            pc.prompt_text.starts_with("<|im_start|>system\nBe brief."),
+            "{}",
+            pc.prompt_text
+        );
         assert_eq!(base.render_prompt(None, "hi").unwrap(), pc.prompt_ids);
-        let own = base.render_example(Some("Row system."), "hi", "ok").unwrap();
+        let own = base
+            .render_example(Some("Row system."), "hi", "ok")
+            .unwrap();
         assert!(own.prompt_text.contains("Row system."));
         let mut shown = Vec::new();
         Model::show(out.path(), &mut shown).unwrap();
         let shown = String::from_utf8(shown).unwrap();
-        assert!(shown.contains("Be brief.") && shown.contains("template    model"), "{shown}");
+        assert!(
+            shown.contains("Be brief.") && shown.contains("template    model"),
+            "{shown}"
+        );
     }
 
     #[test]
     fn named_and_file_templates_and_their_inputs() {
         let ws = tempfile::tempdir().unwrap();
         crate::testkit::write_tiny_model(&ws.path().join("tiny"), 1).unwrap();
-        let (_, info) = run_in(ws.path(), "[model]\npath = \"tiny\"\nchat_template = \"zephyr\"\n")
-            .unwrap();
+        let (_, info) = run_in(
+            ws.path(),
+            "[model]\npath = \"tiny\"\nchat_template = \"zephyr\"\n",
+        )
+        .unwrap();
         assert_eq!(info.chat_template.source, "zephyr");
         std::fs::create_dir_all(ws.path().join("t")).unwrap();
         std::fs::write(
@@ -527,17 +534,33 @@ mod tests {
     fn errors_name_the_key() {
         let ws = tempfile::tempdir().unwrap();
         let err = run_in(ws.path(), "[model]\npath = \"nope.gguf\"\n").unwrap_err();
-        assert!(err.contains("[model] `path`") && err.contains("does not exist"), "{err}");
-        let err = run_in(ws.path(), "[model]\npath = \"x\"\nchat_template = \"vicuna\"\n").unwrap_err();
-        assert!(err.starts_with("chat_template:") && err.contains("chatml"), "{err}");
+        assert!(
+            err.contains("[model] `path`") && err.contains("does not exist"),
+            "{err}"
+        );
+        let err = run_in(
+            ws.path(),
+            "[model]\npath = \"x\"\nchat_template = \"vicuna\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("chat_template:") && err.contains("chatml"),
+            "{err}"
+        );
         let err = run_in(ws.path(), "[model]\npath = \"hf:bad\"\n").unwrap_err();
         assert!(err.starts_with("path:"), "{err}");
         let err = run_in(ws.path(), "[model]\npath = \"x\"\nsystem_prompt = \" \"\n").unwrap_err();
         assert!(err.starts_with("system_prompt:"), "{err}");
         crate::testkit::write_tiny_model(&ws.path().join("tiny"), 1).unwrap();
-        let err = run_in(ws.path(), "[model]\npath = \"tiny\"\nchat_template = \"no/such.jinja\"\n")
-            .unwrap_err();
-        assert!(err.contains("`chat_template`") && err.contains("no/such.jinja"), "{err}");
+        let err = run_in(
+            ws.path(),
+            "[model]\npath = \"tiny\"\nchat_template = \"no/such.jinja\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("`chat_template`") && err.contains("no/such.jinja"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -549,6 +572,10 @@ mod tests {
         assert_eq!(info.name, name);
         assert_eq!(info.config.num_hidden_layers, 30);
         assert_eq!(info.eos_token_ids, vec![2]);
-        assert!((134_000_000..136_000_000).contains(&info.parameters), "{}", info.parameters);
+        assert!(
+            (134_000_000..136_000_000).contains(&info.parameters),
+            "{}",
+            info.parameters
+        );
     }
 }

@@ -117,7 +117,14 @@ impl LlamaModel {
         noise: &Tensor,
     ) -> LlmResult<Tensor> {
         let mut slots = TokenSlots::new();
-        self.run(input_ids, attention_mask, mode, &mut slots, None, Some(noise))
+        self.run(
+            input_ids,
+            attention_mask,
+            mode,
+            &mut slots,
+            None,
+            Some(noise),
+        )
     }
 
     /// `lm_head` on hidden states `[..., hidden]` -> `[..., vocab]`.

@@ -151,7 +151,11 @@ mod tests {
             .chunks(8)
             .map(<[usize]>::to_vec)
             .collect();
-        assert!(grouped * 4 < padded(&random), "{grouped} vs {}", padded(&random));
+        assert!(
+            grouped * 4 < padded(&random),
+            "{grouped} vs {}",
+            padded(&random)
+        );
     }
 
     #[test]

@@ -154,10 +154,18 @@ mod tests {
         assert!(load::<State>(dir.path(), &dev).unwrap().is_none());
         let t = Tensor::new(&[1f32, 2.0, 3.0], &dev).unwrap();
         save(dir.path(), &State { step: 1 }, &[("w".into(), t.clone())]).unwrap();
-        save(dir.path(), &State { step: 2 }, &[("w".into(), (t * 2.0).unwrap())]).unwrap();
+        save(
+            dir.path(),
+            &State { step: 2 },
+            &[("w".into(), (t * 2.0).unwrap())],
+        )
+        .unwrap();
         let loaded = load::<State>(dir.path(), &dev).unwrap().unwrap();
         assert_eq!(loaded.state, State { step: 2 });
-        assert_eq!(loaded.tensors["w"].to_vec1::<f32>().unwrap(), vec![2.0, 4.0, 6.0]);
+        assert_eq!(
+            loaded.tensors["w"].to_vec1::<f32>().unwrap(),
+            vec![2.0, 4.0, 6.0]
+        );
         assert!(!dir.path().join(OLD_DIR).exists() && !dir.path().join(TMP_DIR).exists());
     }
 
@@ -182,7 +190,9 @@ mod tests {
         let ck = dir.path().join(CHECKPOINT_DIR);
         std::fs::create_dir_all(&ck).unwrap();
         std::fs::write(ck.join(STATE_FILE), "{not json").unwrap();
-        let err = load::<State>(dir.path(), &Device::Cpu).unwrap_err().to_string();
+        let err = load::<State>(dir.path(), &Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("state.json"), "{err}");
     }
 }

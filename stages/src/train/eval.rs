@@ -30,7 +30,11 @@ pub fn completion_loss(model: &LlamaModel, batches: &[TokenBatch]) -> LlmResult<
         sum += mean * out.tokens as f64;
         tokens += out.tokens;
     }
-    let loss = if tokens > 0 { sum / tokens as f64 } else { f64::NAN };
+    let loss = if tokens > 0 {
+        sum / tokens as f64
+    } else {
+        f64::NAN
+    };
     Ok(EvalResult {
         loss,
         perplexity: loss.exp(),

@@ -53,10 +53,9 @@ impl MetricsLog {
     /// run, so keeping them would duplicate steps.
     pub fn open(path: &Path, keep_through: Option<usize>) -> Result<Self, MetricsError> {
         let kept = match keep_through {
-            Some(step) if path.exists() => read(path)?
-                .into_iter()
-                .filter(|r| r.step <= step)
-                .collect(),
+            Some(step) if path.exists() => {
+                read(path)?.into_iter().filter(|r| r.step <= step).collect()
+            }
             _ => Vec::new(),
         };
         let mut text = String::new();
@@ -156,6 +155,9 @@ mod tests {
         let steps: Vec<usize> = read(&path).unwrap().iter().map(|r| r.step).collect();
         assert_eq!(steps, vec![0, 1, 2, 3]);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains("eval_loss"), "absent fields are omitted: {text}");
+        assert!(
+            !text.contains("eval_loss"),
+            "absent fields are omitted: {text}"
+        );
     }
 }

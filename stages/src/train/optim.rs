@@ -88,8 +88,16 @@ impl AdamW {
 
     /// The moments as named tensors (`adamw.m.3`, `adamw.v.3`), for a checkpoint.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let m = self.m.iter().enumerate().map(|(i, t)| (moment_name("m", i), t.clone()));
-        let v = self.v.iter().enumerate().map(|(i, t)| (moment_name("v", i), t.clone()));
+        let m = self
+            .m
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (moment_name("m", i), t.clone()));
+        let v = self
+            .v
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (moment_name("v", i), t.clone()));
         m.chain(v).collect()
     }
 
@@ -166,7 +174,11 @@ mod tests {
         let empty = HashMap::new();
         let var = Var::zeros(2, DType::F32, &dev)?;
         let mut opt = AdamW::new(&[var], AdamWParams::default())?;
-        assert!(opt.restore(&empty, 1).unwrap_err().to_string().contains("adamw.m.0"));
+        assert!(opt
+            .restore(&empty, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("adamw.m.0"));
         Ok(())
     }
 }

@@ -189,7 +189,10 @@ mod tests {
                 Ok((var.as_tensor() * 0.0)?.sum_all()?.affine(1.0, v as f64)?)
             })
             .unwrap_err();
-        assert!(matches!(err, StepFailure::NonFinite { micro: Some(1), .. }), "{err}");
+        assert!(
+            matches!(err, StepFailure::NonFinite { micro: Some(1), .. }),
+            "{err}"
+        );
         assert_eq!(var.as_tensor().to_vec1::<f32>().unwrap(), vec![0.5]);
         assert_eq!(t.steps_taken(), 0);
     }

@@ -1,0 +1,876 @@
+//! The `sft` stage: LoRA supervised fine-tuning of the base model on ingest's train split,
+//! with a completion-only loss, evaluated on the val split before, during and after training.
+//!
+//! A run is a pure function of its settings and seed: the data order, LoRA dropout and
+//! NEFTune noise of every step derive from (seed, step), and checkpoints in the partial
+//! directory hold the LoRA weights, the AdamW moments and the step. A run killed at any point
+//! resumes from its last checkpoint and ends with the same adapter as an uninterrupted one.
+
+mod config;
+mod data;
+mod report;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+pub use config::{LoraSettings, Overlength, Preset, SftConfig, SftSettings};
+pub use data::{FitCounts, TokenRow};
+pub use report::{Sample, SftSummary, ADAPTER_DIR, METRICS_FILE, SAMPLES_FILE, SUMMARY_FILE};
+
+use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
+use crate::ingest::{self, IngestError, TRAIN_FILE, VAL_FILE};
+use crate::llm::loss::{TargetLogProbs, DEFAULT_CHUNK};
+use crate::llm::{
+    portable_base_reference, LlamaModel, LlmError, LoraConfig, Mode, PeftAdapter, TargetMask,
+    TokenBatch,
+};
+use crate::model::{BaseModel, ModelError};
+use crate::progress::{Bar, Progress};
+use crate::train::checkpoint::{self, CheckpointError};
+use crate::train::eval::completion_loss;
+use crate::train::greedy::greedy;
+use crate::train::lora_state::{lora_tensors, restore_lora};
+use crate::train::memory::peak_rss_mb;
+use crate::train::metrics::MetricsError;
+use crate::train::rng::{derive, Stream};
+use crate::train::schedule::warmup_steps_from_ratio;
+use crate::train::{
+    neftune, AdamWParams, EvalResult, MetricRecord, MetricsLog, Plan, Schedule, StepFailure,
+    StepOutcome, Trainer,
+};
+
+/// The `sft` stage.
+pub struct Sft;
+
+/// Why sft failed. Messages name the file, row, step or key, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SftError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error("{file}: row id {id} (source row {source_row}): cannot render it with the chat template: {source}")]
+    Render {
+        file: String,
+        id: String,
+        source_row: u64,
+        #[source]
+        source: LlmError,
+    },
+    #[error("[sft] none of the {rows} rows of {file} fits `max_seq_len` = {max_seq_len} ({dropped} dropped); raise `max_seq_len`{hint}")]
+    NoRows {
+        file: String,
+        rows: usize,
+        max_seq_len: usize,
+        dropped: usize,
+        hint: &'static str,
+    },
+    #[error("sft: non-finite {what} ({value}) at step {step} of {total}, in the batch of train rows {rows}; {kept}; lower `learning_rate` (now {lr:e}), keep `max_grad_norm` on, or check those rows")]
+    NonFinite {
+        what: &'static str,
+        value: f64,
+        step: usize,
+        total: usize,
+        rows: String,
+        kept: String,
+        lr: f64,
+    },
+    #[error("sft: {context}: {source}")]
+    Llm {
+        context: String,
+        #[source]
+        source: LlmError,
+    },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sft: stopped after step {0} as asked (a simulated crash)")]
+    Interrupted(usize),
+}
+
+fn llm(context: impl Into<String>) -> impl FnOnce(LlmError) -> SftError {
+    let context = context.into();
+    move |source| SftError::Llm { context, source }
+}
+
+fn candle(context: &str) -> impl FnOnce(candle_core::Error) -> SftError + '_ {
+    move |e| SftError::Llm {
+        context: context.to_string(),
+        source: e.into(),
+    }
+}
+
+impl Stage for Sft {
+    const NAME: &'static str = "sft";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str =
+        "LoRA supervised fine-tuning on the train split, evaluated on val, resumable";
+    const DEPS: &'static [&'static str] = &["ingest", "model"];
+    const STARTER: &'static str = r#"[sft]
+# preset = "balanced"      # defaults for every key below left out:
+#                          #   fast:             1 epoch,  lr 3e-4, batch 8,     seq 256,  r 8 on q/v
+#                          #   balanced:         2 epochs, lr 2e-4, batch 4x2,   seq 512,  r 16 on all linear
+#                          #   quality:          3 epochs, lr 1e-4, batch 4x4,   seq 1024, r 32, neftune 5, wd 0.01
+#                          #   memory_efficient: 2 epochs, lr 2e-4, batch 1x8,   seq 256,  r 8 on q/k/v/o
+# epochs = 2               # passes over the train split (fractions allowed); or:
+# max_steps = 100          # optimizer steps (instead of epochs)
+# learning_rate = 2e-4     # peak learning rate of AdamW
+# lr_scheduler = "cosine"  # "cosine", "linear" or "constant", after a linear warmup from 0
+# warmup_ratio = 0.03      # share of the steps spent warming up; or:
+# warmup_steps = 10
+# batch_size = 4           # rows per micro-batch (grouped by length to cut padding)
+# gradient_accumulation = 2  # micro-batches per optimizer step
+# max_seq_len = 512        # tokens per row (prompt + completion)
+# overlength = "truncate_prompt"  # longer rows: "truncate_prompt" (cut the prompt's start,
+#                          # keep the completion) or "drop"; both are counted in the summary
+# weight_decay = 0.0       # AdamW decoupled weight decay
+# max_grad_norm = 1.0      # clip the global gradient norm (0: off)
+# neftune_alpha = 0.0      # NEFTune embedding noise during training (5 is typical; 0: off)
+# seed = 42                # default: [project] seed; fixes LoRA init, data order, dropout, noise
+# eval_every = 50          # also evaluate on val every N steps (always before and after)
+# save_every = 50          # checkpoint every N steps; a killed run resumes from the last one
+# train_on_prompt = false  # false: the loss counts completion tokens only
+# max_eval_rows = 200      # evaluate on at most this many val rows (default: all)
+# samples = 3              # val prompts answered greedily before and after training
+# sample_max_new_tokens = 48
+
+[sft.lora]
+# r = 16                   # rank of the update
+# alpha = 32               # scale = alpha / r (alpha / sqrt(r) with use_rslora)
+# dropout = 0.05           # dropout on the LoRA input during training
+# target_modules = ["all-linear"]  # or names: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj
+# use_rslora = false
+"#;
+    type Config = SftConfig;
+
+    fn validate(cfg: &SftConfig) -> Result<(), ConfigIssue> {
+        config::validate(cfg)
+    }
+
+    fn run(cfg: &SftConfig, cx: &mut StageContext) -> StageResult {
+        run_sft(cfg, cx, Hooks::default())
+    }
+
+    fn show(dir: &Path, out: &mut dyn Write) -> std::io::Result<()> {
+        report::show(dir, out)
+    }
+}
+
+/// Test-only interventions in a run.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Hooks {
+    /// Stop with [`SftError::Interrupted`] right after this step (a simulated crash).
+    pub stop_after: Option<usize>,
+}
+
+/// Bumped when the checkpoint layout or meaning changes: older checkpoints are ignored.
+const STATE_FORMAT: u32 = 1;
+const METRICS_PARTIAL: &str = "metrics.jsonl";
+
+/// What a checkpoint records besides tensors: where the run is and what it has measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunState {
+    format: u32,
+    /// The run this checkpoint belongs to (settings, seed, data, base model).
+    fingerprint: String,
+    /// Optimizer steps completed.
+    step: usize,
+    tokens: usize,
+    target_tokens: usize,
+    train_seconds: f64,
+    wall_seconds: f64,
+    /// The loss of every completed step.
+    losses: Vec<f64>,
+    eval_before: EvalResult,
+    /// The latest evaluation and the step it ran after.
+    last_eval: (usize, EvalResult),
+    samples_before: Vec<String>,
+}
+
+/// Everything a run needs, prepared from the settings and the inputs.
+struct Run<'a> {
+    settings: SftSettings,
+    seed: u64,
+    model: LlamaModel,
+    train: Vec<TokenRow>,
+    plan: Plan,
+    trainer: Trainer,
+    eval_batches: Vec<TokenBatch>,
+    pad: u32,
+    partial: PathBuf,
+    fingerprint: String,
+    progress: &'a dyn Progress,
+    started: Instant,
+    /// The step of the checkpoint on disk, if any.
+    saved_step: Option<usize>,
+}
+
+pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> StageResult {
+    let settings = cfg.resolve();
+    let seed = settings.seed.unwrap_or(cx.seed());
+    let device = Device::Cpu;
+    let base =
+        BaseModel::load(cx.input("model")?, cx.workspace(), &device).map_err(SftError::from)?;
+    let ingest_dir = cx.input("ingest")?.to_path_buf();
+    let train_rows = ingest::read_examples(&ingest_dir.join(TRAIN_FILE)).map_err(SftError::from)?;
+    let val_rows = ingest::read_examples(&ingest_dir.join(VAL_FILE)).map_err(SftError::from)?;
+    let (train, train_counts) = encode(&base, &train_rows, &settings, TRAIN_FILE)?;
+    let (mut val, val_counts) = encode(&base, &val_rows, &settings, VAL_FILE)?;
+    if let Some(max) = settings.max_eval_rows {
+        val.truncate(max);
+    }
+    let BaseModel {
+        info,
+        mut model,
+        tokenizer,
+        ..
+    } = base;
+    model
+        .attach_lora(&LoraConfig {
+            r: settings.lora.r,
+            alpha: settings.lora.alpha,
+            dropout: settings.lora.dropout,
+            target_modules: settings.target_modules(),
+            use_rslora: settings.lora.use_rslora,
+            seed: derive(seed, Stream::LoraInit, 0, 0),
+        })
+        .map_err(llm("cannot attach LoRA"))?;
+    let lengths: Vec<usize> = train.iter().map(TokenRow::len).collect();
+    let plan = Plan::new(
+        &lengths,
+        settings.batch_size,
+        settings.gradient_accumulation,
+        settings.run_length(),
+        seed,
+    );
+    let total = plan.total_steps();
+    let warmup = match (settings.warmup_steps, settings.warmup_ratio) {
+        (Some(w), _) => w,
+        (None, Some(r)) => warmup_steps_from_ratio(r, total),
+        (None, None) => 0,
+    };
+    let schedule = Schedule {
+        peak: settings.learning_rate,
+        warmup,
+        total,
+        kind: settings.lr_scheduler,
+    };
+    let params = AdamWParams {
+        weight_decay: settings.weight_decay,
+        ..AdamWParams::default()
+    };
+    let vars = model.trainable_vars();
+    let trainable: u64 = vars.iter().map(|v| v.elem_count() as u64).sum();
+    let trainer = Trainer::new(vars, params, schedule, settings.max_grad_norm)
+        .map_err(candle("cannot create the optimizer"))?;
+    let pad = info.pad_token_id;
+    let eval_batches = eval_batches(&val, settings.batch_size, pad, &device)?;
+    report_data(
+        cx.progress(),
+        &settings,
+        &train_counts,
+        &val_counts,
+        val.len(),
+        &plan,
+        warmup,
+        trainable,
+    );
+    let fingerprint = fingerprint(&settings, seed, &train, &val, &info.name);
+    let partial = cx.partial_dir().map_err(|source| SftError::Write {
+        path: PathBuf::from("artifacts/.partial"),
+        source,
+    })?;
+    let mut run = Run {
+        settings,
+        seed,
+        model,
+        train,
+        plan,
+        trainer,
+        eval_batches,
+        pad,
+        partial: partial.to_path_buf(),
+        fingerprint,
+        progress: cx.progress(),
+        started: Instant::now(),
+        saved_step: None,
+    };
+    let sample_rows: Vec<(&TokenRow, &ingest::Example)> =
+        sample_rows(&val, &val_rows, run.settings.samples);
+    let stop = &info.eos_token_ids;
+    let (mut state, mut log, resumed_from) = match run.resume()? {
+        Some(state) => {
+            let log = MetricsLog::open(&run.partial.join(METRICS_PARTIAL), Some(state.step))?;
+            let step = state.step;
+            (state, log, Some(step))
+        }
+        None => {
+            let (state, log) = run.fresh_start(&sample_rows, stop, &tokenizer)?;
+            (state, log, None)
+        }
+    };
+    run.train_steps(&mut state, &mut log, hooks)?;
+    let after = match state.last_eval {
+        (step, result) if step == state.step => result,
+        _ => run.evaluate()?,
+    };
+    let samples_after = run.samples(&sample_rows, stop, &tokenizer)?;
+    state.wall_seconds += run.started.elapsed().as_secs_f64();
+
+    let out = cx.out_dir().to_path_buf();
+    let base_name = portable_base(&info.name, &info.path, &out.join(ADAPTER_DIR))?;
+    PeftAdapter::from_model(&run.model, &base_name)
+        .and_then(|a| a.save(&out.join(ADAPTER_DIR)))
+        .map_err(llm("cannot write the adapter"))?;
+    copy(&run.partial.join(METRICS_PARTIAL), &out.join(METRICS_FILE))?;
+    let samples: Vec<Sample> = sample_rows
+        .iter()
+        .zip(&state.samples_before)
+        .zip(&samples_after)
+        .map(|(((_, row), before), after)| Sample {
+            id: row.id.clone(),
+            source_row: row.source_row,
+            prompt: row.prompt.clone(),
+            reference: row.response.clone(),
+            before: before.clone(),
+            after: after.clone(),
+        })
+        .collect();
+    write_jsonl(&out.join(SAMPLES_FILE), &samples)?;
+    let summary = summarize(
+        &run,
+        &state,
+        after,
+        (train_counts, val_counts),
+        resumed_from,
+        trainable,
+        base_name,
+    );
+    write_json(&out.join(SUMMARY_FILE), &summary)?;
+    cx.progress().info(&format!(
+        "sft: eval loss {} after {} steps, {:.0} tok/s",
+        report::eval_pair(&state.eval_before, &after),
+        summary.steps,
+        summary.tokens_per_s
+    ));
+    cx.set_metric("eval_loss_before", summary.eval_loss_before);
+    cx.set_metric("eval_loss_after", summary.eval_loss_after);
+    cx.set_metric("train_loss", summary.train_loss_final_mean);
+    cx.set_metric("tok_s", summary.tokens_per_s);
+    if let Some(mb) = summary.peak_rss_mb {
+        cx.set_metric("peak_rss_mb", mb);
+    }
+    cx.set_metric("steps", summary.steps);
+    Ok(())
+}
+
+/// Renders one split and insists that at least one row fits.
+fn encode(
+    base: &BaseModel,
+    rows: &[ingest::Example],
+    settings: &SftSettings,
+    file: &str,
+) -> Result<(Vec<TokenRow>, FitCounts), SftError> {
+    let (encoded, counts) =
+        data::encode_split(base, rows, settings.max_seq_len, settings.overlength, file)?;
+    if encoded.is_empty() {
+        return Err(SftError::NoRows {
+            file: file.to_string(),
+            rows: counts.rows,
+            max_seq_len: settings.max_seq_len,
+            dropped: counts.dropped(),
+            hint: match settings.overlength {
+                Overlength::Drop => " or set overlength = \"truncate_prompt\"",
+                Overlength::TruncatePrompt => "",
+            },
+        });
+    }
+    Ok((encoded, counts))
+}
+
+/// Val rows sorted by length in batches: fixed, so every evaluation scores the same batches.
+fn eval_batches(
+    val: &[TokenRow],
+    batch_size: usize,
+    pad: u32,
+    device: &Device,
+) -> Result<Vec<TokenBatch>, SftError> {
+    let mut order: Vec<&TokenRow> = val.iter().collect();
+    order.sort_by_key(|r| r.len());
+    order
+        .chunks(batch_size)
+        .map(|rows| {
+            let examples: Vec<_> = rows.iter().map(|r| r.example.clone()).collect();
+            TokenBatch::new(&examples, pad, device).map_err(llm("cannot batch the val rows"))
+        })
+        .collect()
+}
+
+/// The first `n` val rows with their ingest text (the reference answer).
+fn sample_rows<'r>(
+    val: &'r [TokenRow],
+    rows: &'r [ingest::Example],
+    n: usize,
+) -> Vec<(&'r TokenRow, &'r ingest::Example)> {
+    let by_id: HashMap<&str, &ingest::Example> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
+    val.iter()
+        .filter_map(|t| by_id.get(t.id.as_str()).map(|r| (t, *r)))
+        .take(n)
+        .collect()
+}
+
+/// Identifies a run: a checkpoint of anything else (settings, seed, data, base) is not resumed.
+fn fingerprint(
+    settings: &SftSettings,
+    seed: u64,
+    train: &[TokenRow],
+    val: &[TokenRow],
+    base: &str,
+) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(&STATE_FORMAT.to_le_bytes());
+    h.update(
+        serde_json::to_string(settings)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    h.update(&seed.to_le_bytes());
+    h.update(base.as_bytes());
+    for row in train.iter().chain(val) {
+        h.update(row.id.as_bytes());
+        h.update(&(row.len() as u64).to_le_bytes());
+    }
+    h.finalize().to_hex()[..16].to_string()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report_data(
+    progress: &dyn Progress,
+    s: &SftSettings,
+    train: &FitCounts,
+    val: &FitCounts,
+    eval_rows: usize,
+    plan: &Plan,
+    warmup: usize,
+    trainable: u64,
+) {
+    let fit = |c: &FitCounts| {
+        if c.truncated + c.dropped() == 0 {
+            String::new()
+        } else {
+            format!(
+                " ({} truncated, {} dropped over max_seq_len {})",
+                c.truncated,
+                c.dropped(),
+                s.max_seq_len
+            )
+        }
+    };
+    progress.info(&format!(
+        "sft: {} of {} train rows{}, {eval_rows} val rows for evaluation{}",
+        train.kept,
+        train.rows,
+        fit(train),
+        fit(val)
+    ));
+    progress.info(&format!(
+        "sft: {} steps ({} per epoch) of {} micro-batch(es) of {}, lr {:e} {} with {warmup} warmup steps; LoRA r {} on {} ({trainable} trainable parameters)",
+        plan.total_steps(),
+        plan.steps_per_epoch,
+        s.gradient_accumulation,
+        s.batch_size,
+        s.learning_rate,
+        s.lr_scheduler.name(),
+        s.lora.r,
+        s.lora.target_modules.join(" "),
+    ));
+}
+
+impl Run<'_> {
+    /// Restores the checkpoint of this run, if there is one.
+    fn resume(&mut self) -> Result<Option<RunState>, SftError> {
+        let Some(loaded) = checkpoint::load::<RunState>(&self.partial, self.model.device())? else {
+            return Ok(None);
+        };
+        if loaded.state.format != STATE_FORMAT || loaded.state.fingerprint != self.fingerprint {
+            self.progress.info(&format!(
+                "sft: ignoring the checkpoint in {} (another run's); starting over",
+                loaded.dir.display()
+            ));
+            checkpoint::clear(&self.partial)?;
+            return Ok(None);
+        }
+        let step = loaded.state.step;
+        restore_lora(&self.model, &loaded.tensors).map_err(llm("cannot restore the checkpoint"))?;
+        self.trainer
+            .restore_optimizer(&loaded.tensors, step)
+            .map_err(candle("cannot restore the optimizer state"))?;
+        self.saved_step = Some(step);
+        self.progress.info(&format!(
+            "sft: resuming from the checkpoint of step {step} of {} in {}",
+            self.plan.total_steps(),
+            loaded.dir.display()
+        ));
+        Ok(Some(loaded.state))
+    }
+
+    /// A run from step 0: the evaluation and samples before training, and a new log.
+    fn fresh_start(
+        &mut self,
+        sample_rows: &[(&TokenRow, &ingest::Example)],
+        stop: &[u32],
+        tokenizer: &crate::llm::TextTokenizer,
+    ) -> Result<(RunState, MetricsLog), SftError> {
+        let before = self.evaluate()?;
+        self.progress.info(&format!(
+            "sft: eval loss before training {:.4} (perplexity {:.2}) over {} tokens",
+            before.loss, before.perplexity, before.tokens
+        ));
+        let samples_before = self.samples(sample_rows, stop, tokenizer)?;
+        let mut log = MetricsLog::open(&self.partial.join(METRICS_PARTIAL), None)?;
+        log.append(&MetricRecord {
+            step: 0,
+            epoch: 0.0,
+            eval_loss: Some(before.loss),
+            eval_perplexity: Some(before.perplexity),
+            ..MetricRecord::default()
+        })?;
+        let state = RunState {
+            format: STATE_FORMAT,
+            fingerprint: self.fingerprint.clone(),
+            step: 0,
+            tokens: 0,
+            target_tokens: 0,
+            train_seconds: 0.0,
+            wall_seconds: 0.0,
+            losses: Vec::new(),
+            eval_before: before,
+            last_eval: (0, before),
+            samples_before,
+        };
+        Ok((state, log))
+    }
+
+    /// Runs the remaining steps, logging, evaluating and checkpointing as configured.
+    fn train_steps(
+        &mut self,
+        state: &mut RunState,
+        log: &mut MetricsLog,
+        hooks: Hooks,
+    ) -> Result<(), SftError> {
+        let total = self.plan.total_steps();
+        let bar = self.progress.bar(Some(total as u64), "steps");
+        bar.set_position(state.step as u64);
+        let wall_at_start = state.wall_seconds;
+        for step in state.step..total {
+            let clock = Instant::now();
+            let (outcome, tokens, targets) = self.step(step)?;
+            let seconds = clock.elapsed().as_secs_f64();
+            state.step = step + 1;
+            state.tokens += tokens;
+            state.target_tokens += targets;
+            state.train_seconds += seconds;
+            state.losses.push(outcome.loss);
+            let mut record = MetricRecord {
+                step: step + 1,
+                epoch: self.plan.epoch_at(step + 1),
+                loss: Some(outcome.loss),
+                lr: Some(outcome.lr),
+                grad_norm: Some(outcome.grad_norm),
+                tokens_per_s: Some(tokens as f64 / seconds.max(1e-9)),
+                ..MetricRecord::default()
+            };
+            if self.evaluates_after(step + 1) {
+                let result = self.evaluate()?;
+                record.eval_loss = Some(result.loss);
+                record.eval_perplexity = Some(result.perplexity);
+                state.last_eval = (step + 1, result);
+                self.progress.debug(&format!(
+                    "sft: step {}: eval loss {:.4} (perplexity {:.2})",
+                    step + 1,
+                    result.loss,
+                    result.perplexity
+                ));
+            }
+            log.append(&record)?;
+            update_bar(bar.as_ref(), &record);
+            if (step + 1) % self.settings.save_every == 0 && step + 1 < total {
+                state.wall_seconds = wall_at_start + self.started.elapsed().as_secs_f64();
+                self.save(state)?;
+            }
+            if hooks.stop_after == Some(step + 1) {
+                return Err(SftError::Interrupted(step + 1));
+            }
+        }
+        state.wall_seconds = wall_at_start;
+        bar.finish();
+        Ok(())
+    }
+
+    fn evaluates_after(&self, completed: usize) -> bool {
+        completed == self.plan.total_steps()
+            || self.settings.eval_every.is_some_and(|k| completed % k == 0)
+    }
+
+    /// One optimizer step; returns what it did, the tokens it processed and the target tokens
+    /// it counted.
+    fn step(&mut self, step: usize) -> Result<(StepOutcome, usize, usize), SftError> {
+        let planned = &self.plan.steps[step];
+        let train_on_prompt = self.settings.train_on_prompt;
+        let rows: Vec<Vec<&TokenRow>> = planned
+            .micro_batches
+            .iter()
+            .map(|b| b.iter().map(|&i| &self.train[i]).collect())
+            .collect();
+        let batches: Vec<TokenBatch> = rows
+            .iter()
+            .map(|b| {
+                let examples: Vec<_> = b.iter().map(|r| r.example.clone()).collect();
+                TokenBatch::new(&examples, self.pad, self.model.device())
+            })
+            .collect::<Result<_, _>>()
+            .map_err(llm(format!("step {}: cannot build the batch", step + 1)))?;
+        let targets: Vec<usize> = rows
+            .iter()
+            .map(|b| b.iter().map(|r| r.targets(train_on_prompt)).sum())
+            .collect();
+        let tokens: usize = rows.iter().flatten().map(|r| r.len()).sum();
+        let which = if train_on_prompt {
+            TargetMask::Sequence
+        } else {
+            TargetMask::Completion
+        };
+        let (seed, alpha, model) = (self.seed, self.settings.neftune_alpha, &self.model);
+        let result = self.trainer.step(step, &targets, |i| {
+            let dropout_seed = derive(seed, Stream::Dropout, step as u64, i as u64);
+            let noise_seed = derive(seed, Stream::Neftune, step as u64, i as u64);
+            micro_loss(model, &batches[i], dropout_seed, alpha, noise_seed, which)
+        });
+        match result {
+            Ok(outcome) => Ok((outcome, tokens, targets.iter().sum())),
+            Err(StepFailure::NonFinite { what, value, micro }) => {
+                let culprits: Vec<String> = match micro {
+                    Some(i) => rows[i].iter().map(|r| r.describe()).collect(),
+                    None => rows.iter().flatten().map(|r| r.describe()).collect(),
+                };
+                Err(SftError::NonFinite {
+                    what,
+                    value,
+                    step: step + 1,
+                    total: self.plan.total_steps(),
+                    rows: culprits.join(", "),
+                    kept: self.kept_checkpoint(),
+                    lr: self.trainer.schedule().lr(step),
+                })
+            }
+            Err(StepFailure::Llm(source)) => Err(SftError::Llm {
+                context: format!("step {}", step + 1),
+                source,
+            }),
+        }
+    }
+
+    fn kept_checkpoint(&self) -> String {
+        match self.saved_step {
+            Some(k) => format!(
+                "the last good checkpoint (step {k}) stays in {} and a re-run with changed settings starts over, with the same settings resumes from it",
+                self.partial.display()
+            ),
+            None => format!(
+                "no checkpoint was written yet (save_every = {})",
+                self.settings.save_every
+            ),
+        }
+    }
+
+    fn save(&mut self, state: &RunState) -> Result<(), SftError> {
+        let mut tensors = lora_tensors(&self.model);
+        tensors.extend(self.trainer.optimizer_tensors());
+        checkpoint::save(&self.partial, state, &tensors)?;
+        self.saved_step = Some(state.step);
+        Ok(())
+    }
+
+    fn evaluate(&self) -> Result<EvalResult, SftError> {
+        let result = completion_loss(&self.model, &self.eval_batches)
+            .map_err(llm("cannot evaluate on the val rows"))?;
+        if !result.loss.is_finite() {
+            return Err(SftError::Llm {
+                context: "evaluation".into(),
+                source: LlmError::Invalid(format!(
+                    "the val loss is {} over {} tokens: the model's outputs are not finite",
+                    result.loss, result.tokens
+                )),
+            });
+        }
+        Ok(result)
+    }
+
+    /// Greedy answers to the sample prompts with the current weights.
+    fn samples(
+        &self,
+        rows: &[(&TokenRow, &ingest::Example)],
+        stop: &[u32],
+        tokenizer: &crate::llm::TextTokenizer,
+    ) -> Result<Vec<String>, SftError> {
+        rows.iter()
+            .map(|(t, _)| {
+                let ids = greedy(
+                    &self.model,
+                    &t.example.prompt,
+                    self.settings.sample_max_new_tokens,
+                    stop,
+                )
+                .and_then(|ids| tokenizer.decode(&ids, true))
+                .map_err(llm(format!("cannot sample row {}", t.describe())))?;
+                Ok(ids.trim().to_string())
+            })
+            .collect()
+    }
+}
+
+/// The mean loss of one micro-batch in training mode: LoRA dropout seeded by `dropout_seed`,
+/// NEFTune noise (when `alpha > 0`) seeded by `noise_seed`.
+fn micro_loss(
+    model: &LlamaModel,
+    batch: &TokenBatch,
+    dropout_seed: u64,
+    alpha: f64,
+    noise_seed: u64,
+    which: TargetMask,
+) -> Result<Tensor, LlmError> {
+    let mode = Mode::Train { seed: dropout_seed };
+    let hidden = if alpha > 0.0 {
+        let (rows, seq) = batch.input_ids.dims2()?;
+        let shape = (rows, seq, model.config().hidden_size);
+        let noise = neftune::noise(shape, alpha, noise_seed, model.dtype(), model.device())?;
+        model.hidden_states_with_embedding_noise(
+            &batch.input_ids,
+            Some(&batch.attention_mask),
+            mode,
+            &noise,
+        )?
+    } else {
+        model.hidden_states(&batch.input_ids, Some(&batch.attention_mask), mode)?
+    };
+    let select = vec![which; batch.batch_size()];
+    let lp = TargetLogProbs::from_hidden(model, &hidden, batch, &select, DEFAULT_CHUNK)?;
+    Ok(lp.token_mean_nll(which)?.0)
+}
+
+fn update_bar(bar: &dyn Bar, r: &MetricRecord) {
+    bar.set_position(r.step as u64);
+    bar.set_message(format!(
+        "loss {:.3} lr {:.1e} {:.0} tok/s{}",
+        r.loss.unwrap_or(f64::NAN),
+        r.lr.unwrap_or(0.0),
+        r.tokens_per_s.unwrap_or(0.0),
+        r.eval_loss
+            .map(|l| format!(" eval {l:.3}"))
+            .unwrap_or_default()
+    ));
+}
+
+/// PEFT's `base_model_name_or_path`: the model stage's portable name (a hub id or the path
+/// as written, relative to the workspace). An absolute path as written is not portable: it
+/// becomes a path relative to the adapter directory instead.
+fn portable_base(name: &str, resolved: &Path, adapter_dir: &Path) -> Result<String, SftError> {
+    if crate::llm::base_ref::check_portable(name).is_ok() {
+        return Ok(name.to_string());
+    }
+    portable_base_reference(&resolved.to_string_lossy(), adapter_dir)
+        .map_err(llm("cannot name the base model portably"))
+}
+
+fn summarize(
+    run: &Run<'_>,
+    state: &RunState,
+    after: EvalResult,
+    (train, val): (FitCounts, FitCounts),
+    resumed_from_step: Option<usize>,
+    trainable_parameters: u64,
+    base_model: String,
+) -> SftSummary {
+    let losses = &state.losses;
+    let tail = &losses[losses.len().saturating_sub(10)..];
+    let tail_mean = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
+    SftSummary {
+        base_model,
+        steps: state.step,
+        epochs: run.plan.epoch_at(state.step),
+        train,
+        val,
+        eval_rows: run.eval_batches.iter().map(|b| b.batch_size()).sum(),
+        train_loss_first: losses.first().copied().unwrap_or(f64::NAN),
+        train_loss_last: losses.last().copied().unwrap_or(f64::NAN),
+        train_loss_final_mean: tail_mean,
+        eval_loss_before: state.eval_before.loss,
+        eval_loss_after: after.loss,
+        perplexity_before: state.eval_before.perplexity,
+        perplexity_after: after.perplexity,
+        eval_tokens: after.tokens,
+        tokens: state.tokens,
+        target_tokens: state.target_tokens,
+        train_seconds: state.train_seconds,
+        wall_seconds: state.wall_seconds,
+        tokens_per_s: state.tokens as f64 / state.train_seconds.max(1e-9),
+        peak_rss_mb: peak_rss_mb(),
+        resumed_from_step,
+        trainable_parameters,
+        seed: run.seed,
+        settings: SftSettings {
+            seed: Some(run.seed),
+            ..run.settings.clone()
+        },
+    }
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), SftError> {
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|source| SftError::Write {
+            path: to.to_path_buf(),
+            source,
+        })
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), SftError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| SftError::Write {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    std::fs::write(path, text + "\n").map_err(|source| SftError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), SftError> {
+    let mut text = String::new();
+    for row in rows {
+        let line = serde_json::to_string(row).map_err(|e| SftError::Write {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    std::fs::write(path, text).map_err(|source| SftError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -1,0 +1,338 @@
+//! What a finished sft run reports: `summary.json`, `samples.jsonl`, and `pipe show sft`
+//! (the summary, a terminal chart of train and eval loss over the steps, the samples).
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::SftSettings;
+use super::data::FitCounts;
+use crate::train::metrics::{self, MetricRecord};
+use crate::train::EvalResult;
+
+pub const SUMMARY_FILE: &str = "summary.json";
+pub const SAMPLES_FILE: &str = "samples.jsonl";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const ADAPTER_DIR: &str = "adapter";
+
+/// `summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SftSummary {
+    /// PEFT's `base_model_name_or_path` of the adapter.
+    pub base_model: String,
+    pub steps: usize,
+    pub epochs: f64,
+    pub train: FitCounts,
+    pub val: FitCounts,
+    /// Val rows evaluated (`max_eval_rows` may cap them).
+    pub eval_rows: usize,
+    pub train_loss_first: f64,
+    pub train_loss_last: f64,
+    /// Mean train loss of the last 10 steps (or fewer): less noisy than the last one.
+    pub train_loss_final_mean: f64,
+    pub eval_loss_before: f64,
+    pub eval_loss_after: f64,
+    pub perplexity_before: f64,
+    pub perplexity_after: f64,
+    /// Completion tokens each evaluation scores.
+    pub eval_tokens: usize,
+    /// Tokens through the model in training steps (prompt and completion, no padding).
+    pub tokens: usize,
+    /// Tokens the loss counted.
+    pub target_tokens: usize,
+    /// Seconds in training steps (evaluations and samples excluded).
+    pub train_seconds: f64,
+    /// Seconds of the whole stage, over every resumed attempt.
+    pub wall_seconds: f64,
+    pub tokens_per_s: f64,
+    pub peak_rss_mb: Option<f64>,
+    /// The checkpoint step this run resumed from, if it did.
+    pub resumed_from_step: Option<usize>,
+    pub trainable_parameters: u64,
+    pub seed: u64,
+    pub settings: SftSettings,
+}
+
+/// One line of `samples.jsonl`: a val prompt answered greedily before and after training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub id: String,
+    pub source_row: u64,
+    pub prompt: String,
+    pub reference: String,
+    pub before: String,
+    pub after: String,
+}
+
+/// Eval results at a step, for the summary and the chart.
+pub fn eval_points(records: &[MetricRecord]) -> Vec<(usize, f64)> {
+    records
+        .iter()
+        .filter_map(|r| r.eval_loss.map(|l| (r.step, l)))
+        .collect()
+}
+
+/// The before/after pair of one evaluation.
+pub fn eval_pair(before: &EvalResult, after: &EvalResult) -> String {
+    format!(
+        "{:.4} -> {:.4} (perplexity {:.2} -> {:.2})",
+        before.loss, after.loss, before.perplexity, after.perplexity
+    )
+}
+
+/// `pipe show sft`.
+pub fn show(dir: &Path, out: &mut dyn Write) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(dir.join(SUMMARY_FILE))?;
+    let s: SftSummary = serde_json::from_str(&text).map_err(std::io::Error::other)?;
+    write_summary(&s, out)?;
+    let records = metrics::read(&dir.join(METRICS_FILE)).map_err(std::io::Error::other)?;
+    writeln!(out)?;
+    write_chart(&records, out)?;
+    let samples = read_samples(&dir.join(SAMPLES_FILE))?;
+    if !samples.is_empty() {
+        writeln!(out)?;
+        write_samples(&samples, out)?;
+    }
+    Ok(())
+}
+
+fn write_summary(s: &SftSummary, out: &mut dyn Write) -> std::io::Result<()> {
+    let l = &s.settings.lora;
+    writeln!(out, "base        {}", s.base_model)?;
+    writeln!(
+        out,
+        "lora        r {}, alpha {}, dropout {}, on {} ({} trainable parameters)",
+        l.r,
+        l.alpha,
+        l.dropout,
+        l.target_modules.join(" "),
+        s.trainable_parameters
+    )?;
+    writeln!(
+        out,
+        "run         {} steps ({:.2} epochs), lr {:e} {}, batch {} x {} accumulation, seed {}{}",
+        s.steps,
+        s.epochs,
+        s.settings.learning_rate,
+        s.settings.lr_scheduler.name(),
+        s.settings.batch_size,
+        s.settings.gradient_accumulation,
+        s.seed,
+        s.resumed_from_step
+            .map(|k| format!(", resumed from step {k}"))
+            .unwrap_or_default()
+    )?;
+    for (name, c) in [("train rows", &s.train), ("val rows", &s.val)] {
+        writeln!(
+            out,
+            "{name:<11} {} of {} (max_seq_len {}: {} truncated, {} dropped over length, {} dropped with a completion too long)",
+            c.kept,
+            c.rows,
+            s.settings.max_seq_len,
+            c.truncated,
+            c.dropped_overlength,
+            c.dropped_completion_too_long
+        )?;
+    }
+    writeln!(
+        out,
+        "train loss  {:.4} first, {:.4} last, {:.4} mean of the last steps",
+        s.train_loss_first, s.train_loss_last, s.train_loss_final_mean
+    )?;
+    writeln!(
+        out,
+        "eval loss   {:.4} -> {:.4} on {} val rows ({} tokens)",
+        s.eval_loss_before, s.eval_loss_after, s.eval_rows, s.eval_tokens
+    )?;
+    writeln!(
+        out,
+        "perplexity  {:.2} -> {:.2}",
+        s.perplexity_before, s.perplexity_after
+    )?;
+    writeln!(
+        out,
+        "speed       {} tokens in {:.1}s of training: {:.0} tok/s; stage wall time {:.1}s",
+        s.tokens, s.train_seconds, s.tokens_per_s, s.wall_seconds
+    )?;
+    if let Some(mb) = s.peak_rss_mb {
+        writeln!(out, "memory      peak RSS {mb:.0} MiB")?;
+    }
+    Ok(())
+}
+
+const CHART_WIDTH: usize = 60;
+const CHART_HEIGHT: usize = 10;
+
+/// A terminal chart: train loss per step (`·`), eval loss where evaluated (`o`), and a
+/// sparkline of the train loss.
+pub fn write_chart(records: &[MetricRecord], out: &mut dyn Write) -> std::io::Result<()> {
+    let train: Vec<(usize, f64)> = records
+        .iter()
+        .filter_map(|r| r.loss.map(|l| (r.step, l)))
+        .filter(|(_, l)| l.is_finite())
+        .collect();
+    let evals: Vec<(usize, f64)> = eval_points(records)
+        .into_iter()
+        .filter(|(_, l)| l.is_finite())
+        .collect();
+    if train.is_empty() && evals.is_empty() {
+        return writeln!(out, "loss curve  (no steps logged)");
+    }
+    let last_step = train
+        .iter()
+        .chain(&evals)
+        .map(|(s, _)| *s)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let values = train.iter().chain(&evals).map(|(_, l)| *l);
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    let span = (hi - lo).max(1e-9);
+    let width = CHART_WIDTH.min(last_step + 1);
+    let column = |step: usize| step * (width - 1) / last_step;
+    let row = |loss: f64| ((hi - loss) / span * (CHART_HEIGHT - 1) as f64).round() as usize;
+    let mut grid = vec![vec![' '; width]; CHART_HEIGHT];
+    for (col, mean) in column_means(&train, width, column) {
+        grid[row(mean)][col] = '·';
+    }
+    for &(step, loss) in &evals {
+        grid[row(loss)][column(step)] = 'o';
+    }
+    writeln!(out, "loss curve  · train   o eval")?;
+    for (i, line) in grid.iter().enumerate() {
+        let label = if i == 0 {
+            format!("{hi:>8.3}")
+        } else if i == CHART_HEIGHT - 1 {
+            format!("{lo:>8.3}")
+        } else {
+            " ".repeat(8)
+        };
+        writeln!(out, "  {label} │{}", line.iter().collect::<String>())?;
+    }
+    writeln!(out, "  {} └{}", " ".repeat(8), "─".repeat(width))?;
+    writeln!(
+        out,
+        "  {} step 0{}step {last_step}",
+        " ".repeat(8),
+        " ".repeat(width.saturating_sub(7 + format!("step {last_step}").len()))
+    )?;
+    if !train.is_empty() {
+        let means: Vec<f64> = column_means(&train, width, column)
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        writeln!(out, "  train     {}", sparkline(&means))?;
+    }
+    Ok(())
+}
+
+/// The mean of the points falling into each column.
+fn column_means(
+    points: &[(usize, f64)],
+    width: usize,
+    column: impl Fn(usize) -> usize,
+) -> Vec<(usize, f64)> {
+    let mut sums = vec![(0.0, 0usize); width];
+    for &(step, value) in points {
+        let c = column(step).min(width - 1);
+        sums[c].0 += value;
+        sums[c].1 += 1;
+    }
+    sums.into_iter()
+        .enumerate()
+        .filter(|(_, (_, n))| *n > 0)
+        .map(|(c, (s, n))| (c, s / n as f64))
+        .collect()
+}
+
+/// `▇▆▅▃▂▁`: one block per value, scaled between the minimum and the maximum.
+pub fn sparkline(values: &[f64]) -> String {
+    const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let span = (hi - lo).max(1e-12);
+    values
+        .iter()
+        .map(|v| BLOCKS[(((v - lo) / span) * 7.0).round() as usize])
+        .collect()
+}
+
+fn read_samples(path: &Path) -> std::io::Result<Vec<Sample>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    std::fs::read_to_string(path)?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).map_err(std::io::Error::other))
+        .collect()
+}
+
+fn write_samples(samples: &[Sample], out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "samples (greedy, val rows)")?;
+    for s in samples {
+        writeln!(out, "  [{}] {}", s.source_row, one_line(&s.prompt, 200))?;
+        writeln!(out, "    reference  {}", one_line(&s.reference, 200))?;
+        writeln!(out, "    before     {}", one_line(&s.before, 200))?;
+        writeln!(out, "    after      {}", one_line(&s.after, 200))?;
+    }
+    Ok(())
+}
+
+/// Newlines shown as `⏎`, cut to `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let flat = text.trim().replace('\n', " ⏎ ");
+    if flat.chars().count() > max {
+        format!("{}…", flat.chars().take(max).collect::<String>())
+    } else {
+        flat
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chart_and_sparkline_draw_the_curve() {
+        let mut records: Vec<MetricRecord> = (1..=100)
+            .map(|s| MetricRecord {
+                step: s,
+                loss: Some(3.0 / s as f64),
+                ..MetricRecord::default()
+            })
+            .collect();
+        records.insert(
+            0,
+            MetricRecord {
+                step: 0,
+                eval_loss: Some(3.2),
+                ..MetricRecord::default()
+            },
+        );
+        records[100].eval_loss = Some(0.5);
+        let mut out = Vec::new();
+        write_chart(&records, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains('o') && text.contains('·'), "{text}");
+        assert!(text.contains("3.200") && text.contains("0.030"), "{text}");
+        let spark = text.lines().last().unwrap();
+        assert!(spark.contains('█') && spark.contains('▁'), "{text}");
+        assert_eq!(sparkline(&[1.0, 0.0]), "█▁");
+        let mut empty = Vec::new();
+        write_chart(&[], &mut empty).unwrap();
+        assert!(String::from_utf8(empty).unwrap().contains("no steps"));
+    }
+
+    #[test]
+    fn one_line_flattens_and_cuts() {
+        assert_eq!(one_line(" a\nb ", 10), "a ⏎ b");
+        assert_eq!(one_line("abcdef", 3), "abc…");
+    }
+}
