@@ -1,0 +1,107 @@
+//! The real `pipe` binary on ingest → model → sft with a tiny model written by the test: the
+//! whole chain runs, a second run runs nothing, an sft key re-runs sft alone, a bad key is
+//! refused by name, and `pipe show sft` prints the report.
+
+mod support;
+
+use support::{pipe_bin, strs, Ws};
+
+const PIPELINE: &str = r#"
+[project]
+name = "tiny"
+seed = 3
+
+[ingest]
+path = "data/qa.csv"
+prompt = "question"
+response = "answer"
+val_fraction = 0.25
+
+[model]
+path = "tiny"
+system_prompt = "Answer briefly."
+
+[sft]
+max_steps = 3
+batch_size = 4
+max_seq_len = 160
+save_every = 2
+samples = 1
+sample_max_new_tokens = 8
+
+[sft.lora]
+r = 4
+alpha = 8
+"#;
+
+fn csv() -> String {
+    let tools = ["ls", "cat", "grep", "sed", "awk", "cp", "mv", "rm", "tar", "ssh", "df", "du"];
+    let mut text = String::from("question,answer\n");
+    for (i, t) in tools.iter().enumerate() {
+        text.push_str(&format!("What does {t} do?,{t} is tool number {i}.\n"));
+    }
+    text
+}
+
+fn workspace() -> Ws {
+    let ws = Ws::new(pipe_bin(), PIPELINE);
+    pipe_stages::testkit::write_tiny_model(&ws.path("tiny"), 1).expect("tiny model");
+    ws.write("data/qa.csv", csv());
+    ws
+}
+
+#[test]
+fn ingest_model_sft_run_cache_and_rerun_only_what_changed() {
+    let ws = workspace();
+    let first = ws.ok(&["run"]);
+    assert_eq!(first.ran(), strs(&["ingest", "model", "sft"]), "{}", first.all());
+
+    let key = &ws.entries("sft")[0];
+    let dir = ws.path("artifacts/sft").join(key);
+    for file in [
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "metrics.jsonl",
+        "summary.json",
+        "samples.jsonl",
+    ] {
+        assert!(dir.join(file).is_file(), "{file} missing");
+    }
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["base_model_name_or_path"], "tiny");
+    assert!(
+        !ws.path("artifacts/.partial/sft").join(key).exists(),
+        "checkpoints of a committed run are removed"
+    );
+
+    let again = ws.ok(&["run"]);
+    assert!(again.ran().is_empty(), "{}", again.all());
+    assert_eq!(again.cached(), strs(&["ingest", "model", "sft"]));
+
+    let changed = ws.ok(&["run", "-s", "sft.learning_rate=1e-3"]);
+    assert_eq!(changed.ran(), strs(&["sft"]), "{}", changed.all());
+    let lora = ws.ok(&["run", "-s", "sft.lora.r=2"]);
+    assert_eq!(lora.ran(), strs(&["sft"]), "{}", lora.all());
+    assert_eq!(ws.entries("sft").len(), 3);
+
+    let show = ws.ok(&["show", "sft"]);
+    for needle in ["eval loss", "loss curve", "samples", "adapter/adapter_model.safetensors"] {
+        assert!(show.stdout.contains(needle), "`{needle}` missing:\n{}", show.stdout);
+    }
+    let model = ws.ok(&["show", "model"]);
+    assert!(model.stdout.contains("Answer briefly."), "{}", model.stdout);
+}
+
+#[test]
+fn bad_sft_keys_are_refused_by_name() {
+    let ws = workspace();
+    let r = ws.run(&["run", "-s", "sft.lora.dropout=1.5"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("sft.lora.dropout"), "{}", r.stderr);
+    let r = ws.run(&["run", "-s", "sft.learning_rat=0.1"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("learning_rate"), "{}", r.stderr);
+}
