@@ -77,7 +77,7 @@ mod tests {
             alpha: 4.0,
             dropout: 0.0,
             target_modules: modules,
-            use_rslora: seed % 2 == 0,
+            use_rslora: seed.is_multiple_of(2),
             seed,
         })
         .unwrap();

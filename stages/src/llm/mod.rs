@@ -30,6 +30,10 @@ pub mod tokenizer;
 pub mod weights;
 
 #[cfg(test)]
+mod bench_tests;
+#[cfg(test)]
+mod fixture_tests;
+#[cfg(test)]
 mod model_tests;
 
 pub use base_ref::{portable_base_reference, resolve_base_reference, BaseModelRef};

@@ -388,12 +388,12 @@ impl LlamaModel {
 fn validate_config(c: &ModelConfig) -> LlmResult<()> {
     let problem = if c.num_attention_heads == 0 || c.num_key_value_heads == 0 {
         Some("num_attention_heads and num_key_value_heads must be positive".to_string())
-    } else if c.num_attention_heads % c.num_key_value_heads != 0 {
+    } else if !c.num_attention_heads.is_multiple_of(c.num_key_value_heads) {
         Some(format!(
             "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
             c.num_attention_heads, c.num_key_value_heads
         ))
-    } else if c.head_dim == 0 || c.head_dim % 2 != 0 {
+    } else if c.head_dim == 0 || !c.head_dim.is_multiple_of(2) {
         Some(format!(
             "head_dim must be even and positive for rope, got {}",
             c.head_dim
