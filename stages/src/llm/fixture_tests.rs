@@ -9,9 +9,10 @@ use serde_json::Value;
 
 use super::batch::{Example, TargetMask, TokenBatch};
 use super::lora::Mode;
-use super::loss::{orpo_loss, OrpoConfig, OrpoNll, PreferencePair, TargetLogProbs, DEFAULT_CHUNK};
+use super::loss::{TargetLogProbs, DEFAULT_CHUNK};
 use super::merge::merge_adapters;
 use super::model::LlamaModel;
+use super::orpo::{orpo_loss, OrpoConfig, OrpoNll, PreferencePair};
 use super::peft::PeftAdapter;
 use super::testing::{smollm2_fixture, smollm2_model};
 

@@ -140,6 +140,39 @@ impl LlamaModel {
         self.logits(&hidden?)
     }
 
+    /// As [`LlamaModel::forward_cached`], but only the logits of the last new position,
+    /// `[batch, vocab]` (what a sampler needs; skips the lm_head for the rest of a prefill).
+    pub fn forward_cached_last(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> LlmResult<Tensor> {
+        let hidden = self.run_cached(input_ids, attention_mask, cache)?;
+        let last = hidden.dim(1)? - 1;
+        self.logits(&hidden.narrow(1, last, 1)?.squeeze(1)?)
+    }
+
+    /// Hidden states of the new tokens, their keys and values appended to `cache`.
+    fn run_cached(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> LlmResult<Tensor> {
+        // The slot table moves out for the call so the layers can borrow the cache mutably.
+        let mut slots = std::mem::take(cache.slots_mut());
+        let hidden = self.run(
+            input_ids,
+            attention_mask,
+            Mode::Eval,
+            &mut slots,
+            Some(&mut *cache),
+        );
+        *cache.slots_mut() = slots;
+        hidden
+    }
+
     /// The shared forward: embeddings, layers, final norm.
     fn run(
         &self,

@@ -208,6 +208,12 @@ fn kv_cache_steps_give_the_full_forward_logits() {
         }
         assert_eq!(cache.len(), ids.len());
         let incremental = Tensor::cat(&pieces, 1).unwrap();
+        let mut cache = model.new_cache();
+        let last = model
+            .forward_cached_last(&prefill, None, &mut cache)
+            .unwrap();
+        let want_last = full.get(0).unwrap().get(4).unwrap().unsqueeze(0).unwrap();
+        assert!(max_abs_diff(&last, &want_last) < 1e-10);
         let diff = max_abs_diff(&full, &incremental);
         assert!(diff < 1e-10, "{arch:?}: cached logits differ by {diff}");
     }
