@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod gguf;
 pub mod hub;
 pub mod loader;
@@ -14,6 +15,7 @@ pub mod weights;
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{LlmError, LlmResult};
+pub use export::{write_safetensors, ExportDtype, HfExport};
 pub use gguf::GgufFile;
 pub use hub::HubCache;
 pub use loader::{load_model, load_model_path, LoadedModel, ModelSource};
