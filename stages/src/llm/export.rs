@@ -220,7 +220,20 @@ pub fn write_safetensors(
         Some(metadata),
         path,
     )
-    .map_err(|e| LlmError::bad_file(path, format!("cannot write safetensors: {e}")))
+    .map_err(|e| LlmError::bad_file(path, format!("cannot write safetensors: {e}")))?;
+    make_world_readable(path)
+}
+
+/// safetensors creates its file owner-only (0600); an exported model is meant to be shared
+/// like the other files of the directory.
+fn make_world_readable(path: &Path) -> LlmResult<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| LlmError::io(path, e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -351,5 +364,17 @@ mod tests {
         assert_eq!("bf16".parse::<ExportDtype>().unwrap(), ExportDtype::Bf16);
         assert_eq!("float32".parse::<ExportDtype>().unwrap(), ExportDtype::F32);
         assert!("int8".parse::<ExportDtype>().is_err());
+    }
+
+    /// Writes the real SmolLM2 as an HF directory to `$PIPE_EXPORT_TO`, for
+    /// `scripts/verify-hf-export.py` (transformers + a numpy forward against forward.json).
+    #[test]
+    #[ignore = "writes 540 MB; run by hand with PIPE_EXPORT_TO set"]
+    fn export_smollm2_for_external_check() {
+        let out =
+            std::env::var_os("PIPE_EXPORT_TO").expect("set PIPE_EXPORT_TO to an output directory");
+        HfExport::from_model(testing::smollm2_model(), ExportDtype::F32)
+            .write(std::path::Path::new(&out))
+            .unwrap();
     }
 }

@@ -11,6 +11,7 @@ use super::config::ModelConfig;
 use super::error::{LlmError, LlmResult};
 use super::gguf::GgufFile;
 use super::spec::{ModelFormat, ModelSpec, ResolvedModel};
+use super::template::ChatTemplate;
 use super::tokenizer::{SpecialTokens, TextTokenizer};
 use super::weights::ModelWeights;
 
@@ -37,6 +38,18 @@ pub struct LoadedModel {
     /// The model's own Jinja chat template, if it ships one.
     pub chat_template: Option<String>,
     pub source: ModelSource,
+}
+
+impl LoadedModel {
+    /// The chat template to use: `choice` `None`/`"model"` is the model's own, anything
+    /// else a named fallback (see [`ChatTemplate::select`]).
+    pub fn template(&self, choice: Option<&str>) -> LlmResult<ChatTemplate> {
+        ChatTemplate::select(
+            choice,
+            self.chat_template.as_deref(),
+            self.tokenizer.special(),
+        )
+    }
 }
 
 /// Loads the model `spec` names (a path relative to `workspace`, or `hf:org/name[@rev]`

@@ -219,6 +219,20 @@ fn has_gguf_magic(path: &Path) -> bool {
         && &magic == b"GGUF"
 }
 
+/// Stage configs hold a spec as the string the user wrote.
+impl Serialize for ModelSpec {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        ModelSpec::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for ModelSpec {
     type Err = LlmError;
     fn from_str(s: &str) -> LlmResult<Self> {
