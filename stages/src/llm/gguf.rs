@@ -200,7 +200,7 @@ impl GgufFile {
 
     fn embedding_rows(&self) -> LlmResult<usize> {
         self.tensor_info("token_embd.weight")
-            .map(|info| info.shape.dims()[0])
+            .and_then(|info| info.shape.dims().first().copied())
             .ok_or_else(|| {
                 LlmError::tensor(
                     "token_embd.weight",
@@ -419,7 +419,9 @@ pub fn unpermute_rows(tensor: &Tensor, heads: usize) -> candle_core::Result<Tens
 /// and to check that [`unpermute_rows`] is its inverse.
 pub fn permute_rows(tensor: &Tensor, heads: usize, to_gguf: bool) -> candle_core::Result<Tensor> {
     let dims = tensor.dims().to_vec();
-    let rows = dims[0];
+    let Some(&rows) = dims.first() else {
+        candle_core::bail!("a scalar cannot be split into heads");
+    };
     if heads == 0 || !rows.is_multiple_of(2 * heads) {
         candle_core::bail!("{rows} rows cannot be split into {heads} heads of pairs");
     }

@@ -126,7 +126,7 @@ fn load_hf_dir(dir: &Path, device: &Device) -> LlmResult<Parts> {
     let mut config = ModelConfig::from_config_json(&dir.join(CONFIG_FILE))?;
     add_generation_eos(&mut config, &dir.join(GENERATION_CONFIG_FILE))?;
     let tokenizer_config = read_optional_json(&dir.join(TOKENIZER_CONFIG_FILE))?;
-    let special = tokenizer_config
+    let mut special = tokenizer_config
         .as_ref()
         .map(SpecialTokens::from_tokenizer_config)
         .unwrap_or_default();
@@ -139,7 +139,10 @@ fn load_hf_dir(dir: &Path, device: &Device) -> LlmResult<Parts> {
             ),
         ));
     }
-    let tokenizer = TextTokenizer::from_file(&tokenizer_path, special)?;
+    let mut tokenizer = TextTokenizer::from_file(&tokenizer_path, special.clone())?;
+    if fill_specials_from_ids(&mut special, &tokenizer, &config) {
+        tokenizer = TextTokenizer::new(tokenizer.inner().clone(), special);
+    }
     let chat_template = hf_chat_template(dir, tokenizer_config.as_ref())?;
     let weights = ModelWeights::from_hf_dir(dir, device)?;
     Ok(Parts {
@@ -148,6 +151,28 @@ fn load_hf_dir(dir: &Path, device: &Device) -> LlmResult<Parts> {
         tokenizer,
         chat_template,
     })
+}
+
+/// Older checkpoints name special tokens only by id in config.json; templates need their
+/// text (`bos_token`). Returns whether anything was filled in.
+fn fill_specials_from_ids(
+    special: &mut SpecialTokens,
+    tokenizer: &TextTokenizer,
+    config: &ModelConfig,
+) -> bool {
+    let mut changed = false;
+    let mut fill = |slot: &mut Option<String>, id: Option<u32>| {
+        if slot.is_none() {
+            if let Some(token) = id.and_then(|id| tokenizer.id_to_token(id)) {
+                *slot = Some(token);
+                changed = true;
+            }
+        }
+    };
+    fill(&mut special.bos, config.bos_token_id);
+    fill(&mut special.eos, config.eos_token_ids.first().copied());
+    fill(&mut special.pad, config.pad_token_id);
+    changed
 }
 
 /// transformers stops generation on generation_config.json's `eos_token_id` (often a list
@@ -488,6 +513,21 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn special_tokens_fall_back_to_config_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        tiny_hf_dir(dir.path(), 272);
+        std::fs::remove_file(dir.path().join(TOKENIZER_CONFIG_FILE)).unwrap();
+        let model = load_model_path(dir.path(), &Device::Cpu).unwrap();
+        let special = model.tokenizer.special();
+        assert_eq!(special.bos.as_deref(), Some("<|im_start|>"));
+        assert_eq!(special.eos.as_deref(), Some("<|im_end|>"));
+        assert_eq!(model.tokenizer.pad_id(), Some(2));
+        assert!(model.chat_template.is_none());
+        assert!(model.template(None).is_err());
+        assert_eq!(model.template(Some("chatml")).unwrap().name(), "chatml");
     }
 
     #[test]

@@ -82,6 +82,11 @@ impl ModelSpec {
                 ))
             }
         }
+        if let Some(rev) = &revision {
+            if rev.starts_with('/') || rev.split('/').any(|p| p == ".." || p.is_empty()) {
+                return Err(invalid("the revision must be a branch, tag or commit hash"));
+            }
+        }
         if let Some(file) = &file {
             if file.starts_with('/') || file.split('/').any(|p| p == "..") {
                 return Err(invalid(

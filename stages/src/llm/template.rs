@@ -72,6 +72,7 @@ const ALPACA: &str = "{% if messages and messages[0]['role'] == 'system' %}{{ me
 const TEMPLATE_KEY: &str = "chat";
 
 /// A compiled chat template with the special tokens it may reference.
+#[derive(Clone)]
 pub struct ChatTemplate {
     name: String,
     source: String,
