@@ -349,7 +349,7 @@ fn parse_name(name: &str) -> Option<(usize, TargetModule, bool)> {
 mod tests {
     use super::*;
     use crate::llm::config::Architecture;
-    use crate::llm::tiny::{max_abs_diff, tiny_model};
+    use crate::llm::testing::micro::{max_abs_diff, micro_model};
     use std::path::PathBuf;
 
     fn fixture_dir() -> PathBuf {
@@ -361,7 +361,7 @@ mod tests {
 
     #[test]
     fn written_adapter_reads_back_identically_with_peft_field_names() -> LlmResult<()> {
-        let mut model = tiny_model(Architecture::Llama, DType::F32);
+        let mut model = micro_model(Architecture::Llama, DType::F32);
         model.attach_lora(&LoraConfig {
             r: 2,
             alpha: 16.0,
@@ -433,7 +433,7 @@ mod tests {
 
     #[test]
     fn absolute_base_paths_are_refused_on_save() {
-        let mut model = tiny_model(Architecture::Llama, DType::F32);
+        let mut model = micro_model(Architecture::Llama, DType::F32);
         model
             .attach_lora(&LoraConfig {
                 r: 1,
