@@ -503,10 +503,12 @@ impl WeightMap {
                 message: "missing from the model weights".into(),
             })?;
         let (dtype, device) = (embed.dtype(), embed.device().clone());
-        if !dtype.is_float() {
+        // The CPU kernels (softmax, log1mexp) and the finite attention mask value assume f32
+        // or f64; half precision on CPU would be slow and lossy anyway.
+        if !matches!(dtype, DType::F32 | DType::F64) {
             return Err(LlmError::Tensor {
                 name: "model.embed_tokens.weight".into(),
-                message: format!("expected a float dtype, got {dtype:?}"),
+                message: format!("dtype {dtype:?} is not supported: load the weights as f32"),
             });
         }
         Ok(Self {

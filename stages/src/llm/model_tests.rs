@@ -99,6 +99,11 @@ fn lora_gradients_equal_central_finite_differences() {
 }
 
 fn finite_difference(model: &LlamaModel, batch: &TokenBatch, var: &Var, j: usize, h: f64) -> f64 {
+    finite_difference_of(|| loss_value(model, batch), var, j, h)
+}
+
+/// Central difference of `loss` in entry `j` of `var` (restored afterwards).
+fn finite_difference_of(loss: impl Fn() -> f64, var: &Var, j: usize, h: f64) -> f64 {
     let original = var
         .as_tensor()
         .flatten_all()
@@ -110,7 +115,7 @@ fn finite_difference(model: &LlamaModel, batch: &TokenBatch, var: &Var, j: usize
         v[j] += delta;
         var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
             .unwrap();
-        loss_value(model, batch)
+        loss()
     };
     let fd = (eval_at(h) - eval_at(-h)) / (2.0 * h);
     eval_at(0.0);
@@ -441,4 +446,63 @@ fn builds_from_the_loaders_tensor_layout_for_every_family() {
         let logits = model.forward(&ids, None, Mode::Eval).unwrap();
         assert_eq!(logits.dims(), &[1, 3, 300], "{arch:?}");
     }
+}
+
+#[test]
+fn orpo_gradients_equal_central_finite_differences_in_both_nll_variants() {
+    use super::orpo::{orpo_loss, OrpoConfig, OrpoNll, PreferencePair};
+    let mut model = micro_model(Architecture::Qwen2, DType::F64);
+    model.attach_lora(&lora_all(2)).unwrap();
+    randomize_b(&model);
+    let pairs = vec![
+        PreferencePair {
+            prompt: vec![1, 5, 9],
+            chosen: vec![7, 3, 2],
+            rejected: vec![4, 2],
+        },
+        PreferencePair {
+            prompt: vec![1, 30, 12, 12],
+            chosen: vec![11, 2],
+            rejected: vec![19, 25, 6, 2],
+        },
+    ];
+    for nll in [OrpoNll::Completion, OrpoNll::FullSequence] {
+        let config = OrpoConfig { beta: 0.5, nll };
+        let loss = || {
+            orpo_loss(&model, &pairs, 0, &config, Mode::Eval, 4)
+                .unwrap()
+                .loss
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let out = orpo_loss(&model, &pairs, 0, &config, Mode::Eval, 4).unwrap();
+        let grads = out.loss.backward().unwrap();
+        for (layer, module, lora) in model.lora_layers().into_iter().step_by(3) {
+            for var in [lora.a(), lora.b()] {
+                let g = grads
+                    .get(var)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap();
+                let j = var.elem_count() / 3;
+                let fd = finite_difference_of(loss, var, j, 1e-5);
+                let err = (g[j] - fd).abs() / fd.abs().max(1e-3);
+                assert!(
+                    err < 1e-5,
+                    "{nll:?} layer {layer} {module}: {} vs {fd}",
+                    g[j]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn half_precision_weights_are_refused_with_a_hint() {
+    let config = micro_config(Architecture::Llama);
+    let err =
+        LlamaModel::from_tensors(&config, random_tensors(&config, 1, DType::BF16)).unwrap_err();
+    assert!(err.to_string().contains("f32"), "{err}");
 }
