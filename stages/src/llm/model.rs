@@ -253,9 +253,10 @@ impl LlamaModel {
     }
 
     /// Attaches a freshly initialised LoRA (A seeded by `config.seed`, B zero) to every target
-    /// module of every layer, replacing any attached one.
+    /// module of every layer, replacing any attached adapter (merge it first to keep it).
     pub fn attach_lora(&mut self, config: &LoraConfig) -> LlmResult<()> {
         config.validate()?;
+        self.remove_lora();
         let (dtype, device) = (self.dtype(), self.device().clone());
         for (i, layer) in self.layers.iter_mut().enumerate() {
             for &module in &config.target_modules {
@@ -295,9 +296,8 @@ impl LlamaModel {
             })?
             .projection_mut(module);
         let (out_f, in_f) = projection.shape();
-        let (r, cfg_r) = (a.dims().first().copied().unwrap_or(0), config.r);
-        check_shape(&format!("{name}.lora_A.weight"), a, &[cfg_r, in_f])?;
-        check_shape(&format!("{name}.lora_B.weight"), b, &[out_f, r])?;
+        check_shape(&format!("{name}.lora_A.weight"), a, &[config.r, in_f])?;
+        check_shape(&format!("{name}.lora_B.weight"), b, &[out_f, config.r])?;
         let lora = LoraLayer::from_weights(
             a.to_dtype(dtype)?.to_device(&device)?,
             b.to_dtype(dtype)?.to_device(&device)?,

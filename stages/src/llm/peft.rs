@@ -215,8 +215,10 @@ impl PeftAdapter {
         Ok(Self { config, weights })
     }
 
-    /// Attaches this adapter (unmerged) to `model`.
+    /// Attaches this adapter (unmerged, trainable: its matrices become `Var`s, e.g. to resume
+    /// training) to `model`, replacing any attached one.
     pub fn attach_to(&self, model: &mut LlamaModel) -> LlmResult<()> {
+        model.remove_lora();
         let lora = self.lora_config();
         for (&(layer, module), w) in &self.weights {
             model.attach_lora_weights(&lora, layer, module, &w.a, &w.b)?;
