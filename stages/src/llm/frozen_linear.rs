@@ -82,6 +82,10 @@ impl FrozenLinear {
                 self.in_features()
             )
         }
+        #[cfg(test)]
+        if bench::plain_matmul() {
+            return self.plain_forward(x);
+        }
         let y = x.contiguous()?.apply_op1(FrozenMatmul {
             weight: self.weight.clone(),
         })?;
@@ -89,6 +93,42 @@ impl FrozenLinear {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+}
+
+#[cfg(test)]
+impl FrozenLinear {
+    /// What a `candle_nn::Linear` would do: a plain matmul, whose backward also forms `dW`.
+    fn plain_forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        let x2 = x.reshape(((), self.in_features()))?;
+        let y = x2.matmul(&self.weight.t()?)?;
+        if let Some(last) = dims.last_mut() {
+            *last = self.out_features();
+        }
+        let y = y.reshape(dims)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Test-only switch to the plain matmul, to measure what the custom op saves.
+#[cfg(test)]
+pub(crate) mod bench {
+    use std::cell::Cell;
+
+    thread_local! {
+        static PLAIN: Cell<bool> = const { Cell::new(false) };
+    }
+
+    pub(crate) fn plain_matmul() -> bool {
+        PLAIN.with(Cell::get)
+    }
+
+    pub(crate) fn set_plain_matmul(on: bool) {
+        PLAIN.with(|p| p.set(on));
     }
 }
 
@@ -116,11 +156,7 @@ impl FrozenMatmul {
         if k != wk {
             candle_core::bail!("frozen-matmul: input has {k} features, weight expects {wk}")
         }
-        let m = if k == 0 {
-            0
-        } else {
-            x_layout.shape().elem_count() / k
-        };
+        let m = x_layout.shape().elem_count().checked_div(k).unwrap_or(0);
         let lhs = Layout::contiguous_with_offset((m, k), x_layout.start_offset());
         let rhs = w_layout.transpose(0, 1)?;
         let out = x.matmul(w, (1, m, n, k), &lhs, &rhs)?;

@@ -101,6 +101,8 @@ impl GgufFile {
             Some(n) => n,
             None => hidden_size / num_attention_heads,
         };
+        let intermediate_size = need("feed_forward_length")?;
+        let num_hidden_layers = need("block_count")?;
         let rope_theta = self.float(&key("rope.freq_base"))?.unwrap_or(10_000.0);
         let vocab_size = match self.usize(&key("vocab_size"))? {
             Some(n) => n,
@@ -110,8 +112,8 @@ impl GgufFile {
             architecture,
             vocab_size,
             hidden_size,
-            intermediate_size: need("feed_forward_length")?,
-            num_hidden_layers: need("block_count")?,
+            intermediate_size,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads: self
                 .usize(&key("attention.head_count_kv"))?
@@ -198,8 +200,13 @@ impl GgufFile {
 
     fn embedding_rows(&self) -> LlmResult<usize> {
         self.tensor_info("token_embd.weight")
-            .map(|info| info.shape.dims()[0])
-            .ok_or_else(|| self.missing("token_embd.weight"))
+            .and_then(|info| info.shape.dims().first().copied())
+            .ok_or_else(|| {
+                LlmError::tensor(
+                    "token_embd.weight",
+                    format!("missing from {}", self.path.display()),
+                )
+            })
     }
 
     /// Llama-3 GGUFs carry the scaled frequencies as a `rope_freqs.weight` tensor of divisors
@@ -300,7 +307,9 @@ impl GgufFile {
     pub fn float(&self, key: &str) -> LlmResult<Option<f64>> {
         match self.metadata(key) {
             None => Ok(None),
-            Some(Value::F32(v)) => Ok(Some(f64::from(*v))),
+            // The shortest decimal that round-trips the f32 (1e-5, not 9.999999747378752e-6):
+            // what the HF config held before conversion, and what an export should write.
+            Some(Value::F32(v)) => Ok(Some(v.to_string().parse().unwrap_or(f64::from(*v)))),
             Some(Value::F64(v)) => Ok(Some(*v)),
             Some(v) => value_as_usize(v)
                 .map(|n| Some(n as f64))
@@ -410,7 +419,9 @@ pub fn unpermute_rows(tensor: &Tensor, heads: usize) -> candle_core::Result<Tens
 /// and to check that [`unpermute_rows`] is its inverse.
 pub fn permute_rows(tensor: &Tensor, heads: usize, to_gguf: bool) -> candle_core::Result<Tensor> {
     let dims = tensor.dims().to_vec();
-    let rows = dims[0];
+    let Some(&rows) = dims.first() else {
+        candle_core::bail!("a scalar cannot be split into heads");
+    };
     if heads == 0 || !rows.is_multiple_of(2 * heads) {
         candle_core::bail!("{rows} rows cannot be split into {heads} heads of pairs");
     }
@@ -661,5 +672,189 @@ mod tests {
                 "layer {layer}: check is insensitive"
             );
         }
+    }
+
+    use crate::llm::testing::{random_weights, tiny_config, write_gguf, TinyVocab};
+    use crate::llm::tokenizer::TextTokenizer;
+    use candle_core::quantized::GgmlDType;
+
+    const VOCAB_ROWS: usize = 272;
+
+    fn written(
+        arch: Architecture,
+        tied: bool,
+        dtype: GgmlDType,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        ModelConfig,
+        ModelWeights,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        let config = tiny_config(arch, VOCAB_ROWS, tied);
+        let weights = random_weights(&config, 7);
+        write_gguf(
+            &path,
+            &config,
+            &weights,
+            &TinyVocab::new(),
+            dtype,
+            Some("{{ messages }}"),
+        )
+        .unwrap();
+        (dir, path, config, weights)
+    }
+
+    fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let scale = b
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        diff / scale
+    }
+
+    /// A GGUF written as llama.cpp's converter does (names, permuted q/k) loads back to the
+    /// exact HF tensors and config, tied and untied, llama (permuted) and qwen2 (not, biases).
+    #[test]
+    fn f32_gguf_round_trips_to_hf_tensors() {
+        for (arch, tied) in [
+            (Architecture::Llama, false),
+            (Architecture::Llama, true),
+            (Architecture::Qwen2, true),
+        ] {
+            let (_dir, path, config, weights) = written(arch, tied, GgmlDType::F32);
+            let mut gguf = GgufFile::open(&path).unwrap();
+            let loaded_config = gguf.config().unwrap();
+            assert_eq!(loaded_config, config, "{arch:?} tied={tied}");
+            let mut loaded = gguf.load_weights(&loaded_config, &Device::Cpu).unwrap();
+            loaded.validate(&loaded_config).unwrap();
+            assert_eq!(loaded.names(), weights.names());
+            for name in weights.names() {
+                let diff = relative_error(loaded.get(name).unwrap(), weights.get(name).unwrap());
+                assert_eq!(diff, 0.0, "{name} ({arch:?})");
+            }
+            assert_eq!(
+                gguf.chat_template().unwrap().as_deref(),
+                Some("{{ messages }}")
+            );
+        }
+    }
+
+    /// Every quantization we claim dequantizes to (close to) the original values.
+    #[test]
+    fn quantized_ggufs_dequantize_close_to_the_original() {
+        let cases = [
+            (GgmlDType::F16, 1e-3),
+            (GgmlDType::BF16, 1e-2),
+            (GgmlDType::Q8_0, 1e-2),
+            (GgmlDType::Q6K, 3e-2),
+            (GgmlDType::Q5_0, 6e-2),
+            (GgmlDType::Q4_0, 0.12),
+            (GgmlDType::Q4_1, 0.1),
+            (GgmlDType::Q4K, 0.1),
+        ];
+        for (dtype, tolerance) in cases {
+            let (_dir, path, config, weights) = written(Architecture::Llama, false, dtype);
+            let mut gguf = GgufFile::open(&path).unwrap();
+            let loaded = gguf.load_weights(&config, &Device::Cpu).unwrap();
+            for name in [
+                "model.layers.1.self_attn.q_proj.weight",
+                "model.layers.0.self_attn.k_proj.weight",
+                "lm_head.weight",
+                "model.layers.1.mlp.down_proj.weight",
+            ] {
+                let err = relative_error(loaded.get(name).unwrap(), weights.get(name).unwrap());
+                assert!(err < tolerance, "{dtype:?} {name}: relative error {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn corrupted_ggufs_are_clear_errors() {
+        let (dir, path, config, _) = written(Architecture::Llama, true, GgmlDType::Q8_0);
+        let bytes = std::fs::read(&path).unwrap();
+
+        let bad_magic = dir.path().join("magic.gguf");
+        let mut flipped = bytes.clone();
+        flipped[..4].copy_from_slice(b"GGML");
+        std::fs::write(&bad_magic, &flipped).unwrap();
+        let err = GgufFile::open(&bad_magic).unwrap_err().to_string();
+        assert!(
+            err.contains("magic.gguf") && err.contains("not a readable GGUF"),
+            "{err}"
+        );
+
+        for keep in [10, 2000, bytes.len() - 100] {
+            let truncated = dir.path().join(format!("cut{keep}.gguf"));
+            std::fs::write(&truncated, &bytes[..keep]).unwrap();
+            let result =
+                GgufFile::open(&truncated).and_then(|mut g| g.load_weights(&config, &Device::Cpu));
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains(&format!("cut{keep}.gguf")), "{err}");
+        }
+    }
+
+    fn gguf_with_metadata(dir: &Path, metadata: &[(&str, Value)]) -> PathBuf {
+        let path = dir.join("meta.gguf");
+        let refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+        let mut file = File::create(&path).unwrap();
+        candle_core::quantized::gguf_file::write(&mut file, &refs, &[]).unwrap();
+        path
+    }
+
+    #[test]
+    fn unsupported_or_incomplete_gguf_metadata_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = gguf_with_metadata(
+            dir.path(),
+            &[("general.architecture", Value::String("gpt2".into()))],
+        );
+        let err = GgufFile::open(&path).unwrap().config().unwrap_err();
+        assert!(
+            matches!(&err, LlmError::UnsupportedArchitecture(a) if a == "gpt2"),
+            "{err}"
+        );
+
+        let path = gguf_with_metadata(
+            dir.path(),
+            &[
+                ("general.architecture", Value::String("llama".into())),
+                ("llama.embedding_length", Value::U32(64)),
+                ("llama.attention.head_count", Value::U32(4)),
+            ],
+        );
+        let err = GgufFile::open(&path)
+            .unwrap()
+            .config()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("meta.gguf: missing required field `llama.feed_forward_length`"),
+            "{err}"
+        );
+
+        let path = gguf_with_metadata(
+            dir.path(),
+            &[("tokenizer.ggml.model", Value::String("llama".into()))],
+        );
+        let err = TextTokenizer::from_gguf(&GgufFile::open(&path).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tokenizer model `llama` is not supported"),
+            "{err}"
+        );
     }
 }

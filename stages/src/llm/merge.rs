@@ -66,7 +66,7 @@ mod tests {
     use super::*;
     use crate::llm::config::Architecture;
     use crate::llm::lora::{LoraConfig, Mode, TargetModule};
-    use crate::llm::tiny::{max_abs_diff, tiny_model};
+    use crate::llm::testing::micro::{max_abs_diff, micro_model};
     use candle_core::Device;
 
     fn adapter_for(model: &LlamaModel, seed: u64, modules: Vec<TargetModule>) -> PeftAdapter {
@@ -77,7 +77,7 @@ mod tests {
             alpha: 4.0,
             dropout: 0.0,
             target_modules: modules,
-            use_rslora: seed % 2 == 0,
+            use_rslora: seed.is_multiple_of(2),
             seed,
         })
         .unwrap();
@@ -91,7 +91,7 @@ mod tests {
 
     #[test]
     fn two_adapters_merged_in_order_equal_applying_them() {
-        let base = tiny_model(Architecture::Qwen2, DType::F64);
+        let base = micro_model(Architecture::Qwen2, DType::F64);
         let first = adapter_for(&base, 1, TargetModule::ALL.to_vec());
         let second = adapter_for(&base, 2, vec![TargetModule::VProj, TargetModule::UpProj]);
         let ids = Tensor::new(&[[1u32, 4, 2, 8]], &Device::Cpu).unwrap();
@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn adapter_for_another_model_is_refused() {
-        let base = tiny_model(Architecture::Llama, DType::F64);
+        let base = micro_model(Architecture::Llama, DType::F64);
         let adapter = adapter_for(&base, 1, vec![TargetModule::QProj]);
         let mut weights = base.weights();
         weights.remove("model.layers.1.self_attn.q_proj.weight");

@@ -162,6 +162,39 @@ impl LlamaModel {
         self.logits(&hidden?)
     }
 
+    /// As [`LlamaModel::forward_cached`], but only the logits of the last new position,
+    /// `[batch, vocab]` (what a sampler needs; skips the lm_head for the rest of a prefill).
+    pub fn forward_cached_last(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> LlmResult<Tensor> {
+        let hidden = self.run_cached(input_ids, attention_mask, cache)?;
+        let last = hidden.dim(1)? - 1;
+        self.logits(&hidden.narrow(1, last, 1)?.squeeze(1)?)
+    }
+
+    /// Hidden states of the new tokens, their keys and values appended to `cache`.
+    fn run_cached(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> LlmResult<Tensor> {
+        // The slot table moves out for the call so the layers can borrow the cache mutably.
+        let mut slots = std::mem::take(cache.slots_mut());
+        let hidden = self.run(
+            input_ids,
+            attention_mask,
+            Mode::Eval,
+            &mut slots,
+            Some(&mut *cache),
+        );
+        *cache.slots_mut() = slots;
+        hidden
+    }
+
     /// The shared forward: embeddings, layers, final norm.
     fn run(
         &self,
@@ -253,9 +286,10 @@ impl LlamaModel {
     }
 
     /// Attaches a freshly initialised LoRA (A seeded by `config.seed`, B zero) to every target
-    /// module of every layer, replacing any attached one.
+    /// module of every layer, replacing any attached adapter (merge it first to keep it).
     pub fn attach_lora(&mut self, config: &LoraConfig) -> LlmResult<()> {
         config.validate()?;
+        self.remove_lora();
         let (dtype, device) = (self.dtype(), self.device().clone());
         for (i, layer) in self.layers.iter_mut().enumerate() {
             for &module in &config.target_modules {
@@ -295,9 +329,8 @@ impl LlamaModel {
             })?
             .projection_mut(module);
         let (out_f, in_f) = projection.shape();
-        let (r, cfg_r) = (a.dims().first().copied().unwrap_or(0), config.r);
-        check_shape(&format!("{name}.lora_A.weight"), a, &[cfg_r, in_f])?;
-        check_shape(&format!("{name}.lora_B.weight"), b, &[out_f, r])?;
+        check_shape(&format!("{name}.lora_A.weight"), a, &[config.r, in_f])?;
+        check_shape(&format!("{name}.lora_B.weight"), b, &[out_f, config.r])?;
         let lora = LoraLayer::from_weights(
             a.to_dtype(dtype)?.to_device(&device)?,
             b.to_dtype(dtype)?.to_device(&device)?,
@@ -421,12 +454,12 @@ impl LlamaModel {
 fn validate_config(c: &ModelConfig) -> LlmResult<()> {
     let problem = if c.num_attention_heads == 0 || c.num_key_value_heads == 0 {
         Some("num_attention_heads and num_key_value_heads must be positive".to_string())
-    } else if c.num_attention_heads % c.num_key_value_heads != 0 {
+    } else if !c.num_attention_heads.is_multiple_of(c.num_key_value_heads) {
         Some(format!(
             "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
             c.num_attention_heads, c.num_key_value_heads
         ))
-    } else if c.head_dim == 0 || c.head_dim % 2 != 0 {
+    } else if c.head_dim == 0 || !c.head_dim.is_multiple_of(2) {
         Some(format!(
             "head_dim must be even and positive for rope, got {}",
             c.head_dim
@@ -503,10 +536,12 @@ impl WeightMap {
                 message: "missing from the model weights".into(),
             })?;
         let (dtype, device) = (embed.dtype(), embed.device().clone());
-        if !dtype.is_float() {
+        // The CPU kernels (softmax, log1mexp) and the finite attention mask value assume f32
+        // or f64; half precision on CPU would be slow and lossy anyway.
+        if !matches!(dtype, DType::F32 | DType::F64) {
             return Err(LlmError::Tensor {
                 name: "model.embed_tokens.weight".into(),
-                message: format!("expected a float dtype, got {dtype:?}"),
+                message: format!("dtype {dtype:?} is not supported: load the weights as f32"),
             });
         }
         Ok(Self {

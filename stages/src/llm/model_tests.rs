@@ -9,7 +9,7 @@ use super::config::Architecture;
 use super::lora::{LoraConfig, Mode, TargetModule};
 use super::loss::{sft_loss, TargetLogProbs, DEFAULT_CHUNK};
 use super::model::LlamaModel;
-use super::tiny::{max_abs_diff, random_tensors, tiny_config, tiny_model};
+use super::testing::micro::{max_abs_diff, micro_config, micro_model, random_tensors};
 
 fn lora_all(r: usize) -> LoraConfig {
     LoraConfig {
@@ -62,7 +62,7 @@ fn loss_value(model: &LlamaModel, batch: &TokenBatch) -> f64 {
 
 #[test]
 fn lora_gradients_equal_central_finite_differences() {
-    let mut model = tiny_model(Architecture::Llama, DType::F64);
+    let mut model = micro_model(Architecture::Llama, DType::F64);
     model.attach_lora(&lora_all(2)).unwrap();
     randomize_b(&model);
     let batch = TokenBatch::new(&examples(), 0, &Device::Cpu).unwrap();
@@ -99,6 +99,11 @@ fn lora_gradients_equal_central_finite_differences() {
 }
 
 fn finite_difference(model: &LlamaModel, batch: &TokenBatch, var: &Var, j: usize, h: f64) -> f64 {
+    finite_difference_of(|| loss_value(model, batch), var, j, h)
+}
+
+/// Central difference of `loss` in entry `j` of `var` (restored afterwards).
+fn finite_difference_of(loss: impl Fn() -> f64, var: &Var, j: usize, h: f64) -> f64 {
     let original = var
         .as_tensor()
         .flatten_all()
@@ -110,7 +115,7 @@ fn finite_difference(model: &LlamaModel, batch: &TokenBatch, var: &Var, j: usize
         v[j] += delta;
         var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
             .unwrap();
-        loss_value(model, batch)
+        loss()
     };
     let fd = (eval_at(h) - eval_at(-h)) / (2.0 * h);
     eval_at(0.0);
@@ -124,7 +129,7 @@ fn every_lora_tensor_of_every_layer_and_module_gets_a_gradient() {
         Architecture::Qwen2,
         Architecture::Mistral,
     ] {
-        let mut model = tiny_model(arch, DType::F64);
+        let mut model = micro_model(arch, DType::F64);
         model.attach_lora(&lora_all(2)).unwrap();
         let batch = TokenBatch::new(&examples(), 0, &Device::Cpu).unwrap();
         // Fresh adapter (B = 0): B must already receive gradient everywhere.
@@ -182,7 +187,7 @@ fn assert_nonzero(grads: &candle_core::backprop::GradStore, var: &Var, what: &st
 #[test]
 fn kv_cache_steps_give_the_full_forward_logits() {
     for arch in [Architecture::Llama, Architecture::Qwen2] {
-        let mut model = tiny_model(arch, DType::F64);
+        let mut model = micro_model(arch, DType::F64);
         model.attach_lora(&lora_all(2)).unwrap();
         randomize_b(&model);
         let ids: Vec<u32> = vec![1, 4, 9, 16, 25, 3, 8, 13, 21];
@@ -208,6 +213,12 @@ fn kv_cache_steps_give_the_full_forward_logits() {
         }
         assert_eq!(cache.len(), ids.len());
         let incremental = Tensor::cat(&pieces, 1).unwrap();
+        let mut cache = model.new_cache();
+        let last = model
+            .forward_cached_last(&prefill, None, &mut cache)
+            .unwrap();
+        let want_last = full.get(0).unwrap().get(4).unwrap().unsqueeze(0).unwrap();
+        assert!(max_abs_diff(&last, &want_last) < 1e-10);
         let diff = max_abs_diff(&full, &incremental);
         assert!(diff < 1e-10, "{arch:?}: cached logits differ by {diff}");
     }
@@ -215,7 +226,7 @@ fn kv_cache_steps_give_the_full_forward_logits() {
 
 #[test]
 fn left_padded_batched_generation_matches_single_sequences() {
-    let model = tiny_model(Architecture::Llama, DType::F64);
+    let model = micro_model(Architecture::Llama, DType::F64);
     let seqs: [&[u32]; 2] = [&[1, 7, 7, 3], &[1, 20]];
     let next: [u32; 2] = [5, 6];
     // Batched: left-pad the prompts, prefill, then one step each.
@@ -259,7 +270,7 @@ fn left_padded_batched_generation_matches_single_sequences() {
 
 #[test]
 fn right_padded_batch_gives_the_same_per_sequence_losses_as_one_by_one() {
-    let mut model = tiny_model(Architecture::Qwen2, DType::F32);
+    let mut model = micro_model(Architecture::Qwen2, DType::F32);
     model.attach_lora(&lora_all(2)).unwrap();
     let exs = examples();
     let batch = TokenBatch::new(&exs, 0, &Device::Cpu).unwrap();
@@ -289,7 +300,7 @@ fn right_padded_batch_gives_the_same_per_sequence_losses_as_one_by_one() {
 
 #[test]
 fn family_variants_run_qwen2_bias_untied_head_mistral_window() {
-    let qwen = tiny_model(Architecture::Qwen2, DType::F32);
+    let qwen = micro_model(Architecture::Qwen2, DType::F32);
     assert!(!qwen.config().tie_word_embeddings && qwen.config().attention_bias);
     assert!(qwen
         .weights()
@@ -300,7 +311,7 @@ fn family_variants_run_qwen2_bias_untied_head_mistral_window() {
     assert_eq!(logits.dims(), &[1, 4, 32]);
 
     // Mistral with a sliding window shorter than the sequence: the cache must apply it too.
-    let mut config = tiny_config(Architecture::Mistral);
+    let mut config = micro_config(Architecture::Mistral);
     config.sliding_window = Some(3);
     let model = LlamaModel::from_tensors(&config, random_tensors(&config, 5, DType::F64)).unwrap();
     let ids: Vec<u32> = vec![1, 9, 8, 7, 6, 5];
@@ -350,7 +361,7 @@ fn family_variants_run_qwen2_bias_untied_head_mistral_window() {
 
 #[test]
 fn llama3_rope_scaling_runs() {
-    let mut config = tiny_config(Architecture::Llama);
+    let mut config = micro_config(Architecture::Llama);
     config.rope_scaling = Some(super::config::RopeScaling {
         factor: 8.0,
         low_freq_factor: 1.0,
@@ -367,7 +378,7 @@ fn llama3_rope_scaling_runs() {
 
 #[test]
 fn bad_weights_and_inputs_are_errors_naming_the_culprit() {
-    let config = tiny_config(Architecture::Llama);
+    let config = micro_config(Architecture::Llama);
     let mut tensors = random_tensors(&config, 1, DType::F32);
     tensors.remove("model.layers.1.mlp.up_proj.weight");
     let err = LlamaModel::from_tensors(&config, tensors).unwrap_err();
@@ -396,7 +407,7 @@ fn bad_weights_and_inputs_are_errors_naming_the_culprit() {
     let err = LlamaModel::from_tensors(&config, tensors).unwrap_err();
     assert!(err.to_string().contains("model.layers.7"), "{err}");
 
-    let model = tiny_model(Architecture::Llama, DType::F32);
+    let model = micro_model(Architecture::Llama, DType::F32);
     let too_big = Tensor::new(&[[1u32, 99]], &Device::Cpu).unwrap();
     assert!(model
         .forward(&too_big, None, Mode::Eval)
@@ -410,7 +421,7 @@ fn bad_weights_and_inputs_are_errors_naming_the_culprit() {
 
 #[test]
 fn merging_lora_gives_the_same_logits_as_applying_it() {
-    let mut model = tiny_model(Architecture::Qwen2, DType::F64);
+    let mut model = micro_model(Architecture::Qwen2, DType::F64);
     model.attach_lora(&lora_all(3)).unwrap();
     randomize_b(&model);
     let ids = Tensor::new(&[[1u32, 2, 3, 4, 5]], &Device::Cpu).unwrap();
@@ -419,4 +430,79 @@ fn merging_lora_gives_the_same_logits_as_applying_it() {
     assert!(model.trainable_vars().is_empty());
     let merged = model.forward(&ids, None, Mode::Eval).unwrap();
     assert!(max_abs_diff(&applied, &merged) < 1e-10);
+}
+
+#[test]
+fn builds_from_the_loaders_tensor_layout_for_every_family() {
+    for (arch, tied) in [
+        (Architecture::Llama, true),
+        (Architecture::Mistral, false),
+        (Architecture::Qwen2, false),
+    ] {
+        let config = super::testing::tiny_config(arch, 300, tied);
+        let weights = super::testing::random_weights(&config, 3);
+        let model = LlamaModel::from_tensors(&config, weights.into_map()).unwrap();
+        let ids = Tensor::new(&[[1u32, 2, 299]], &Device::Cpu).unwrap();
+        let logits = model.forward(&ids, None, Mode::Eval).unwrap();
+        assert_eq!(logits.dims(), &[1, 3, 300], "{arch:?}");
+    }
+}
+
+#[test]
+fn orpo_gradients_equal_central_finite_differences_in_both_nll_variants() {
+    use super::orpo::{orpo_loss, OrpoConfig, OrpoNll, PreferencePair};
+    let mut model = micro_model(Architecture::Qwen2, DType::F64);
+    model.attach_lora(&lora_all(2)).unwrap();
+    randomize_b(&model);
+    let pairs = vec![
+        PreferencePair {
+            prompt: vec![1, 5, 9],
+            chosen: vec![7, 3, 2],
+            rejected: vec![4, 2],
+        },
+        PreferencePair {
+            prompt: vec![1, 30, 12, 12],
+            chosen: vec![11, 2],
+            rejected: vec![19, 25, 6, 2],
+        },
+    ];
+    for nll in [OrpoNll::Completion, OrpoNll::FullSequence] {
+        let config = OrpoConfig { beta: 0.5, nll };
+        let loss = || {
+            orpo_loss(&model, &pairs, 0, &config, Mode::Eval, 4)
+                .unwrap()
+                .loss
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let out = orpo_loss(&model, &pairs, 0, &config, Mode::Eval, 4).unwrap();
+        let grads = out.loss.backward().unwrap();
+        for (layer, module, lora) in model.lora_layers().into_iter().step_by(3) {
+            for var in [lora.a(), lora.b()] {
+                let g = grads
+                    .get(var)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap();
+                let j = var.elem_count() / 3;
+                let fd = finite_difference_of(loss, var, j, 1e-5);
+                let err = (g[j] - fd).abs() / fd.abs().max(1e-3);
+                assert!(
+                    err < 1e-5,
+                    "{nll:?} layer {layer} {module}: {} vs {fd}",
+                    g[j]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn half_precision_weights_are_refused_with_a_hint() {
+    let config = micro_config(Architecture::Llama);
+    let err =
+        LlamaModel::from_tensors(&config, random_tensors(&config, 1, DType::BF16)).unwrap_err();
+    assert!(err.to_string().contains("f32"), "{err}");
 }

@@ -4,6 +4,8 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+use super::softmax::softmax_last_dim_op;
+
 /// Additive mask value for disallowed attention scores. Finite (not `-inf`) so that a fully
 /// masked row (a left-padding query that sees only padding) gives a harmless uniform softmax
 /// instead of NaN, and so that adding it to a score cannot overflow f32.
@@ -21,11 +23,19 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     normed.broadcast_mul(weight)
 }
 
-/// Softmax over the last dimension.
-///
-/// The row maximum is detached: softmax is shift-invariant, so its gradient through the max is
-/// exactly zero and computing it would only cost time.
+/// Softmax over the last dimension, differentiable: a custom op with a hand-written backward
+/// on CPU for f32/f64 (see [`super::softmax`]), the composition of primitives elsewhere.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        softmax_last_dim_op(x)
+    } else {
+        softmax_composed(x)
+    }
+}
+
+/// Softmax from primitives. The row maximum is detached: softmax is shift-invariant, so its
+/// gradient through the max is exactly zero and computing it would only cost time.
+pub fn softmax_composed(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let exp = x.broadcast_sub(&max)?.exp()?;
     let sum = exp.sum_keepdim(D::Minus1)?;

@@ -2,7 +2,7 @@
 //! `adapter_model.safetensors`), so adapters trained by pipe load in PEFT and PEFT's load here.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -148,11 +148,11 @@ impl PeftAdapter {
         if let Some(base) = &self.config.base_model_name_or_path {
             check_portable(base)?;
         }
-        std::fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
+        std::fs::create_dir_all(dir).map_err(|source| LlmError::io(dir, source))?;
         let config_path = dir.join(CONFIG_FILE);
         let text = serde_json::to_string_pretty(&self.config_json())
-            .map_err(|e| bad_file(&config_path, e.to_string()))?;
-        std::fs::write(&config_path, text + "\n").map_err(|s| io_error(&config_path, s))?;
+            .map_err(|e| LlmError::bad_file(&config_path, e.to_string()))?;
+        std::fs::write(&config_path, text + "\n").map_err(|s| LlmError::io(&config_path, s))?;
         let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
         for (&(layer, module), w) in &self.weights {
             let base = format!("{NAME_PREFIX}{}", module.module_path(layer));
@@ -163,7 +163,7 @@ impl PeftAdapter {
         // PEFT/transformers expect the `format: pt` metadata torch writes.
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         safetensors::serialize_to_file(&tensors, Some(metadata), &weights_path)
-            .map_err(|e| bad_file(&weights_path, e.to_string()))?;
+            .map_err(|e| LlmError::bad_file(&weights_path, e.to_string()))?;
         Ok(())
     }
 
@@ -202,19 +202,23 @@ impl PeftAdapter {
     /// per-module rank/alpha patterns, trained biases, modules_to_save, fan_in_fan_out).
     pub fn load(dir: &Path, device: &Device) -> LlmResult<Self> {
         let config_path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&config_path).map_err(|s| io_error(&config_path, s))?;
-        let config: AdapterConfig = serde_json::from_str(&text)
-            .map_err(|e| bad_file(&config_path, format!("not a PEFT adapter config: {e}")))?;
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|s| LlmError::io(&config_path, s))?;
+        let config: AdapterConfig = serde_json::from_str(&text).map_err(|e| {
+            LlmError::bad_file(&config_path, format!("not a PEFT adapter config: {e}"))
+        })?;
         check_supported(&config, &config_path)?;
         let weights_path = dir.join(WEIGHTS_FILE);
         let tensors = candle_core::safetensors::load(&weights_path, device)
-            .map_err(|e| bad_file(&weights_path, e.to_string()))?;
+            .map_err(|e| LlmError::bad_file(&weights_path, e.to_string()))?;
         let weights = parse_tensors(tensors, &config, &weights_path)?;
         Ok(Self { config, weights })
     }
 
-    /// Attaches this adapter (unmerged) to `model`.
+    /// Attaches this adapter (unmerged, trainable: its matrices become `Var`s, e.g. to resume
+    /// training) to `model`, replacing any attached one.
     pub fn attach_to(&self, model: &mut LlamaModel) -> LlmResult<()> {
+        model.remove_lora();
         let lora = self.lora_config();
         for (&(layer, module), w) in &self.weights {
             model.attach_lora_weights(&lora, layer, module, &w.a, &w.b)?;
@@ -243,7 +247,7 @@ fn integral_or_float(v: f64) -> Value {
 
 fn check_supported(c: &AdapterConfig, path: &Path) -> LlmResult<()> {
     let refuse = |what: &str| {
-        Err(bad_file(
+        Err(LlmError::bad_file(
             path,
             format!("{what}; pipe supports plain LoRA adapters"),
         ))
@@ -284,7 +288,7 @@ fn parse_tensors(
         BTreeMap::new();
     for (name, tensor) in tensors {
         let (layer, module, is_a) = parse_name(&name).ok_or_else(|| {
-            bad_file(
+            LlmError::bad_file(
                 path,
                 format!("tensor `{name}` is not a LoRA matrix of a Llama-family projection"),
             )
@@ -297,13 +301,13 @@ fn parse_tensors(
         }
     }
     if halves.is_empty() {
-        return Err(bad_file(path, "no LoRA tensors".into()));
+        return Err(LlmError::bad_file(path, "no LoRA tensors"));
     }
     let mut out = BTreeMap::new();
     for ((layer, module), pair) in halves {
         let name = format!("{NAME_PREFIX}{}", module.module_path(layer));
         let (Some(a), Some(b)) = pair else {
-            return Err(bad_file(
+            return Err(LlmError::bad_file(
                 path,
                 format!("`{name}` has only one of lora_A and lora_B"),
             ));
@@ -311,7 +315,7 @@ fn parse_tensors(
         let ok =
             a.rank() == 2 && b.rank() == 2 && a.dims()[0] == config.r && b.dims()[1] == config.r;
         if !ok {
-            return Err(bad_file(
+            return Err(LlmError::bad_file(
                 path,
                 format!(
                     "`{name}`: lora_A {:?} / lora_B {:?} do not match r = {}",
@@ -343,25 +347,12 @@ fn parse_name(name: &str) -> Option<(usize, TargetModule, bool)> {
     (parts.next().is_none() && module.parent() == parent).then_some((layer, module, is_a))
 }
 
-fn io_error(path: &Path, source: std::io::Error) -> LlmError {
-    LlmError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn bad_file(path: &Path, message: String) -> LlmError {
-    LlmError::BadFile {
-        path: PathBuf::from(path),
-        message,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::llm::config::Architecture;
-    use crate::llm::tiny::{max_abs_diff, tiny_model};
+    use crate::llm::testing::micro::{max_abs_diff, micro_model};
+    use std::path::PathBuf;
 
     fn fixture_dir() -> PathBuf {
         PathBuf::from(concat!(
@@ -372,7 +363,7 @@ mod tests {
 
     #[test]
     fn written_adapter_reads_back_identically_with_peft_field_names() -> LlmResult<()> {
-        let mut model = tiny_model(Architecture::Llama, DType::F32);
+        let mut model = micro_model(Architecture::Llama, DType::F32);
         model.attach_lora(&LoraConfig {
             r: 2,
             alpha: 16.0,
@@ -444,7 +435,7 @@ mod tests {
 
     #[test]
     fn absolute_base_paths_are_refused_on_save() {
-        let mut model = tiny_model(Architecture::Llama, DType::F32);
+        let mut model = micro_model(Architecture::Llama, DType::F32);
         model
             .attach_lora(&LoraConfig {
                 r: 1,

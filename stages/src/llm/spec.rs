@@ -82,6 +82,11 @@ impl ModelSpec {
                 ))
             }
         }
+        if let Some(rev) = &revision {
+            if rev.starts_with('/') || rev.split('/').any(|p| p == ".." || p.is_empty()) {
+                return Err(invalid("the revision must be a branch, tag or commit hash"));
+            }
+        }
         if let Some(file) = &file {
             if file.starts_with('/') || file.split('/').any(|p| p == "..") {
                 return Err(invalid(
@@ -217,6 +222,20 @@ fn has_gguf_magic(path: &Path) -> bool {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
         .is_ok()
         && &magic == b"GGUF"
+}
+
+/// Stage configs hold a spec as the string the user wrote.
+impl Serialize for ModelSpec {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        ModelSpec::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl FromStr for ModelSpec {

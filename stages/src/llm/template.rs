@@ -72,6 +72,7 @@ const ALPACA: &str = "{% if messages and messages[0]['role'] == 'system' %}{{ me
 const TEMPLATE_KEY: &str = "chat";
 
 /// A compiled chat template with the special tokens it may reference.
+#[derive(Clone)]
 pub struct ChatTemplate {
     name: String,
     source: String,
@@ -419,6 +420,31 @@ mod tests {
         assert!(
             err.contains("not a prefix") && err.contains("byte 20"),
             "{err}"
+        );
+    }
+
+    /// Block-tag whitespace as transformers renders it (trim_blocks + lstrip_blocks); the
+    /// expected strings were produced by transformers 5.23's `apply_chat_template`.
+    #[test]
+    fn whitespace_control_matches_transformers() {
+        let source = "{% for message in messages %}\n  {% if message['role'] == 'user' %}\n    {{ '<|user|>\\n' + message['content'].strip() + eos_token }}\n  {% elif message['role'] == 'system' %}\n{{ '<|system|>\\n' + message['content'] + eos_token }}\n  {% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\\n'  + message['content'] + eos_token }}\n  {% endif %}\n  {% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n  {% endif %}\n{% endfor %}";
+        let special = SpecialTokens {
+            eos: Some("<|im_end|>".into()),
+            ..SpecialTokens::default()
+        };
+        let template = ChatTemplate::new("zephyr-like", source, &special).unwrap();
+        let answered = [
+            ChatMessage::system("Be brief"),
+            ChatMessage::user(" hi "),
+            ChatMessage::assistant("Hello"),
+        ];
+        assert_eq!(
+            template.render(&answered, false).unwrap(),
+            "<|system|>\nBe brief<|im_end|>\n    <|user|>\nhi<|im_end|>\n<|assistant|>\nHello<|im_end|>\n"
+        );
+        assert_eq!(
+            template.render(&[ChatMessage::user("q")], true).unwrap(),
+            "    <|user|>\nq<|im_end|>\n<|assistant|>\n"
         );
     }
 }

@@ -7,12 +7,12 @@ use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::config::{Architecture, ModelConfig};
-use super::lora::TargetModule;
-use super::model::LlamaModel;
+use crate::llm::config::{Architecture, ModelConfig};
+use crate::llm::lora::TargetModule;
+use crate::llm::model::LlamaModel;
 
 /// 2 layers, hidden 16, 4 heads over 2 kv heads, vocab 32.
-pub fn tiny_config(architecture: Architecture) -> ModelConfig {
+pub fn micro_config(architecture: Architecture) -> ModelConfig {
     ModelConfig {
         architecture,
         vocab_size: 32,
@@ -97,8 +97,8 @@ pub fn random_tensors(config: &ModelConfig, seed: u64, dtype: DType) -> HashMap<
 }
 
 /// A tiny random model of `architecture` in `dtype`.
-pub fn tiny_model(architecture: Architecture, dtype: DType) -> LlamaModel {
-    let config = tiny_config(architecture);
+pub fn micro_model(architecture: Architecture, dtype: DType) -> LlamaModel {
+    let config = micro_config(architecture);
     LlamaModel::from_tensors(&config, random_tensors(&config, 42, dtype)).expect("tiny model")
 }
 

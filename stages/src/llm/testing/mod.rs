@@ -53,3 +53,7 @@ pub fn smollm2_tokenizer() -> &'static super::TextTokenizer {
             .unwrap_or_else(|e| panic!("cannot read the tokenizer of {}: {e}", path.display()))
     })
 }
+
+pub mod micro;
+mod tiny;
+pub use tiny::{random_weights, tiny_config, tiny_tokenizer, write_gguf, TinyVocab};
