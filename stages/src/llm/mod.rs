@@ -17,7 +17,7 @@ pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{LlmError, LlmResult};
 pub use export::{write_safetensors, ExportDtype, HfExport};
 pub use gguf::GgufFile;
-pub use hub::HubCache;
+pub use hub::{HubAccess, HubCache, HubRemote};
 pub use loader::{load_model, load_model_path, LoadedModel, ModelSource};
 pub use spec::{ModelFormat, ModelSpec, ResolvedModel};
 pub use template::{ChatMessage, ChatTemplate, PromptCompletion};
