@@ -46,7 +46,7 @@ pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{LlmError, LlmResult};
 pub use export::{write_safetensors, ExportDtype, HfExport};
 pub use gguf::GgufFile;
-pub use hub::HubCache;
+pub use hub::{HubAccess, HubCache, HubRemote};
 pub use kv_cache::KvCache;
 pub use loader::{load_model, load_model_path, LoadedModel, ModelSource};
 pub use lora::{LoraConfig, LoraLayer, Mode, TargetModule};
