@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::DType;
 use serde_json::{json, Value};
 
-use crate::llm::tiny::random_tensors;
+use crate::llm::testing::micro::random_tensors;
 use crate::llm::{Architecture, LlmError, LlmResult, ModelConfig};
 
 /// `<|endoftext|>`: padding.

@@ -190,6 +190,7 @@ impl LlamaModel {
             Mode::Eval,
             &mut slots,
             Some(&mut *cache),
+            None,
         );
         *cache.slots_mut() = slots;
         hidden

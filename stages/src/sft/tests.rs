@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::*;
 use crate::contract::pick_table;
 use crate::ingest::Example as Row;
-use crate::llm::tiny::max_abs_diff;
+use crate::llm::testing::micro::max_abs_diff;
 use crate::model::Model;
 use crate::progress::NullProgress;
 

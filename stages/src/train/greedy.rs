@@ -20,9 +20,8 @@ pub fn greedy(
     let mut cache = model.new_cache();
     let mut input = Tensor::new(prompt, device)?.unsqueeze(0)?;
     for _ in 0..max_new {
-        let logits = model.forward_cached(&input, None, &mut cache)?;
-        let last = logits.narrow(1, logits.dim(1)? - 1, 1)?;
-        let next = last.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?[0];
+        let logits = model.forward_cached_last(&input, None, &mut cache)?;
+        let next = logits.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?[0];
         if stop.contains(&next) {
             break;
         }
