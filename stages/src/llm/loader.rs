@@ -53,7 +53,8 @@ impl LoadedModel {
 }
 
 /// Loads the model `spec` names (a path relative to `workspace`, or `hf:org/name[@rev]`
-/// from the Hugging Face cache), with every tensor as f32 on `device`.
+/// from the Hugging Face cache, downloaded into it when missing unless `HF_HUB_OFFLINE`
+/// is set), with every tensor as f32 on `device`.
 pub fn load_model(spec: &ModelSpec, workspace: &Path, device: &Device) -> LlmResult<LoadedModel> {
     let resolved = spec.resolve(workspace)?;
     load_resolved(spec, resolved, device)

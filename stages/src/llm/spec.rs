@@ -111,12 +111,13 @@ impl ModelSpec {
     }
 
     /// Finds the files: relative local paths against `workspace`, hub repositories in the
-    /// Hugging Face cache (offline; see [`HubCache`]).
+    /// Hugging Face cache, downloaded into it first when missing unless `HF_HUB_OFFLINE` is
+    /// set (see [`HubCache::from_env`]; a cached model costs no network call).
     pub fn resolve(&self, workspace: &Path) -> LlmResult<ResolvedModel> {
         self.resolve_with_cache(workspace, &HubCache::from_env())
     }
 
-    /// [`ModelSpec::resolve`] with an explicit cache.
+    /// [`ModelSpec::resolve`] with an explicit cache and download policy.
     pub fn resolve_with_cache(
         &self,
         workspace: &Path,
@@ -131,9 +132,7 @@ impl ModelSpec {
                 file,
             } => {
                 let revision = revision.as_deref().unwrap_or("main");
-                let snapshot = cache
-                    .snapshot(repo, revision)?
-                    .ok_or_else(|| cache.not_cached(&spec, repo, revision))?;
+                let snapshot = cache.fetch(&spec, repo, revision, file.as_deref())?;
                 match file {
                     Some(file) => snapshot.join(file),
                     None => snapshot,

@@ -191,7 +191,7 @@ fn safetensors_files(dir: &Path) -> LlmResult<Vec<PathBuf>> {
 }
 
 /// The distinct shard files named in `model.safetensors.index.json`'s `weight_map`.
-fn shard_files(index: &Path, dir: &Path) -> LlmResult<Vec<PathBuf>> {
+pub(crate) fn shard_files(index: &Path, dir: &Path) -> LlmResult<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index).map_err(|e| LlmError::io(index, e))?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| LlmError::bad_file(index, format!("not valid JSON: {e}")))?;
