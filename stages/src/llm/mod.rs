@@ -46,12 +46,8 @@ pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{LlmError, LlmResult};
 pub use export::{write_safetensors, ExportDtype, HfExport};
 pub use gguf::GgufFile;
-<<<<<<< HEAD
-pub use hub::HubCache;
-pub use kv_cache::KvCache;
-=======
 pub use hub::{HubAccess, HubCache, HubRemote};
->>>>>>> llm-io
+pub use kv_cache::KvCache;
 pub use loader::{load_model, load_model_path, LoadedModel, ModelSource};
 pub use lora::{LoraConfig, LoraLayer, Mode, TargetModule};
 pub use loss::{sft_loss, SftLoss, TargetLogProbs};
