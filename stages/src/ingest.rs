@@ -1757,6 +1757,33 @@ mod tests {
     }
 
     #[test]
+    fn csv_numbers_stay_text_and_blank_lines_keep_row_numbers() {
+        let csv =
+            "question,answer,category\r\n\r\n007,1e3,0.50\r\n\r\n\"1,000\",\"-0\r\n+42\",NaN\r\n";
+        let o = run_with(QA, &[("qa.csv", csv.as_bytes())], 1).unwrap();
+        let all = o.all();
+        let got: Vec<(&str, &str, Option<&str>, u64)> = all
+            .iter()
+            .map(|e| {
+                let category = e.category.as_deref();
+                (
+                    e.prompt.as_str(),
+                    e.response.as_str(),
+                    category,
+                    e.source_row,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("007", "1e3", Some("0.50"), 1),
+                ("1,000", "-0\n+42", Some("NaN"), 2)
+            ]
+        );
+    }
+
+    #[test]
     fn output_rows_have_the_documented_shape() {
         let csv = "question,answer,category\nq1,a1,c\nq2,a2,c\nq3,a3,\n";
         let o = run_with(QA, &[("qa.csv", csv.as_bytes())], 1).unwrap();

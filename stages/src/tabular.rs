@@ -1,14 +1,17 @@
 //! Reading user tables (CSV, JSON arrays, JSON Lines) as text with exact locations, so every
 //! stage that takes a user file (ingest, score) decodes it and reports its problems the same way.
 //!
-//! CSV goes through the `csv` crate rather than a dataframe reader: we need every record's line
-//! number (for errors and `source_row`), must refuse ragged rows instead of padding them with
-//! nulls, and want every cell as exact text with no type inference.
+//! CSV cells are loaded with polars' CSV reader, every column read as text (no type inference:
+//! "007" stays "007"). A `csv`-crate pass over the same text supplies what polars cannot: each
+//! record's line number (for errors and `source_row`) and the refusal of ragged rows, which
+//! polars would silently pad with nulls. Polars gets exactly the records the scan found (blank
+//! lines, which only polars reads as rows, are cut out), and the two must agree on the count.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use encoding_rs::{Encoding, EUC_KR, UTF_8};
+use polars::prelude::{CsvReadOptions, DataFrame, PolarsError, SerReader};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -129,6 +132,18 @@ pub enum TableError {
     },
     #[error("{file} holds no records ({detail}); add at least one record")]
     NoRecords { file: String, detail: &'static str },
+    #[error("{file}: the CSV reader (polars) failed: {message}; check that every quoted field is closed and the delimiter `{delimiter}` is right, or convert the file to JSON Lines")]
+    CsvLoad {
+        file: String,
+        message: String,
+        delimiter: String,
+    },
+    #[error("{file}: the CSV reader (polars) found {loaded} records but the record scan found {scanned}; the file has unusual line breaks or quoting (lone carriage returns as line breaks, stray quotes); re-save it with \\n or \\r\\n line breaks and fully quoted fields, or convert it to JSON Lines")]
+    CsvCountMismatch {
+        file: String,
+        loaded: usize,
+        scanned: usize,
+    },
 }
 
 /// A user file's text after decoding, and how it was decoded.
@@ -294,9 +309,23 @@ pub struct CsvRow {
 /// A CSV document whose header has been read; rows are parsed on demand by [`CsvTable::rows`].
 pub struct CsvTable<'t> {
     file: String,
+    text: &'t str,
+    /// Where the header line really starts (after any blank lines).
+    header_start: usize,
     columns: Vec<String>,
     delimiter: u8,
     reader: csv::Reader<&'t [u8]>,
+}
+
+/// What the `csv`-crate pass learns about the data records.
+struct Scan {
+    /// Each record's location and 1-based number, in file order.
+    records: Vec<(Location, u64)>,
+    /// The byte range from the header to the end of the last record, without its line break.
+    span: std::ops::Range<usize>,
+    /// Line breaks between records that enclose blank lines (which the `csv` crate skips and
+    /// polars would read as rows of nulls), as byte ranges to collapse into one `\n`.
+    blank_gaps: Vec<std::ops::Range<usize>>,
 }
 
 impl<'t> CsvTable<'t> {
@@ -315,12 +344,16 @@ impl<'t> CsvTable<'t> {
             .flexible(true)
             .from_reader(text.as_bytes());
         let header = reader.byte_headers().map_err(|e| csv_error(file, e))?;
+        let scanned_from = header.position().map_or(0, |p| p.byte() as usize);
+        let header_start = skip_line_breaks(text.as_bytes(), scanned_from).0;
         let columns = header
             .iter()
             .map(|name| String::from_utf8_lossy(name).trim().to_string())
             .collect();
         Ok(Self {
             file: file.to_string(),
+            text,
+            header_start,
             columns,
             delimiter,
             reader,
@@ -338,10 +371,60 @@ impl<'t> CsvTable<'t> {
         found.filter(|(_, c)| *c == name).map(|(i, _)| i).collect()
     }
 
-    /// Parses every data record, keeping the cells at `picks`. Refuses ragged records and a
-    /// header with no data below it.
+    /// Parses every data record, keeping the cells at `picks` (empty cells are empty text).
+    /// Refuses ragged records and a header with no data below it.
     pub fn rows(mut self, picks: &[Option<usize>]) -> Result<Vec<CsvRow>, TableError> {
-        let mut rows = Vec::new();
+        let scan = self.scan()?;
+        let (frame, loaded) = self.load(&scan, picks)?;
+        if frame.height() != scan.records.len() {
+            return Err(TableError::CsvCountMismatch {
+                file: self.file,
+                loaded: frame.height(),
+                scanned: scan.records.len(),
+            });
+        }
+        let mut columns = Vec::with_capacity(picks.len());
+        for pick in picks {
+            let Some(index) = pick else {
+                columns.push(None);
+                continue;
+            };
+            let column = loaded
+                .binary_search(index)
+                .ok()
+                .and_then(|at| frame.get_columns().get(at))
+                .ok_or_else(|| self.load_error(format!("column {} was not loaded", index + 1)))?;
+            let text = column.str().map_err(|e| self.load_error(e.to_string()))?;
+            columns.push(Some(text.iter()));
+        }
+        let rows = scan
+            .records
+            .into_iter()
+            .map(|(location, row)| {
+                let cells = columns
+                    .iter_mut()
+                    .map(|column| {
+                        let cell = column.as_mut().map(|c| c.next().flatten());
+                        cell.map(|text| text.unwrap_or_default().to_string())
+                    })
+                    .collect();
+                CsvRow {
+                    location,
+                    row,
+                    cells,
+                }
+            })
+            .collect();
+        Ok(rows)
+    }
+
+    /// The `csv`-crate pass: where every record starts, refusing ragged records and a header
+    /// with no data below it. Cells are not copied.
+    fn scan(&mut self) -> Result<Scan, TableError> {
+        let bytes = self.text.as_bytes();
+        let mut records = Vec::new();
+        let mut blank_gaps = Vec::new();
+        let mut end = self.header_start;
         let mut record = csv::ByteRecord::new();
         let expected = self.columns.len();
         while self
@@ -349,42 +432,174 @@ impl<'t> CsvTable<'t> {
             .read_byte_record(&mut record)
             .map_err(|e| csv_error(&self.file, e))?
         {
-            let (line, row) = record
-                .position()
-                .map_or((0, rows.len() as u64 + 1), |p| (p.line(), p.record()));
+            // The `csv` crate positions a record where its search began: at the blank lines
+            // it skipped, or at the `\n` of a preceding `\r\n`. Step over them.
+            let (line, row) = match record.position() {
+                Some(p) => {
+                    let scanned_from = p.byte() as usize;
+                    let (start, breaks) = skip_line_breaks(bytes, scanned_from);
+                    // The gap from the previous record's line break to this record.
+                    let gap = match scanned_from.checked_sub(1) {
+                        Some(before) if matches!(bytes[before], b'\r' | b'\n') => before..start,
+                        _ => scanned_from..start,
+                    };
+                    if bytes[gap.clone()].iter().filter(|&&b| b == b'\n').count() > 1 {
+                        blank_gaps.push(gap);
+                    }
+                    (p.line() + breaks, p.record())
+                }
+                None => (0, records.len() as u64 + 1),
+            };
             let location = Location::Record { line, row };
             if record.len() != expected {
                 return Err(TableError::Ragged {
-                    file: self.file,
+                    file: self.file.clone(),
                     location,
                     expected,
                     found: record.len(),
-                    delimiter: char::from(self.delimiter).escape_default().to_string(),
+                    delimiter: self.delimiter_text(),
                 });
             }
-            let cells = picks
-                .iter()
-                .map(|pick| pick.and_then(|i| record.get(i)).map(cell_text))
-                .collect();
-            rows.push(CsvRow {
-                location,
-                row,
-                cells,
-            });
+            records.push((location, row));
+            // Just past the record's line break (its `\r` only, for `\r\n`), or the end.
+            end = self.reader.position().byte() as usize;
         }
-        if rows.is_empty() {
+        if records.is_empty() {
             return Err(TableError::HeaderOnly {
-                file: self.file,
+                file: self.file.clone(),
                 columns: self.columns.join(", "),
             });
         }
-        Ok(rows)
+        if end > 0 && matches!(bytes[end - 1], b'\r' | b'\n') {
+            end -= 1;
+        }
+        Ok(Scan {
+            records,
+            span: self.header_start..end,
+            blank_gaps,
+        })
+    }
+
+    /// The polars pass over the records the scan found: the picked columns (at least one, to
+    /// count records), every cell as text. Returns the frame and the column indices it holds,
+    /// in its column order (polars sorts a projection).
+    fn load(
+        &self,
+        scan: &Scan,
+        picks: &[Option<usize>],
+    ) -> Result<(DataFrame, Vec<usize>), TableError> {
+        let mut projection: Vec<usize> = picks.iter().flatten().copied().collect();
+        projection.sort_unstable();
+        projection.dedup();
+        if projection.is_empty() {
+            projection.push(0);
+        }
+        let input = collapse(self.text.as_bytes(), &scan.span, &scan.blank_gaps);
+        let frame = CsvReadOptions::default()
+            .with_has_header(true)
+            .with_infer_schema_length(Some(0))
+            .with_projection(Some(projection.clone().into()))
+            .map_parse_options(|options| {
+                options
+                    .with_separator(self.delimiter)
+                    .with_quote_char(Some(b'"'))
+            })
+            .into_reader_with_file_handle(std::io::Cursor::new(input.as_ref()))
+            .finish()
+            .map_err(|e| self.polars_error(&e))?;
+        if frame.width() != projection.len() {
+            return Err(self.load_error(format!(
+                "it returned {} columns where {} were asked for",
+                frame.width(),
+                projection.len()
+            )));
+        }
+        Ok((frame, projection))
+    }
+
+    /// A polars error without its advice for Python users, and with the line of the field it
+    /// names where it names one.
+    fn polars_error(&self, err: &PolarsError) -> TableError {
+        let full = err.to_string();
+        // Parse errors wrap the cause: "... Original error: ```invalid csv file\n\nField `x` is
+        // not properly escaped.```"; the rest suggests Python keyword arguments.
+        let cause = full
+            .split_once("Original error: ```")
+            .map_or(full.as_str(), |(_, rest)| rest.trim_end_matches('`'));
+        let field = cause
+            .split_once("Field `")
+            .and_then(|(_, rest)| rest.rsplit_once("` is not properly escaped"))
+            .map(|(field, _)| field);
+        let mut message = cause.split_whitespace().collect::<Vec<_>>().join(" ");
+        if message.chars().count() > 300 {
+            message = message.chars().take(300).collect::<String>() + "...";
+        }
+        // A field spans no blank-line gap, so it appears in the file as polars quotes it.
+        let found = field.and_then(|field| {
+            let at = find(&self.text.as_bytes()[self.header_start..], field.as_bytes())?;
+            let before = &self.text.as_bytes()[..self.header_start + at];
+            Some(before.iter().filter(|&&b| b == b'\n').count() + 1)
+        });
+        if let Some(line) = found {
+            message = format!("line {line}: {message}");
+        }
+        self.load_error(message)
+    }
+
+    fn load_error(&self, message: String) -> TableError {
+        TableError::CsvLoad {
+            file: self.file.clone(),
+            message,
+            delimiter: self.delimiter_text(),
+        }
+    }
+
+    fn delimiter_text(&self) -> String {
+        char::from(self.delimiter).escape_default().to_string()
     }
 }
 
-/// The input is valid UTF-8 and the parser splits only on ASCII bytes, so this is exact.
-fn cell_text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// The first position at or after `from` that is not a line break, and how many `\n` it passed.
+fn skip_line_breaks(bytes: &[u8], from: usize) -> (usize, u64) {
+    let mut at = from.min(bytes.len());
+    let mut newlines = 0;
+    while let Some(&b) = bytes.get(at) {
+        match b {
+            b'\n' => newlines += 1,
+            b'\r' => {}
+            _ => break,
+        }
+        at += 1;
+    }
+    (at, newlines)
+}
+
+/// `bytes[span]` with every gap replaced by a single `\n`; borrowed when there is no gap.
+fn collapse<'b>(
+    bytes: &'b [u8],
+    span: &std::ops::Range<usize>,
+    gaps: &[std::ops::Range<usize>],
+) -> std::borrow::Cow<'b, [u8]> {
+    if gaps.is_empty() {
+        return std::borrow::Cow::Borrowed(&bytes[span.clone()]);
+    }
+    let mut out = Vec::with_capacity(span.len());
+    let mut at = span.start;
+    for gap in gaps {
+        out.extend_from_slice(&bytes[at..gap.start]);
+        out.push(b'\n');
+        at = gap.end;
+    }
+    out.extend_from_slice(&bytes[at..span.end]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// The first position of `needle` in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn csv_error(file: &str, err: csv::Error) -> TableError {
@@ -618,6 +833,112 @@ mod tests {
         // The second record starts on line 4 because the first spans two lines.
         assert_eq!(rows[1].location, Location::Record { line: 4, row: 2 });
         assert_eq!(rows[1].cells[1].as_deref(), Some("say \"hi\""));
+    }
+
+    #[test]
+    fn csv_numeric_looking_cells_stay_exact_text() {
+        let text = "id,value,flag\n007,1e3,true\n-0,1.50,NaN\n+42, 42 ,\n0x1F,\"3,000\",null\n";
+        let rows = csv_rows(text, &[Some(0), Some(1), Some(2)]).unwrap();
+        let cells: Vec<Vec<&str>> = rows
+            .iter()
+            .map(|r| r.cells.iter().map(|c| c.as_deref().unwrap()).collect())
+            .collect();
+        assert_eq!(
+            cells,
+            vec![
+                vec!["007", "1e3", "true"],
+                vec!["-0", "1.50", "NaN"],
+                vec!["+42", " 42 ", ""],
+                vec!["0x1F", "3,000", "null"],
+            ]
+        );
+    }
+
+    #[test]
+    fn csv_quoted_delimiters_and_newlines_with_other_delimiters_and_crlf() {
+        let text = "q;a;c\r\n\"x; y\";\"first\r\nsecond; third\";\r\n\"\";plain;\"\"\"q\"\"\"\r\n";
+        let rows = CsvTable::open(text, "t.csv", b';')
+            .unwrap()
+            .rows(&[Some(0), Some(1), Some(2)])
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].cells[0].as_deref(), Some("x; y"));
+        assert_eq!(rows[0].cells[1].as_deref(), Some("first\r\nsecond; third"));
+        assert_eq!(rows[0].cells[2].as_deref(), Some(""));
+        assert_eq!(rows[1].location, Location::Record { line: 4, row: 2 });
+        assert_eq!(rows[1].cells[0].as_deref(), Some(""));
+        assert_eq!(rows[1].cells[1].as_deref(), Some("plain"));
+        assert_eq!(rows[1].cells[2].as_deref(), Some("\"q\""));
+
+        let tsv = "q\ta\n\"tab\there\"\t\"multi\nline\"\n";
+        let rows = CsvTable::open(tsv, "t.tsv", b'\t')
+            .unwrap()
+            .rows(&[Some(1), Some(0)])
+            .unwrap();
+        assert_eq!(rows[0].cells[0].as_deref(), Some("multi\nline"));
+        assert_eq!(rows[0].cells[1].as_deref(), Some("tab\there"));
+    }
+
+    #[test]
+    fn csv_blank_lines_and_repeated_or_unpicked_columns() {
+        let text = "a,b,c\n1,2,3\n\n4,5,6\n\n";
+        let rows = csv_rows(text, &[Some(2), None, Some(0), Some(2)]).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            rows[1].cells,
+            vec![Some("6".into()), None, Some("4".into()), Some("6".into())]
+        );
+        assert_eq!(rows[1].location, Location::Record { line: 4, row: 2 });
+        let rows = csv_rows("a,b\n1,2\n3,4", &[None, None]).unwrap();
+        assert_eq!(rows.len(), 2);
+    }
+
+    #[test]
+    fn csv_blank_lines_are_skipped_and_lines_count_them() {
+        let text = "\n\na,b,c\n\n1,2,3\n\n\r\n4,5,6\n\n";
+        let rows = csv_rows(text, &[Some(0), Some(2)]).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].location, Location::Record { line: 5, row: 1 });
+        assert_eq!(rows[1].location, Location::Record { line: 8, row: 2 });
+        assert_eq!(rows[1].cells, vec![Some("4".into()), Some("6".into())]);
+    }
+
+    #[test]
+    fn csv_crlf_lines_are_numbered_exactly() {
+        let err = csv_rows("a,b\r\n\"1\r\n2\",3\r\n4\r\n", &[Some(0)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("t.csv: line 4 (row 2) has 1 fields but the header has 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn csv_badly_quoted_field_names_its_line_without_python_advice() {
+        let err = csv_rows("a,b\n1,2\n\"x\"y,2\n", &[Some(0), Some(1)])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "t.csv: the CSV reader (polars) failed: line 3: invalid csv file Field `\"x\"y` is \
+             not properly escaped.; check that every quoted field is closed and the delimiter \
+             `,` is right, or convert the file to JSON Lines"
+        );
+    }
+
+    #[test]
+    fn csv_readers_disagreeing_on_the_record_count_is_an_error() {
+        // Lone carriage returns end records for the `csv` crate but not for polars.
+        let err = csv_rows("a,b\r1,2\r3,4\r", &[Some(0), Some(1)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "t.csv: the CSV reader (polars) found 0 records but the record scan found 2;"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
