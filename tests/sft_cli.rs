@@ -35,7 +35,9 @@ alpha = 8
 "#;
 
 fn csv() -> String {
-    let tools = ["ls", "cat", "grep", "sed", "awk", "cp", "mv", "rm", "tar", "ssh", "df", "du"];
+    let tools = [
+        "ls", "cat", "grep", "sed", "awk", "cp", "mv", "rm", "tar", "ssh", "df", "du",
+    ];
     let mut text = String::from("question,answer\n");
     for (i, t) in tools.iter().enumerate() {
         text.push_str(&format!("What does {t} do?,{t} is tool number {i}.\n"));
@@ -54,7 +56,12 @@ fn workspace() -> Ws {
 fn ingest_model_sft_run_cache_and_rerun_only_what_changed() {
     let ws = workspace();
     let first = ws.ok(&["run"]);
-    assert_eq!(first.ran(), strs(&["ingest", "model", "sft"]), "{}", first.all());
+    assert_eq!(
+        first.ran(),
+        strs(&["ingest", "model", "sft"]),
+        "{}",
+        first.all()
+    );
 
     let key = &ws.entries("sft")[0];
     let dir = ws.path("artifacts/sft").join(key);
@@ -88,8 +95,17 @@ fn ingest_model_sft_run_cache_and_rerun_only_what_changed() {
     assert_eq!(ws.entries("sft").len(), 3);
 
     let show = ws.ok(&["show", "sft"]);
-    for needle in ["eval loss", "loss curve", "samples", "adapter/adapter_model.safetensors"] {
-        assert!(show.stdout.contains(needle), "`{needle}` missing:\n{}", show.stdout);
+    for needle in [
+        "eval loss",
+        "loss curve",
+        "samples",
+        "adapter/adapter_model.safetensors",
+    ] {
+        assert!(
+            show.stdout.contains(needle),
+            "`{needle}` missing:\n{}",
+            show.stdout
+        );
     }
     let model = ws.ok(&["show", "model"]);
     assert!(model.stdout.contains("Answer briefly."), "{}", model.stdout);

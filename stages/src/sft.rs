@@ -37,7 +37,7 @@ use crate::train::checkpoint::{self, CheckpointError};
 use crate::train::eval::completion_loss;
 use crate::train::greedy::greedy;
 use crate::train::lora_state::{lora_tensors, restore_lora};
-use crate::train::memory::peak_rss_mb;
+use crate::train::memory::{peak_rss_mb, reset_peak};
 use crate::train::metrics::MetricsError;
 use crate::train::rng::{derive, Stream};
 use crate::train::schedule::warmup_steps_from_ratio;
@@ -62,7 +62,7 @@ pub enum SftError {
         id: String,
         source_row: u64,
         #[source]
-        source: LlmError,
+        source: Box<LlmError>,
     },
     #[error("[sft] none of the {rows} rows of {file} fits `max_seq_len` = {max_seq_len} ({dropped} dropped); raise `max_seq_len`{hint}")]
     NoRows {
@@ -72,21 +72,14 @@ pub enum SftError {
         dropped: usize,
         hint: &'static str,
     },
-    #[error("sft: non-finite {what} ({value}) at step {step} of {total}, in the batch of train rows {rows}; {kept}; lower `learning_rate` (now {lr:e}), keep `max_grad_norm` on, or check those rows")]
-    NonFinite {
-        what: &'static str,
-        value: f64,
-        step: usize,
-        total: usize,
-        rows: String,
-        kept: String,
-        lr: f64,
-    },
+    /// Boxed: the largest variant, and `Result<_, SftError>` is returned everywhere.
+    #[error(transparent)]
+    NonFinite(Box<NonFinite>),
     #[error("sft: {context}: {source}")]
     Llm {
         context: String,
         #[source]
-        source: LlmError,
+        source: Box<LlmError>,
     },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
@@ -102,15 +95,31 @@ pub enum SftError {
     Interrupted(usize),
 }
 
+/// A NaN or infinite loss or gradient: where, on which rows, and what is left to resume from.
+#[derive(Debug, thiserror::Error)]
+#[error("sft: non-finite {what} ({value}) at step {step} of {total}, in the batch of train rows {rows}; {kept}; lower `learning_rate` (now {lr:e}), keep `max_grad_norm` on, or check those rows")]
+pub struct NonFinite {
+    pub what: &'static str,
+    pub value: f64,
+    pub step: usize,
+    pub total: usize,
+    pub rows: String,
+    pub kept: String,
+    pub lr: f64,
+}
+
 fn llm(context: impl Into<String>) -> impl FnOnce(LlmError) -> SftError {
     let context = context.into();
-    move |source| SftError::Llm { context, source }
+    move |source| SftError::Llm {
+        context,
+        source: Box::new(source),
+    }
 }
 
 fn candle(context: &str) -> impl FnOnce(candle_core::Error) -> SftError + '_ {
     move |e| SftError::Llm {
         context: context.to_string(),
-        source: e.into(),
+        source: Box::new(e.into()),
     }
 }
 
@@ -220,6 +229,7 @@ struct Run<'a> {
 }
 
 pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> StageResult {
+    reset_peak();
     let settings = cfg.resolve();
     let seed = settings.seed.unwrap_or(cx.seed());
     let device = Device::Cpu;
@@ -623,7 +633,10 @@ impl Run<'_> {
 
     fn evaluates_after(&self, completed: usize) -> bool {
         completed == self.plan.total_steps()
-            || self.settings.eval_every.is_some_and(|k| completed % k == 0)
+            || self
+                .settings
+                .eval_every
+                .is_some_and(|k| completed.is_multiple_of(k))
     }
 
     /// One optimizer step; returns what it did, the tokens it processed and the target tokens
@@ -667,7 +680,7 @@ impl Run<'_> {
                     Some(i) => rows[i].iter().map(|r| r.describe()).collect(),
                     None => rows.iter().flatten().map(|r| r.describe()).collect(),
                 };
-                Err(SftError::NonFinite {
+                Err(SftError::NonFinite(Box::new(NonFinite {
                     what,
                     value,
                     step: step + 1,
@@ -675,11 +688,11 @@ impl Run<'_> {
                     rows: culprits.join(", "),
                     kept: self.kept_checkpoint(),
                     lr: self.trainer.schedule().lr(step),
-                })
+                })))
             }
             Err(StepFailure::Llm(source)) => Err(SftError::Llm {
                 context: format!("step {}", step + 1),
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -711,10 +724,10 @@ impl Run<'_> {
         if !result.loss.is_finite() {
             return Err(SftError::Llm {
                 context: "evaluation".into(),
-                source: LlmError::Invalid(format!(
+                source: Box::new(LlmError::Invalid(format!(
                     "the val loss is {} over {} tokens: the model's outputs are not finite",
                     result.loss, result.tokens
-                )),
+                ))),
             });
         }
         Ok(result)

@@ -122,7 +122,7 @@ pub fn encode_split(
                 file: file.to_string(),
                 id: row.id.clone(),
                 source_row: row.source_row,
-                source,
+                source: Box::new(source),
             })?;
         let example = Example {
             prompt: rendered.prompt_ids,

@@ -6,6 +6,13 @@ pub fn peak_rss_mb() -> Option<f64> {
     parse_vm_hwm(&status)
 }
 
+/// Resets the peak that [`peak_rss_mb`] reports (Linux: `5` into /proc/self/clear_refs), so
+/// a stage measures its own peak and not that of a stage run before it in the same process.
+/// Best effort: where it is not supported the peak stays the process's.
+pub fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 fn parse_vm_hwm(status: &str) -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
