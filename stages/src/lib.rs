@@ -5,6 +5,7 @@ pub mod contract;
 pub mod ingest;
 pub mod llm;
 pub mod progress;
+pub mod scoring;
 pub mod tabular;
 
 pub use contract::{
