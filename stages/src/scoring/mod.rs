@@ -79,9 +79,11 @@
 //! [`read_extra_pairs`] reads `extra_pairs` with ingest's CSV reader.
 
 pub mod chrf;
+pub mod command;
 pub mod error;
 pub mod reference;
 pub mod rouge;
+pub mod rules;
 pub mod tokens;
 
 use std::collections::BTreeMap;
@@ -89,9 +91,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use chrf::Chrf;
+pub use command::{CommandConfig, CommandScorer};
 pub use error::ScoringError;
 pub use reference::{ReferenceConfig, ReferenceScore, ReferenceScorer};
 pub use rouge::RougeL;
+pub use rules::{RuleConfig, RulesConfig, RulesOutcome, RulesScorer};
 
 /// One candidate to score, with what the scorers compare it to. `id` names the row in the
 /// command scorer's input and in errors (e.g. `<example id>/<sample number>`).
