@@ -80,11 +80,16 @@
 
 pub mod chrf;
 pub mod command;
+pub mod embedder;
+pub mod embedding;
 pub mod error;
 pub mod reference;
 pub mod rouge;
 pub mod rules;
 pub mod tokens;
+
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::collections::BTreeMap;
 
@@ -92,6 +97,8 @@ use serde::{Deserialize, Serialize};
 
 pub use chrf::Chrf;
 pub use command::{CommandConfig, CommandScorer};
+pub use embedder::Embedder;
+pub use embedding::{EmbeddingConfig, EmbeddingScorer};
 pub use error::ScoringError;
 pub use reference::{ReferenceConfig, ReferenceScore, ReferenceScorer};
 pub use rouge::RougeL;
