@@ -86,6 +86,7 @@ pub mod error;
 pub mod reference;
 pub mod rouge;
 pub mod rules;
+pub mod stats;
 pub mod tokens;
 
 #[cfg(test)]
@@ -103,6 +104,7 @@ pub use error::ScoringError;
 pub use reference::{ReferenceConfig, ReferenceScore, ReferenceScorer};
 pub use rouge::RougeL;
 pub use rules::{RuleConfig, RulesConfig, RulesOutcome, RulesScorer};
+pub use stats::{distributions, render_distributions, Distribution};
 
 /// One candidate to score, with what the scorers compare it to. `id` names the row in the
 /// command scorer's input and in errors (e.g. `<example id>/<sample number>`).
