@@ -80,12 +80,16 @@
 
 pub mod chrf;
 pub mod command;
+pub mod config;
 pub mod embedder;
 pub mod embedding;
 pub mod error;
+pub mod extra_pairs;
+pub mod pairs;
 pub mod reference;
 pub mod rouge;
 pub mod rules;
+pub mod scorers;
 pub mod stats;
 pub mod tokens;
 
@@ -98,12 +102,18 @@ use serde::{Deserialize, Serialize};
 
 pub use chrf::Chrf;
 pub use command::{CommandConfig, CommandScorer};
+pub use config::{ScoreConfig, ScorersConfig};
 pub use embedder::Embedder;
 pub use embedding::{EmbeddingConfig, EmbeddingScorer};
 pub use error::ScoringError;
+pub use extra_pairs::{read_extra_pairs, ExtraPairsConfig};
+pub use pairs::{
+    DropReason, Pair, PairBuilder, PairDrops, PairSet, PromptCandidates, ScoredText, TextSource,
+};
 pub use reference::{ReferenceConfig, ReferenceScore, ReferenceScorer};
 pub use rouge::RougeL;
 pub use rules::{RuleConfig, RulesConfig, RulesOutcome, RulesScorer};
+pub use scorers::{ScorerKind, Scorers};
 pub use stats::{distributions, render_distributions, Distribution};
 
 /// One candidate to score, with what the scorers compare it to. `id` names the row in the
