@@ -6,6 +6,7 @@ pub mod ingest;
 pub mod llm;
 pub mod model;
 pub mod progress;
+pub mod scoring;
 pub mod sft;
 pub mod tabular;
 pub mod testkit;
