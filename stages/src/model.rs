@@ -259,20 +259,14 @@ fn resolve_template(
     let chosen = cfg.chat_template.as_deref().map(choice);
     match chosen.unwrap_or(TemplateChoice::Model) {
         TemplateChoice::Model => {
-            let compiled = ChatTemplate::select(
-                None,
-                loaded.chat_template.as_deref(),
-                loaded.tokenizer.special(),
-            )
-            .map_err(ModelError::Template)?;
+            let compiled = loaded.template(None).map_err(ModelError::Template)?;
             Ok(TemplateInfo {
                 source: MODEL_TEMPLATE.to_string(),
                 text: compiled.source().to_string(),
             })
         }
         TemplateChoice::Named(name) => {
-            let compiled = ChatTemplate::named(&name, loaded.tokenizer.special())
-                .map_err(ModelError::Template)?;
+            let compiled = loaded.template(Some(&name)).map_err(ModelError::Template)?;
             Ok(TemplateInfo {
                 source: name,
                 text: compiled.source().to_string(),

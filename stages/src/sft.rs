@@ -700,7 +700,7 @@ impl Run<'_> {
     fn kept_checkpoint(&self) -> String {
         match self.saved_step {
             Some(k) => format!(
-                "the last good checkpoint (step {k}) stays in {} and a re-run with changed settings starts over, with the same settings resumes from it",
+                "the last good checkpoint (step {k}) stays in {} (a re-run with the same settings resumes from it)",
                 self.partial.display()
             ),
             None => format!(
