@@ -101,7 +101,8 @@ impl Stage for Model {
     const STARTER: &'static str = r#"[model]
 # The base model: a local GGUF file or HF directory (config.json, tokenizer.json,
 # *.safetensors), relative to this file, or "hf:org/name[@revision][:file.gguf]" from the
-# Hugging Face cache (offline: download it first, e.g. with `huggingface-cli download`).
+# Hugging Face cache (downloaded when missing unless HF_HUB_OFFLINE=1; pin @revision: a hub
+# model is keyed by its spec, a local one by its content).
 path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 # chat_template = "model"  # "model" (the model's own, the default), a fallback for models
 #                          # without one ("chatml", "llama3", "zephyr", "alpaca"), or a path
@@ -113,11 +114,11 @@ path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
     fn external_inputs(cfg: &ModelStageConfig) -> Vec<PathBuf> {
         let mut inputs = Vec::new();
-        match ModelSpec::parse(&cfg.path) {
-            Ok(ModelSpec::Local(path)) => inputs.push(path),
-            // A hub snapshot is hashed where it is cached; an uncached one fails at run time.
-            Ok(spec) => inputs.extend(spec.resolve(Path::new("")).ok().map(|r| r.path)),
-            Err(_) => {}
+        // A hub model is keyed by its spec alone: resolving it here could download it (keys
+        // are computed by `pipe status` too), and a key that changed once the download
+        // completed would re-run everything downstream. Pin `@revision` to fix the content.
+        if let Ok(ModelSpec::Local(path)) = ModelSpec::parse(&cfg.path) {
+            inputs.push(path);
         }
         if let Some(TemplateChoice::File(path)) = cfg.chat_template.as_deref().map(choice) {
             inputs.push(path);
@@ -258,20 +259,14 @@ fn resolve_template(
     let chosen = cfg.chat_template.as_deref().map(choice);
     match chosen.unwrap_or(TemplateChoice::Model) {
         TemplateChoice::Model => {
-            let compiled = ChatTemplate::select(
-                None,
-                loaded.chat_template.as_deref(),
-                loaded.tokenizer.special(),
-            )
-            .map_err(ModelError::Template)?;
+            let compiled = loaded.template(None).map_err(ModelError::Template)?;
             Ok(TemplateInfo {
                 source: MODEL_TEMPLATE.to_string(),
                 text: compiled.source().to_string(),
             })
         }
         TemplateChoice::Named(name) => {
-            let compiled = ChatTemplate::named(&name, loaded.tokenizer.special())
-                .map_err(ModelError::Template)?;
+            let compiled = loaded.template(Some(&name)).map_err(ModelError::Template)?;
             Ok(TemplateInfo {
                 source: name,
                 text: compiled.source().to_string(),

@@ -250,14 +250,7 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
         ..
     } = base;
     model
-        .attach_lora(&LoraConfig {
-            r: settings.lora.r,
-            alpha: settings.lora.alpha,
-            dropout: settings.lora.dropout,
-            target_modules: settings.target_modules(),
-            use_rslora: settings.lora.use_rslora,
-            seed: derive(seed, Stream::LoraInit, 0, 0),
-        })
+        .attach_lora(&lora_config(&settings, seed))
         .map_err(llm("cannot attach LoRA"))?;
     let lengths: Vec<usize> = train.iter().map(TokenRow::len).collect();
     let plan = Plan::new(
@@ -267,18 +260,7 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
         settings.run_length(),
         seed,
     );
-    let total = plan.total_steps();
-    let warmup = match (settings.warmup_steps, settings.warmup_ratio) {
-        (Some(w), _) => w,
-        (None, Some(r)) => warmup_steps_from_ratio(r, total),
-        (None, None) => 0,
-    };
-    let schedule = Schedule {
-        peak: settings.learning_rate,
-        warmup,
-        total,
-        kind: settings.lr_scheduler,
-    };
+    let schedule = schedule(&settings, plan.total_steps());
     let params = AdamWParams {
         weight_decay: settings.weight_decay,
         ..AdamWParams::default()
@@ -296,12 +278,12 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
         &val_counts,
         val.len(),
         &plan,
-        warmup,
+        schedule.warmup,
         trainable,
     );
     let fingerprint = fingerprint(&settings, seed, &train, &val, &info.name);
     let partial = cx.partial_dir().map_err(|source| SftError::Write {
-        path: PathBuf::from("artifacts/.partial"),
+        path: PathBuf::from("the checkpoint directory under artifacts/.partial/sft"),
         source,
     })?;
     let mut run = Run {
@@ -347,19 +329,7 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
         .and_then(|a| a.save(&out.join(ADAPTER_DIR)))
         .map_err(llm("cannot write the adapter"))?;
     copy(&run.partial.join(METRICS_PARTIAL), &out.join(METRICS_FILE))?;
-    let samples: Vec<Sample> = sample_rows
-        .iter()
-        .zip(&state.samples_before)
-        .zip(&samples_after)
-        .map(|(((_, row), before), after)| Sample {
-            id: row.id.clone(),
-            source_row: row.source_row,
-            prompt: row.prompt.clone(),
-            reference: row.response.clone(),
-            before: before.clone(),
-            after: after.clone(),
-        })
-        .collect();
+    let samples = samples_file(&sample_rows, &state.samples_before, &samples_after);
     write_jsonl(&out.join(SAMPLES_FILE), &samples)?;
     let summary = summarize(
         &run,
@@ -377,6 +347,59 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
         summary.steps,
         summary.tokens_per_s
     ));
+    set_headline_metrics(cx, &summary);
+    Ok(())
+}
+
+/// The adapter to train: the configured LoRA, initialised from the run's seed.
+fn lora_config(settings: &SftSettings, seed: u64) -> LoraConfig {
+    LoraConfig {
+        r: settings.lora.r,
+        alpha: settings.lora.alpha,
+        dropout: settings.lora.dropout,
+        target_modules: settings.target_modules(),
+        use_rslora: settings.lora.use_rslora,
+        seed: derive(seed, Stream::LoraInit, 0, 0),
+    }
+}
+
+/// The learning rate of every step of a run of `total` steps.
+fn schedule(settings: &SftSettings, total: usize) -> Schedule {
+    let warmup = match (settings.warmup_steps, settings.warmup_ratio) {
+        (Some(w), _) => w,
+        (None, Some(r)) => warmup_steps_from_ratio(r, total),
+        (None, None) => 0,
+    };
+    Schedule {
+        peak: settings.learning_rate,
+        warmup,
+        total,
+        kind: settings.lr_scheduler,
+    }
+}
+
+/// The lines of `samples.jsonl`.
+fn samples_file(
+    rows: &[(&TokenRow, &ingest::Example)],
+    before: &[String],
+    after: &[String],
+) -> Vec<Sample> {
+    rows.iter()
+        .zip(before)
+        .zip(after)
+        .map(|(((_, row), before), after)| Sample {
+            id: row.id.clone(),
+            source_row: row.source_row,
+            prompt: row.prompt.clone(),
+            reference: row.response.clone(),
+            before: before.clone(),
+            after: after.clone(),
+        })
+        .collect()
+}
+
+/// The numbers `pipe show` and the manifest headline.
+fn set_headline_metrics(cx: &mut StageContext, summary: &SftSummary) {
     cx.set_metric("eval_loss_before", summary.eval_loss_before);
     cx.set_metric("eval_loss_after", summary.eval_loss_after);
     cx.set_metric("train_loss", summary.train_loss_final_mean);
@@ -385,7 +408,6 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
         cx.set_metric("peak_rss_mb", mb);
     }
     cx.set_metric("steps", summary.steps);
-    Ok(())
 }
 
 /// Renders one split and insists that at least one row fits.
@@ -700,7 +722,7 @@ impl Run<'_> {
     fn kept_checkpoint(&self) -> String {
         match self.saved_step {
             Some(k) => format!(
-                "the last good checkpoint (step {k}) stays in {} and a re-run with changed settings starts over, with the same settings resumes from it",
+                "the last good checkpoint (step {k}) stays in {} (a re-run with the same settings resumes from it)",
                 self.partial.display()
             ),
             None => format!(
