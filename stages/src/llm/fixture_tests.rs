@@ -1,0 +1,339 @@
+//! The model, PEFT adapters and losses on the real SmolLM2-135M-Instruct against the numbers of
+//! the reference implementations (transformers, PEFT, TRL's ORPO formula) in
+//! tests/fixtures/smollm2. Fixture cases are batched so the whole file runs in seconds.
+
+use std::sync::OnceLock;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use serde_json::Value;
+
+use super::batch::{Example, TargetMask, TokenBatch};
+use super::lora::Mode;
+use super::loss::{TargetLogProbs, DEFAULT_CHUNK};
+use super::merge::merge_adapters;
+use super::model::LlamaModel;
+use super::orpo::{orpo_loss, OrpoConfig, OrpoNll, PreferencePair};
+use super::peft::PeftAdapter;
+use super::testing::{smollm2_fixture, smollm2_model};
+
+const NLL_TOL: f64 = 1e-3;
+const LOGIT_TOL: f64 = 1e-2;
+const LOSS_TOL: f64 = 1e-3;
+/// Below this top1-top2 margin the reference's greedy choice may flip on rounding.
+const TIE_MARGIN: f64 = 0.05;
+
+fn base_model() -> &'static LlamaModel {
+    static MODEL: OnceLock<LlamaModel> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let loaded = smollm2_model();
+        LlamaModel::from_tensors(&loaded.config, loaded.weights.tensors().clone())
+            .expect("SmolLM2 builds")
+    })
+}
+
+fn fixture(name: &str) -> Value {
+    let path = smollm2_fixture(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap()
+}
+
+fn pad_id() -> u32 {
+    base_model().config().pad_token_id.unwrap_or(0)
+}
+
+/// Per sequence: mean next-token NLL over all positions, and the last position's logits.
+fn nll_and_last_logits(model: &LlamaModel, seqs: &[Vec<u32>]) -> Vec<(f64, Vec<f32>)> {
+    let examples: Vec<Example> = seqs
+        .iter()
+        .map(|s| Example {
+            prompt: s[..1].to_vec(),
+            completion: s[1..].to_vec(),
+        })
+        .collect();
+    let batch = TokenBatch::new(&examples, pad_id(), model.device()).unwrap();
+    let hidden = model
+        .hidden_states(&batch.input_ids, Some(&batch.attention_mask), Mode::Eval)
+        .unwrap();
+    let select = vec![TargetMask::Sequence; seqs.len()];
+    let lp = TargetLogProbs::from_hidden(model, &hidden, &batch, &select, DEFAULT_CHUNK)
+        .unwrap()
+        .mean_per_sequence(TargetMask::Sequence)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    seqs.iter()
+        .enumerate()
+        .map(|(b, s)| {
+            let last = hidden.i((b, s.len() - 1)).unwrap();
+            let logits = model.logits(&last).unwrap().to_vec1::<f32>().unwrap();
+            (-(lp[b] as f64), logits)
+        })
+        .collect()
+}
+
+/// Checks a case's `nll_mean` and `last_top10` ([id, logit] pairs) against ours.
+fn check_nll_and_top10(what: &str, case: &Value, nll: f64, logits: &[f32], worst: &mut [f64; 2]) {
+    let err = (nll - num(&case["nll_mean"])).abs();
+    worst[0] = worst[0].max(err);
+    assert!(
+        err < NLL_TOL,
+        "{what}: nll {nll} vs {} (err {err})",
+        case["nll_mean"]
+    );
+    let top = case["last_top10"].as_array().unwrap();
+    for entry in top {
+        let id = entry[0].as_u64().unwrap() as usize;
+        let err = (logits[id] as f64 - num(&entry[1])).abs();
+        worst[1] = worst[1].max(err);
+        assert!(
+            err < LOGIT_TOL,
+            "{what}: logit of token {id}: {} vs {} (err {err})",
+            logits[id],
+            entry[1]
+        );
+    }
+    let our_top1 = argmax(logits);
+    assert_eq!(
+        our_top1 as u64,
+        top[0][0].as_u64().unwrap(),
+        "{what}: top-1 differs"
+    );
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
+            if x > bv {
+                (i, x)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
+}
+
+/// Greedy continuation of several prompts at once: left-padded prefill, then one cached step
+/// per token (the path the generator uses).
+fn greedy_batch(model: &LlamaModel, prompts: &[Vec<u32>], steps: usize) -> Vec<Vec<u32>> {
+    let len = prompts.iter().map(Vec::len).max().unwrap();
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    for p in prompts {
+        let pad = len - p.len();
+        ids.extend(std::iter::repeat_n(pad_id(), pad).chain(p.iter().copied()));
+        mask.extend(std::iter::repeat_n(0u32, pad).chain(std::iter::repeat_n(1, p.len())));
+    }
+    let dev = Device::Cpu;
+    let ids = Tensor::from_vec(ids, (prompts.len(), len), &dev).unwrap();
+    let mask = Tensor::from_vec(mask, (prompts.len(), len), &dev).unwrap();
+    let mut cache = model.new_cache();
+    let mut logits = model
+        .forward_cached(&ids, Some(&mask), &mut cache)
+        .unwrap()
+        .i((.., len - 1))
+        .unwrap();
+    let mut out = vec![Vec::new(); prompts.len()];
+    for _ in 0..steps {
+        let next = logits
+            .argmax(1)
+            .unwrap()
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap();
+        for (o, &n) in out.iter_mut().zip(&next) {
+            o.push(n);
+        }
+        let step = Tensor::from_vec(next, (prompts.len(), 1), &dev).unwrap();
+        logits = model
+            .forward_cached(&step, None, &mut cache)
+            .unwrap()
+            .i((.., 0))
+            .unwrap();
+    }
+    out
+}
+
+#[test]
+fn forward_matches_transformers() {
+    let fx = fixture("forward.json");
+    let cases = fx["cases"].as_array().unwrap();
+    let seqs: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["ids"])).collect();
+    let mut worst = [0.0; 2];
+    for (case, (nll, logits)) in cases.iter().zip(nll_and_last_logits(base_model(), &seqs)) {
+        check_nll_and_top10(
+            case["name"].as_str().unwrap(),
+            case,
+            nll,
+            &logits,
+            &mut worst,
+        );
+    }
+    let greedy = greedy_batch(base_model(), &seqs, 24);
+    let mut compared = 0;
+    for (case, ours) in cases.iter().zip(&greedy) {
+        let want = ids(&case["greedy"]);
+        let margins: Vec<f64> = case["greedy_margins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(num)
+            .collect();
+        for step in 0..want.len() {
+            assert_eq!(
+                ours[step], want[step],
+                "{}: greedy step {step}: {ours:?} vs {want:?}",
+                case["name"]
+            );
+            compared += 1;
+            if margins[step] < TIE_MARGIN {
+                break;
+            }
+        }
+    }
+    eprintln!("forward.json: worst nll err {:.2e}, worst top-10 logit err {:.2e}, {compared} greedy tokens compared", worst[0], worst[1]);
+}
+
+#[test]
+fn peft_adapter_applied_and_merged_matches_peft() {
+    let fx = fixture("peft_adapter_expected.json");
+    let adapter = PeftAdapter::load(&smollm2_fixture("peft_adapter"), &Device::Cpu).unwrap();
+    let mut applied = base_model().clone();
+    adapter.attach_to(&mut applied).unwrap();
+    let cases = fx["cases"].as_array().unwrap();
+    let seqs: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["ids"])).collect();
+    let mut worst = [0.0; 2];
+    for (case, (nll, logits)) in cases.iter().zip(nll_and_last_logits(&applied, &seqs)) {
+        check_nll_and_top10(
+            case["name"].as_str().unwrap(),
+            case,
+            nll,
+            &logits,
+            &mut worst,
+        );
+    }
+
+    let merged_case = &fx["merged_check"];
+    let name = merged_case["name"].as_str().unwrap();
+    let seq = seqs[cases.iter().position(|c| c["name"] == name).unwrap()].clone();
+    let mut weights = base_model().weights();
+    merge_adapters(&mut weights, std::slice::from_ref(&adapter)).unwrap();
+    let merged = LlamaModel::from_tensors(base_model().config(), weights).unwrap();
+    let (nll, logits) = nll_and_last_logits(&merged, &[seq]).remove(0);
+    check_nll_and_top10("merged", merged_case, nll, &logits, &mut worst);
+    eprintln!(
+        "peft_adapter: worst nll err {:.2e}, worst top-10 logit err {:.2e}",
+        worst[0], worst[1]
+    );
+}
+
+#[test]
+fn sft_completion_loss_matches_transformers() {
+    let fx = fixture("sft_loss.json");
+    let cases = fx["cases"].as_array().unwrap();
+    let examples: Vec<Example> = cases
+        .iter()
+        .map(|c| Example {
+            prompt: ids(&c["prompt_ids"]),
+            completion: ids(&c["completion_ids"]),
+        })
+        .collect();
+    let model = base_model();
+    let batch = TokenBatch::new(&examples, pad_id(), model.device()).unwrap();
+    let select = vec![TargetMask::Completion; examples.len()];
+    let lp = TargetLogProbs::compute(model, &batch, &select, Mode::Eval, DEFAULT_CHUNK)
+        .unwrap()
+        .mean_per_sequence(TargetMask::Completion)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let mut worst: f64 = 0.0;
+    for (i, case) in cases.iter().enumerate() {
+        let err = (-(lp[i] as f64) - num(&case["completion_nll_mean"])).abs();
+        worst = worst.max(err);
+        assert!(
+            err < LOSS_TOL,
+            "case {i}: {} vs {}",
+            -lp[i],
+            case["completion_nll_mean"]
+        );
+    }
+    eprintln!("sft_loss.json: worst err {worst:.2e}");
+}
+
+#[test]
+fn orpo_loss_matches_trl_formula_in_both_nll_variants() {
+    let fx = fixture("orpo_loss.json");
+    let beta = num(&fx["beta"]);
+    let pairs_json = fx["pairs"].as_array().unwrap();
+    let pairs: Vec<PreferencePair> = pairs_json
+        .iter()
+        .map(|p| PreferencePair {
+            prompt: ids(&p["prompt_ids"]),
+            chosen: ids(&p["chosen_ids"]),
+            rejected: ids(&p["rejected_ids"]),
+        })
+        .collect();
+    let mut worst: f64 = 0.0;
+    let mut check = |what: String, got: f64, want: &Value| {
+        let err = (got - num(want)).abs();
+        worst = worst.max(err);
+        assert!(err < LOSS_TOL, "{what}: {got} vs {want} (err {err})");
+    };
+    for (variant, nll_key, loss_key) in [
+        (
+            OrpoNll::Completion,
+            "nll_chosen_completion",
+            "loss_completion_nll",
+        ),
+        (
+            OrpoNll::FullSequence,
+            "nll_chosen_full_sequence",
+            "loss_full_sequence_nll_as_trl",
+        ),
+    ] {
+        let config = OrpoConfig { beta, nll: variant };
+        let out = orpo_loss(
+            base_model(),
+            &pairs,
+            pad_id(),
+            &config,
+            Mode::Eval,
+            DEFAULT_CHUNK,
+        )
+        .unwrap();
+        let vec = |t: &Tensor| t.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+        let (lc, lr, lo, ls, nll) = (
+            vec(&out.lp_chosen),
+            vec(&out.lp_rejected),
+            vec(&out.log_odds),
+            vec(&out.log_sigmoid_log_odds),
+            vec(&out.nll),
+        );
+        for (i, p) in pairs_json.iter().enumerate() {
+            check(format!("pair {i} lp_chosen"), lc[i], &p["lp_chosen"]);
+            check(format!("pair {i} lp_rejected"), lr[i], &p["lp_rejected"]);
+            check(format!("pair {i} log_odds"), lo[i], &p["log_odds"]);
+            check(
+                format!("pair {i} logsigmoid"),
+                ls[i],
+                &p["logsigmoid_log_odds"],
+            );
+            check(format!("pair {i} {nll_key}"), nll[i], &p[nll_key]);
+        }
+        check(format!("{variant:?} loss"), out.metrics.loss, &fx[loss_key]);
+    }
+    eprintln!("orpo_loss.json: worst err {worst:.2e}");
+}

@@ -1,0 +1,58 @@
+//! One projection of a decoder layer: the frozen base linear plus, when attached, its LoRA.
+
+use candle_core::{DType, Result, Tensor};
+
+use super::frozen_linear::FrozenLinear;
+use super::lora::{LoraLayer, Mode};
+
+/// `y = x·Wᵀ (+ b) + lora(x)`.
+#[derive(Debug, Clone)]
+pub struct Projection {
+    base: FrozenLinear,
+    lora: Option<LoraLayer>,
+}
+
+impl Projection {
+    pub fn new(base: FrozenLinear) -> Self {
+        Self { base, lora: None }
+    }
+
+    pub fn base(&self) -> &FrozenLinear {
+        &self.base
+    }
+
+    pub fn lora(&self) -> Option<&LoraLayer> {
+        self.lora.as_ref()
+    }
+
+    /// `(out, in)` of the base weight.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.base.out_features(), self.base.in_features())
+    }
+
+    /// Attaches (or replaces) the LoRA of this projection; the caller checked its shapes.
+    pub fn set_lora(&mut self, lora: LoraLayer) {
+        self.lora = Some(lora);
+    }
+
+    pub fn take_lora(&mut self) -> Option<LoraLayer> {
+        self.lora.take()
+    }
+
+    /// Adds `delta` `[out, in]` to the base weight (a merge), summing in f64 so the merged
+    /// weight is rounded once.
+    pub fn add_to_weight(&mut self, delta: &Tensor) -> Result<()> {
+        let w = self.base.weight();
+        let merged =
+            (w.to_dtype(DType::F64)? + delta.to_dtype(DType::F64)?)?.to_dtype(w.dtype())?;
+        self.base.set_weight(merged)
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let y = self.base.forward(x)?;
+        match &self.lora {
+            Some(lora) => y + lora.forward(x, mode)?,
+            None => Ok(y),
+        }
+    }
+}
