@@ -71,15 +71,27 @@ fn bench_digest(dir: &Path, input: &Path) {
         first * 1e3,
         GIB as f64 / first / 1e9
     );
-    println!("digest 1 GiB, cached: {:>8.3} ms  (stat only)", cached * 1e3);
+    println!(
+        "digest 1 GiB, cached: {:>8.3} ms  (stat only)",
+        cached * 1e3
+    );
 }
 
 fn bench_noop_run(dir: &Path) {
     let registry = vec![erase::<Copy>()];
     let config = dir.join("pipeline.toml");
-    std::fs::write(&config, "[project]\nname = \"bench\"\n\n[copy]\npath = \"big.bin\"\n")
-        .expect("write pipeline");
-    let args = ["pipe", "-q", "--config", config.to_str().expect("utf-8 path"), "run"];
+    std::fs::write(
+        &config,
+        "[project]\nname = \"bench\"\n\n[copy]\npath = \"big.bin\"\n",
+    )
+    .expect("write pipeline");
+    let args = [
+        "pipe",
+        "-q",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        "run",
+    ];
     let start = Instant::now();
     pipe::app::run_args(args, &registry).expect("first run");
     println!(

@@ -27,17 +27,28 @@ fn ws_with(csv: &[u8]) -> Ws {
 fn lines(ws: &Ws, file: &str) -> Vec<serde_json::Value> {
     let key = &ws.entries("ingest")[0];
     let text = std::fs::read_to_string(ws.path("artifacts/ingest").join(key).join(file)).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
 fn the_repository_pipeline_is_valid() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new(pipe_bin())
-        .args(["--config", root.join("pipeline.toml").to_str().unwrap(), "run", "--dry-run"])
+        .args([
+            "--config",
+            root.join("pipeline.toml").to_str().unwrap(),
+            "run",
+            "--dry-run",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -55,7 +66,11 @@ fn demo_data_ingests_splits_and_caches() {
     assert_eq!(again.cached(), strs(&["ingest"]));
 
     let show = ws.ok(&["show", "ingest"]);
-    assert!(show.stdout.contains("train.jsonl") && show.stdout.contains("sample rows"), "{}", show.stdout);
+    assert!(
+        show.stdout.contains("train.jsonl") && show.stdout.contains("sample rows"),
+        "{}",
+        show.stdout
+    );
 }
 
 #[test]
@@ -76,7 +91,11 @@ fn val_fraction_change_reruns_ingest_and_touch_does_not() {
     changed[last] = b'X';
     ws.write("data/qa.csv", changed);
     let status = ws.ok(&["status"]);
-    assert!(status.stdout.contains("input file data/qa.csv changed"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("input file data/qa.csv changed"),
+        "{}",
+        status.stdout
+    );
     let r = ws.ok(&["run"]);
     assert_eq!(r.ran(), strs(&["ingest"]));
 }
@@ -87,19 +106,30 @@ fn fails(ws: &Ws, code: i32, needles: &[&str]) {
     for n in needles {
         assert!(r.stderr.contains(n), "missing {n:?} in:\n{}", r.stderr);
     }
-    assert!(ws.entries("ingest").is_empty(), "a failed ingest must not commit");
+    assert!(
+        ws.entries("ingest").is_empty(),
+        "a failed ingest must not commit"
+    );
 }
 
 #[test]
 fn missing_file_is_a_config_error() {
     let ws = Ws::new(pipe_bin(), PIPELINE);
-    fails(&ws, 2, &["stage `ingest` reads data/qa.csv, which does not exist"]);
+    fails(
+        &ws,
+        2,
+        &["stage `ingest` reads data/qa.csv, which does not exist"],
+    );
 }
 
 #[test]
 fn empty_and_header_only_csv_are_refused() {
     fails(&ws_with(b""), 1, &["data/qa.csv", "empty"]);
-    fails(&ws_with(b"question,answer,category\n"), 1, &["data/qa.csv", "no data rows"]);
+    fails(
+        &ws_with(b"question,answer,category\n"),
+        1,
+        &["data/qa.csv", "no data rows"],
+    );
 }
 
 #[test]
@@ -116,7 +146,10 @@ fn undecodable_bytes_name_the_row_and_encodings() {
     let ws = ws_with(&csv);
     ws.write(
         "pipeline.toml",
-        PIPELINE.replace("category = \"category\"", "category = \"category\"\nencoding = \"utf-8\""),
+        PIPELINE.replace(
+            "category = \"category\"",
+            "category = \"category\"\nencoding = \"utf-8\"",
+        ),
     );
     fails(&ws, 1, &["data/qa.csv", "utf-8"]);
 }
@@ -135,19 +168,38 @@ fn korean_cp949_is_detected() {
     let ws = ws_with(&bytes);
     ws.ok(&["run"]);
     let all: Vec<serde_json::Value> = [lines(&ws, "train.jsonl"), lines(&ws, "val.jsonl")].concat();
-    assert!(all.iter().any(|r| r["prompt"] == "한국어 질문입니까?"), "{all:?}");
+    assert!(
+        all.iter().any(|r| r["prompt"] == "한국어 질문입니까?"),
+        "{all:?}"
+    );
 }
 
 #[test]
 fn config_mistakes_are_located() {
     let ws = ws_with(DEMO_CSV.as_bytes());
-    ws.write("pipeline.toml", PIPELINE.replace("category = \"category\"", "val_fractoin = 0.1"));
+    ws.write(
+        "pipeline.toml",
+        PIPELINE.replace("category = \"category\"", "val_fractoin = 0.1"),
+    );
     let r = ws.run(&["run"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("pipeline.toml:9:1: unknown key `val_fractoin` in [ingest]"), "{}", r.stderr);
-    assert!(r.stderr.contains("did you mean `val_fraction`?"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("pipeline.toml:9:1: unknown key `val_fractoin` in [ingest]"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("did you mean `val_fraction`?"),
+        "{}",
+        r.stderr
+    );
     ws.write("pipeline.toml", PIPELINE);
     let r = ws.run(&["run", "-s", "ingest.val_fraction=1.5"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("invalid `ingest.val_fraction`"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("invalid `ingest.val_fraction`"),
+        "{}",
+        r.stderr
+    );
 }
