@@ -106,6 +106,11 @@ impl LlamaModel {
         self.run(input_ids, attention_mask, mode, &mut slots, None)
     }
 
+    /// The lm_head weight `[vocab, hidden]` (the embedding matrix when tied).
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.weight()
+    }
+
     /// `lm_head` on hidden states `[..., hidden]` -> `[..., vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> LlmResult<Tensor> {
         Ok(self.lm_head.forward(hidden)?)
