@@ -6,6 +6,7 @@ pub mod ingest;
 pub mod llm;
 pub mod progress;
 pub mod tabular;
+pub mod tools;
 
 pub use contract::{
     erase, ConfigIssue, ConfigProblem, DynStage, LoadedConfig, Stage, StageContext, StageError,
