@@ -129,6 +129,10 @@ pub struct ModelArgs {
     /// Chat template: `model` (the model's own) or `chatml`, `llama3`, `zephyr`, `alpaca`.
     #[arg(long, value_name = "NAME")]
     pub template: Option<String>,
+    /// Decode with the exact f32 weights instead of 8-bit copies (about 2x slower on a CPU;
+    /// the 8-bit copies change logits by ~1e-2).
+    #[arg(long)]
+    pub exact: bool,
 }
 
 /// How tokens are chosen and when generation stops.

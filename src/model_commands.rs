@@ -135,6 +135,7 @@ fn model_options(
         stage_dir,
         device,
         template: args.template.clone(),
+        exact: args.exact,
     })
 }
 

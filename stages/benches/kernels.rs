@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Result, Tensor, Var, D};
 use pipe_stages::llm::kernels::attention::attention_fused;
+use pipe_stages::llm::kernels::gemv::{matmul_t_f32, Q8Matrix};
 use pipe_stages::llm::kernels::lm_head_loss::{target_logprobs_fused, DEFAULT_CHUNK};
 use pipe_stages::llm::kernels::lora_linear::{Dropout, LoraLinear};
 use pipe_stages::llm::kernels::rms_norm::rms_norm_fused;
@@ -123,7 +124,8 @@ fn plain_lora(op: &LoraLinear, x: &Tensor, a: &Tensor, b: &Tensor) -> Result<Ten
     let mask: Vec<f32> = (0..x.elem_count()).map(|i| d.factor(i) as f32).collect();
     let xd = (x * Tensor::from_vec(mask, x.shape(), x.device())?)?;
     let low = xd.reshape(((), in_f))?.matmul(&a.t()?)?.matmul(&b.t()?)?;
-    y + (low * op.scale)?.reshape(y.shape())?
+    let shape = y.shape().clone();
+    y + (low * op.scale)?.reshape(shape)?
 }
 
 fn main() -> Result<()> {
@@ -223,5 +225,39 @@ fn main() -> Result<()> {
             Tensor::cat(&parts, 0)
         },
     )?;
+    decode_products()
+}
+
+/// Decode-step products `[m, in] x [out, in]ᵀ`: candle's matmul (the GEMM crate's GEMV), the
+/// skinny f32 kernel and the 8-bit one.
+fn decode_products() -> Result<()> {
+    println!();
+    println!(
+        "{:<22} {:>12} {:>12} {:>12}",
+        "decode product (ms)", "candle", "skinny f32", "skinny q8"
+    );
+    for (name, m, in_f, out_f) in [
+        ("mlp up 1x576->1536", 1, HIDDEN, INTER),
+        ("mlp up 8x576->1536", 8, HIDDEN, INTER),
+        ("lm_head 1x576->49152", 1, HIDDEN, VOCAB),
+        ("lm_head 8x576->49152", 8, HIDDEN, VOCAB),
+    ] {
+        let w = randn(&[out_f, in_f], 0.05)?;
+        let x = randn(&[m, in_f], 1.0)?;
+        let wv = w.flatten_all()?.to_vec1::<f32>()?;
+        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        let q = Q8Matrix::quantize(&wv, out_f, in_f).expect("block-aligned");
+        let mut y = vec![0f32; m * out_f];
+        let candle = time(|| x.matmul(&w.t()?).map(drop))?;
+        let f32_ms = time(|| {
+            matmul_t_f32(&wv, out_f, in_f, &xv, &mut y);
+            Ok(())
+        })?;
+        let q8_ms = time(|| {
+            q.matmul_t(&xv, &mut y);
+            Ok(())
+        })?;
+        println!("{name:<22} {candle:>12.3} {f32_ms:>12.3} {q8_ms:>12.3}");
+    }
     Ok(())
 }

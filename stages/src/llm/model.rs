@@ -377,6 +377,33 @@ impl LlamaModel {
         Ok(())
     }
 
+    /// Keeps 8-bit copies of every frozen weight (the projections and the lm_head) for decode
+    /// steps, which stream all weights per token and are bound by memory bandwidth: about 4x
+    /// fewer bytes than f32, at a relative weight error below 0.2% of each 32-weight block's
+    /// range. Prefill and training keep using the exact weights. Returns the bytes added.
+    pub fn pack_for_decode(&mut self) -> LlmResult<usize> {
+        let mut bytes = 0;
+        for layer in &mut self.layers {
+            for module in TargetModule::ALL {
+                let base = layer.projection_mut(module).base_mut();
+                base.pack_for_decode()?;
+                bytes += base.packed_bytes();
+            }
+        }
+        self.lm_head.pack_for_decode()?;
+        Ok(bytes + self.lm_head.packed_bytes())
+    }
+
+    /// Drops the 8-bit decode copies: decoding uses the exact weights again.
+    pub fn unpack(&mut self) {
+        for layer in &mut self.layers {
+            for module in TargetModule::ALL {
+                layer.projection_mut(module).base_mut().unpack();
+            }
+        }
+        self.lm_head.unpack();
+    }
+
     /// Detaches every LoRA without merging it.
     pub fn remove_lora(&mut self) {
         for layer in &mut self.layers {

@@ -40,6 +40,11 @@ impl Projection {
         self.lora.take()
     }
 
+    /// The frozen base linear, mutably (packing it for decoding).
+    pub fn base_mut(&mut self) -> &mut FrozenLinear {
+        &mut self.base
+    }
+
     /// Adds `delta` `[out, in]` to the base weight (a merge), summing in f64 so the merged
     /// weight is rounded once.
     pub fn add_to_weight(&mut self, delta: &Tensor) -> Result<()> {

@@ -32,6 +32,9 @@ pub struct ModelOptions {
     pub device: DeviceChoice,
     /// `model` (the model's own, the default) or a named fallback template.
     pub template: Option<String>,
+    /// Decode with the exact f32 weights instead of 8-bit copies (slower, bit-for-bit the
+    /// float path).
+    pub exact: bool,
 }
 
 /// A model ready for inference.
@@ -59,6 +62,10 @@ impl ModelSession {
             .map(|dir| PeftAdapter::load(dir, &device))
             .collect::<LlmResult<Vec<_>>>()?;
         merge_adapters_into_model(&mut model, &adapters)?;
+        // Packed after merging, so the copies hold the adapted weights.
+        if !options.exact {
+            model.pack_for_decode()?;
+        }
         let mut description = loaded.source.name.clone();
         for dir in &adapter_dirs {
             description.push_str(&format!(" + {}", dir.display()));

@@ -120,13 +120,23 @@ fn probabilities<T: Real>(n: &Dims, x: &Task<'_, T>, scale: T) -> Result<Vec<T>>
         }
         let mut sum = T::zero();
         for s in row.iter_mut() {
-            *s = (*s - max).exp();
+            *s = exp_shifted(*s - max);
             sum = sum + *s;
         }
         let inv = T::one() / sum;
         row.iter_mut().for_each(|s| *s = *s * inv);
     }
     Ok(p)
+}
+
+/// `exp(x)` for `x <= 0`; arguments past the underflow point give 0 directly (masked scores
+/// are -1e9: libm's underflow path is slow and they would all land there).
+fn exp_shifted<T: Real>(x: T) -> T {
+    if x < T::from_f64(-80.0) {
+        T::zero()
+    } else {
+        x.exp()
+    }
 }
 
 fn forward<T: Real>(n: Dims, q: &[T], k: &[T], v: &[T], mask: &[T], scale: f64) -> Result<Vec<T>> {

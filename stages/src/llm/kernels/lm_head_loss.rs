@@ -102,14 +102,20 @@ impl LmHeadLogProbs {
 }
 
 /// `log softmax(row)[target]`; with `into_grad`, also overwrites `row` with `p − onehot`.
+/// One exponential per logit: they are the cost of this pass over the vocabulary.
 fn log_softmax_at<T: Real>(row: &mut [T], target: usize, into_grad: bool) -> T {
     let max = row.iter().copied().fold(T::neg_infinity(), larger);
-    let sum: f64 = row.iter().map(|&v| (v - max).to_f64().exp()).sum();
-    let lse = max.to_f64() + sum.ln();
-    let lp = T::from_f64(row[target].to_f64() - lse);
+    let target_logit = row[target];
+    let mut sum = 0f64;
+    for v in row.iter_mut() {
+        let e = (*v - max).exp();
+        sum += e.to_f64();
+        *v = e;
+    }
+    let lp = T::from_f64((target_logit - max).to_f64() - sum.ln());
     if into_grad {
-        let lse = T::from_f64(lse);
-        row.iter_mut().for_each(|v| *v = (*v - lse).exp());
+        let inv = T::from_f64(1.0 / sum);
+        row.iter_mut().for_each(|v| *v = *v * inv);
         row[target] = row[target] - T::one();
     }
     lp

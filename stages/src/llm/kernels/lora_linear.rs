@@ -20,11 +20,12 @@ pub struct Dropout {
 }
 
 impl Dropout {
-    /// Whether element `i` is kept.
+    /// Whether element `i` is kept. One 64-bit hash of (seed, i/4) decides four neighbouring
+    /// elements with 16 bits each (p is then exact to 1.5e-5): hashing is the cost of
+    /// dropout, and the mask is recomputed in the backward.
     pub fn keeps(&self, i: usize) -> bool {
-        // The top 53 bits of a splitmix64 hash as a uniform number in [0, 1).
-        let u = (splitmix(self.seed ^ splitmix(i as u64)) >> 11) as f64 / (1u64 << 53) as f64;
-        u >= self.p
+        let bits = (self.block_hash(i / 4) >> (16 * (i % 4))) & 0xFFFF;
+        bits >= self.threshold()
     }
 
     /// The multiplier of element `i`: `1/(1-p)` if kept, else 0.
@@ -36,21 +37,38 @@ impl Dropout {
         }
     }
 
-    /// `x ⊙ mask` over a flat slice whose first element has index `offset`.
+    /// Elements whose 16 random bits fall below this are dropped.
+    fn threshold(&self) -> u64 {
+        (self.p * 65536.0).round() as u64
+    }
+
+    /// SplitMix64's output for the `block`-th step of the stream `seed`.
+    fn block_hash(&self, block: usize) -> u64 {
+        mix64(
+            self.seed
+                .wrapping_add((block as u64).wrapping_add(1).wrapping_mul(GOLDEN)),
+        )
+    }
+
+    /// `x ⊙ mask` over a flat slice whose first element has index `offset` (a multiple of 4).
     fn apply<T: Real>(&self, x: &[T], offset: usize, out: &mut [T]) {
+        debug_assert!(offset.is_multiple_of(4));
         let kept = T::from_f64(1.0 / (1.0 - self.p));
-        for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
-            *o = if self.keeps(offset + i) {
-                v * kept
-            } else {
-                T::zero()
-            };
+        let threshold = self.threshold();
+        for (j, (o, xs)) in out.chunks_mut(4).zip(x.chunks(4)).enumerate() {
+            let h = self.block_hash(offset / 4 + j);
+            for (k, (o, &v)) in o.iter_mut().zip(xs).enumerate() {
+                let keep = ((h >> (16 * k)) & 0xFFFF) >= threshold;
+                *o = if keep { v * kept } else { T::zero() };
+            }
         }
     }
 }
 
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's finaliser: a bijective mix of a 64-bit word.
+fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)

@@ -98,6 +98,12 @@ pub enum Threads {
     All,
 }
 
+/// The thread count, looked up once (candle's lookup can re-read /proc/cpuinfo each call).
+pub fn threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| rayon::current_num_threads().max(1))
+}
+
 /// `dst = (accumulate ? dst : 0) + scale · a·b`.
 pub fn matmul<T: Real>(
     dst: MatMut<'_, T>,
@@ -137,9 +143,7 @@ pub fn matmul<T: Real>(
         return Ok(());
     }
     let parallelism = match threads {
-        Threads::All if a.rows * a.cols * b.cols >= 1 << 15 => {
-            Parallelism::Rayon(candle_core::utils::get_num_threads())
-        }
+        Threads::All if a.rows * a.cols * b.cols >= 1 << 15 => Parallelism::Rayon(self::threads()),
         _ => Parallelism::None,
     };
     // SAFETY: every view was checked to stay inside its slice above; `dst` is borrowed

@@ -12,11 +12,13 @@
 //! or everywhere when `PIPE_PLAIN_KERNELS=1` (to measure what the kernels bring).
 
 pub mod attention;
+pub mod gemv;
 pub mod lm_head_loss;
 pub mod lora_linear;
 pub mod matmul;
 pub mod rms_norm;
 pub mod rope_heads;
+pub mod skinny_linear;
 pub mod swiglu;
 
 use std::sync::atomic::{AtomicU8, Ordering};
