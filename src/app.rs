@@ -13,10 +13,11 @@ use crate::error::{PipeError, Result};
 use crate::lock::WorkspaceLock;
 use crate::runner::{execute, plan, RunOptions, Workspace};
 use crate::ui::{TerminalUi, Verbosity};
-use crate::{gc, show, status};
+use crate::{gc, model_commands, show, status};
 
 /// Parses the command line and runs it against `registry`; the binary's whole `main`.
 pub fn main_with(registry: Vec<Box<dyn DynStage>>) -> ExitCode {
+    pipe_stages::llm::runtime::configure_process();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -24,7 +25,7 @@ pub fn main_with(registry: Vec<Box<dyn DynStage>>) -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    match dispatch(&cli, &registry) {
+    match dispatch(&cli, &registry, true) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -40,7 +41,7 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let cli = Cli::try_parse_from(args).map_err(|e| PipeError::Usage(e.to_string()))?;
-    dispatch(&cli, registry)
+    dispatch(&cli, registry, false)
 }
 
 fn verbosity(cli: &Cli) -> Verbosity {
@@ -51,9 +52,15 @@ fn verbosity(cli: &Cli) -> Verbosity {
     }
 }
 
-fn dispatch(cli: &Cli, registry: &[Box<dyn DynStage>]) -> Result<()> {
-    if let Command::Init(args) = &cli.command {
-        return init(cli, args, registry);
+/// `own_argv`: `cli` was parsed from this process's own command line.
+fn dispatch(cli: &Cli, registry: &[Box<dyn DynStage>], own_argv: bool) -> Result<()> {
+    // Commands that may run without a pipeline.toml.
+    match &cli.command {
+        Command::Init(args) => return init(cli, args, registry),
+        Command::Generate(args) => return model_commands::generate(cli, args, registry),
+        Command::Chat(args) => return model_commands::chat(cli, args, registry),
+        Command::Bench(args) => return model_commands::bench(cli, args, registry, own_argv),
+        _ => {}
     }
     let overrides = cli
         .set
@@ -69,7 +76,9 @@ fn dispatch(cli: &Cli, registry: &[Box<dyn DynStage>]) -> Result<()> {
         Command::Show(args) => show::print(&ws, args),
         Command::Dag(args) => dag(&ws, args),
         Command::Gc(args) => gc::collect(&ws, args),
-        Command::Init(_) => unreachable!("handled above"),
+        Command::Init(_) | Command::Generate(_) | Command::Chat(_) | Command::Bench(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -18,6 +18,9 @@ pub enum PipeError {
     /// A stage returned an error or panicked.
     #[error("stage `{stage}` failed: {message}")]
     StageFailed { stage: String, message: String },
+    /// A model command (generate, chat, bench) failed; the message names the file or value.
+    #[error("{0}")]
+    Tool(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod gc;
 pub mod lock;
+pub mod model_commands;
 pub mod report;
 pub mod runner;
 pub mod show;

@@ -35,6 +35,14 @@ pub fn print(ws: &Workspace, args: &ShowArgs) -> Result<()> {
     write_samples(&mut out, &entry).map_err(stdout_err)
 }
 
+/// The artifact of `stage` a command should use: the current key's if cached, else the
+/// latest; `flag` names the option in errors (`--stage`).
+pub fn current_entry(ws: &Workspace, stage: &str, flag: &str) -> Result<Entry> {
+    let stage = ws.dag.resolve(stage, flag)?;
+    let current = current_inputs(ws, stage)?;
+    pick_entry(ws, stage, None, &current.key())
+}
+
 fn stdout_err(e: std::io::Error) -> PipeError {
     PipeError::io("<stdout>", e)
 }

@@ -10,6 +10,7 @@ pub mod scoring;
 pub mod sft;
 pub mod tabular;
 pub mod testkit;
+pub mod tools;
 pub mod train;
 
 pub use contract::{

@@ -1,8 +1,10 @@
-//! Grouped-query self-attention of a Llama-family layer, composed from differentiable
-//! primitives (candle's `sdpa` and fused softmax record no backward).
+//! Grouped-query self-attention of a Llama-family layer: fused CPU kernels for rope and
+//! attention (see `kernels`), or a composition of differentiable primitives elsewhere
+//! (candle's `sdpa` and fused softmax record no backward).
 
 use candle_core::{Result, Tensor};
 
+use super::kernels::{self, attention::attention_fused, rope_heads::rope_heads_fused};
 use super::kv_cache::KvCache;
 use super::lora::Mode;
 use super::ops::softmax_last_dim;
@@ -56,21 +58,40 @@ impl Attention {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (batch, seq, _) = x.dims3()?;
-        let q = self.heads(&self.q_proj, x, cx.mode, self.num_heads)?;
-        let k = self.heads(&self.k_proj, x, cx.mode, self.num_kv_heads)?;
+        let fused = kernels::applies(x);
+        let q = self.rotated_heads(&self.q_proj, x, cx, self.num_heads, fused)?;
+        let k = self.rotated_heads(&self.k_proj, x, cx, self.num_kv_heads, fused)?;
         let v = self.heads(&self.v_proj, x, cx.mode, self.num_kv_heads)?;
-        let q = cx.angles.apply(&q)?;
-        let k = cx.angles.apply(&k)?;
         let (k, v) = match cache {
             Some((cache, layer)) => cache.extend(layer, &k, &v)?,
             None => (k, v),
         };
-        let context = self.attend(&q, &k, &v, cx.mask)?;
-        let merged =
-            context
+        let merged = if fused {
+            attention_fused(&q, &k, &v, cx.mask)?
+        } else {
+            self.attend(&q, &k, &v, cx.mask)?
                 .transpose(1, 2)?
-                .reshape((batch, seq, self.num_heads * self.head_dim))?;
+                .reshape((batch, seq, self.num_heads * self.head_dim))?
+        };
         self.o_proj.forward(&merged, cx.mode)
+    }
+
+    /// Projects, splits into heads `[batch, heads, seq, head_dim]` and applies rope: one fused
+    /// kernel on the CPU, the composition elsewhere.
+    fn rotated_heads(
+        &self,
+        proj: &Projection,
+        x: &Tensor,
+        cx: &AttentionContext<'_>,
+        heads: usize,
+        fused: bool,
+    ) -> Result<Tensor> {
+        if fused {
+            let projected = proj.forward(x, cx.mode)?;
+            rope_heads_fused(&projected, cx.angles.cos(), cx.angles.sin(), heads)
+        } else {
+            cx.angles.apply(&self.heads(proj, x, cx.mode, heads)?)
+        }
     }
 
     /// Projects and splits into heads: `[batch, heads, seq, head_dim]`, contiguous.

@@ -8,13 +8,19 @@ use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, Layout, MetalStorage, Result, Shape, Storage, Tensor, D,
 };
 
+use std::sync::Arc;
+
 use super::error::{LlmError, LlmResult};
+use super::kernels::gemv::Q8Matrix;
+use super::kernels::skinny_linear::SkinnyLinear;
 
 /// `y = x·Wᵀ (+ b)` with `W` `[out, in]` held as a constant.
 #[derive(Debug, Clone)]
 pub struct FrozenLinear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// An 8-bit copy of the weight for decode steps ([`FrozenLinear::pack_for_decode`]).
+    packed: Option<Arc<Q8Matrix>>,
 }
 
 impl FrozenLinear {
@@ -40,6 +46,7 @@ impl FrozenLinear {
         Ok(Self {
             weight: weight.detach(),
             bias: bias.map(|b| b.detach()),
+            packed: None,
         })
     }
 
@@ -69,7 +76,32 @@ impl FrozenLinear {
             )
         }
         self.weight = weight.detach();
+        // A packed copy of the old weight would be stale.
+        self.packed = None;
         Ok(())
+    }
+
+    /// Keeps an 8-bit copy of the weight (1.25 bytes per weight instead of 4) that decode
+    /// steps read instead: they are bound by how fast weights stream from memory. Returns
+    /// whether it was packed (f32 CPU weights whose rows split into 32-element blocks).
+    pub fn pack_for_decode(&mut self) -> Result<bool> {
+        if !self.weight.device().is_cpu() || self.weight.dtype() != candle_core::DType::F32 {
+            return Ok(false);
+        }
+        let (rows, cols) = self.weight.dims2()?;
+        let values = self.weight.flatten_all()?.to_vec1::<f32>()?;
+        self.packed = Q8Matrix::quantize(&values, rows, cols).map(Arc::new);
+        Ok(self.packed.is_some())
+    }
+
+    /// Drops the 8-bit copy: decode steps use the exact weight again.
+    pub fn unpack(&mut self) {
+        self.packed = None;
+    }
+
+    /// Bytes of the 8-bit copy, if any.
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.as_ref().map_or(0, |p| p.bytes())
     }
 
     /// `x` is `[..., in]`; the result is `[..., out]`.
@@ -86,9 +118,17 @@ impl FrozenLinear {
         if bench::plain_matmul() {
             return self.plain_forward(x);
         }
-        let y = x.contiguous()?.apply_op1(FrozenMatmul {
-            weight: self.weight.clone(),
-        })?;
+        let y = if SkinnyLinear::takes(x) && self.weight.dtype() == candle_core::DType::F32 {
+            SkinnyLinear {
+                weight: self.weight.clone(),
+                packed: self.packed.clone(),
+            }
+            .forward(x)?
+        } else {
+            x.contiguous()?.apply_op1(FrozenMatmul {
+                weight: self.weight.clone(),
+            })?
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),

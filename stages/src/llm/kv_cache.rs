@@ -39,6 +39,29 @@ impl KvCache {
         &mut self.slots
     }
 
+    /// Keeps only the sequences at `rows` (indices into the current batch, in the new order),
+    /// e.g. to stop computing sequences that finished generating.
+    pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
+        let batch = self.batch_size().unwrap_or(0);
+        if let Some(&bad) = rows.iter().find(|&&r| r >= batch) {
+            candle_core::bail!("kv cache holds {batch} sequences, cannot keep row {bad}")
+        }
+        self.slots.retain_rows(rows);
+        for entry in self.layers.iter_mut().flatten() {
+            let device = entry.0.device().clone();
+            let idx = Tensor::from_vec(
+                rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                rows.len(),
+                &device,
+            )?;
+            *entry = (
+                entry.0.index_select(&idx, 0)?,
+                entry.1.index_select(&idx, 0)?,
+            );
+        }
+        Ok(())
+    }
+
     /// Appends this step's keys and values of `layer` and returns all of them.
     pub(crate) fn extend(
         &mut self,

@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Result, Tensor, Var, D};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+pub use super::kernels::lora_linear::Dropout;
 pub use super::lora_config::{lora_scale, LoraConfig, TargetModule};
 
 /// Whether a forward pass trains (LoRA dropout active, seeded by the step) or evaluates.
@@ -117,21 +118,27 @@ impl LoraLayer {
         (up * self.scale)?.reshape(out_dims)
     }
 
-    /// Inverted dropout: keep with probability `1-p`, scale kept values by `1/(1-p)`.
+    /// Inverted dropout: keep with probability `1-p`, scale kept values by `1/(1-p)`. The
+    /// mask is a hash of (step seed, module stream, element), the same one the fused kernel
+    /// recomputes in its backward.
     fn dropout(&self, x: &Tensor, seed: u64) -> Result<Tensor> {
-        let keep = 1.0 - self.dropout;
-        let mut rng = StdRng::seed_from_u64(mix(seed, self.stream));
-        let mask: Vec<f64> = (0..x.elem_count())
-            .map(|_| {
-                if rng.random::<f64>() < keep {
-                    1.0 / keep
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let Some(dropout) = self.dropout_for(Mode::Train { seed }) else {
+            return Ok(x.clone());
+        };
+        let mask: Vec<f64> = (0..x.elem_count()).map(|i| dropout.factor(i)).collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x.mul(&mask)
+        x.contiguous()?.mul(&mask)
+    }
+
+    /// The dropout this module applies in `mode` (none in evaluation or when p = 0).
+    pub fn dropout_for(&self, mode: Mode) -> Option<Dropout> {
+        match mode {
+            Mode::Train { seed } if self.dropout > 0.0 => Some(Dropout {
+                p: self.dropout,
+                seed: mix(seed, self.stream),
+            }),
+            _ => None,
+        }
     }
 }
 

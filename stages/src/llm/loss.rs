@@ -7,6 +7,7 @@ use candle_core::Tensor;
 
 use super::batch::{TargetMask, TokenBatch};
 use super::error::{LlmError, LlmResult};
+use super::kernels::{self, lm_head_loss::target_logprobs_fused};
 use super::lora::Mode;
 use super::model::LlamaModel;
 use super::ops::logsumexp_keepdim;
@@ -77,6 +78,21 @@ impl TargetLogProbs {
         };
         let flat = hidden.reshape((rows * seq, width))?;
         let device = hidden.device();
+        if kernels::applies(hidden) && hidden.dtype() == model.lm_head_weight().dtype() {
+            // One fused op over all selected positions; it chunks the vocabulary work itself.
+            let picked = flat.index_select(&Tensor::new(positions.as_slice(), device)?, 0)?;
+            let values = target_logprobs_fused(
+                &picked,
+                model.lm_head_weight(),
+                &targets,
+                kernels::lm_head_loss::DEFAULT_CHUNK,
+            )?;
+            return Ok(Self {
+                values,
+                entries,
+                batch_size: rows,
+            });
+        }
         let mut pieces = Vec::new();
         for (pos, tgt) in positions
             .chunks(chunk.max(1))

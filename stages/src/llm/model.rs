@@ -127,6 +127,11 @@ impl LlamaModel {
         )
     }
 
+    /// The lm_head weight `[vocab, hidden]` (the embedding matrix when tied).
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.weight()
+    }
+
     /// `lm_head` on hidden states `[..., hidden]` -> `[..., vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> LlmResult<Tensor> {
         Ok(self.lm_head.forward(hidden)?)
@@ -404,6 +409,33 @@ impl LlamaModel {
         check_shape(&name, delta, &[out_f, in_f])?;
         projection.add_to_weight(delta)?;
         Ok(())
+    }
+
+    /// Keeps 8-bit copies of every frozen weight (the projections and the lm_head) for decode
+    /// steps, which stream all weights per token and are bound by memory bandwidth: about 4x
+    /// fewer bytes than f32, at a relative weight error below 0.2% of each 32-weight block's
+    /// range. Prefill and training keep using the exact weights. Returns the bytes added.
+    pub fn pack_for_decode(&mut self) -> LlmResult<usize> {
+        let mut bytes = 0;
+        for layer in &mut self.layers {
+            for module in TargetModule::ALL {
+                let base = layer.projection_mut(module).base_mut();
+                base.pack_for_decode()?;
+                bytes += base.packed_bytes();
+            }
+        }
+        self.lm_head.pack_for_decode()?;
+        Ok(bytes + self.lm_head.packed_bytes())
+    }
+
+    /// Drops the 8-bit decode copies: decoding uses the exact weights again.
+    pub fn unpack(&mut self) {
+        for layer in &mut self.layers {
+            for module in TargetModule::ALL {
+                layer.projection_mut(module).base_mut().unpack();
+            }
+        }
+        self.lm_head.unpack();
     }
 
     /// Detaches every LoRA without merging it.

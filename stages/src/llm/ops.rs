@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+use super::kernels;
 use super::softmax::softmax_last_dim_op;
 
 /// Additive mask value for disallowed attention scores. Finite (not `-inf`) so that a fully
@@ -11,10 +12,19 @@ use super::softmax::softmax_last_dim_op;
 /// instead of NaN, and so that adding it to a score cannot overflow f32.
 pub const MASK_VALUE: f64 = -1.0e9;
 
-/// `x / sqrt(mean(x²) + eps) * weight` over the last dimension, as HF's `LlamaRMSNorm`.
-///
-/// HF normalises in f32 even for half-precision models; we upcast half types the same way.
+/// `x / sqrt(mean(x²) + eps) * weight` over the last dimension, as HF's `LlamaRMSNorm`: the
+/// fused kernel on the CPU, the composition elsewhere.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if kernels::applies(x) && x.dtype() == weight.dtype() {
+        kernels::rms_norm::rms_norm_fused(x, weight, eps)
+    } else {
+        rms_norm_composed(x, weight, eps)
+    }
+}
+
+/// RMSNorm from primitives. HF normalises in f32 even for half-precision models; we upcast
+/// half types the same way.
+pub fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let xf = upcast_half(x)?;
     let mean_sq = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -58,9 +68,14 @@ pub fn rotate_half(x: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
 }
 
-/// SwiGLU activation `silu(gate) * up` (candle's `silu` is a primitive with a backward).
+/// SwiGLU activation `silu(gate) * up`: the fused kernel on the CPU, else candle's `silu`
+/// (a primitive with a backward) times `up`.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    gate.silu()? * up
+    if kernels::applies(gate) && gate.dtype() == up.dtype() {
+        kernels::swiglu::swiglu_fused(gate, up)
+    } else {
+        gate.silu()? * up
+    }
 }
 
 /// Numerically stable `log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|))`.

@@ -3,6 +3,7 @@
 use candle_core::{DType, Result, Tensor};
 
 use super::frozen_linear::FrozenLinear;
+use super::kernels::{self, lora_linear::LoraLinear};
 use super::lora::{LoraLayer, Mode};
 
 /// `y = x·Wᵀ (+ b) + lora(x)`.
@@ -39,6 +40,11 @@ impl Projection {
         self.lora.take()
     }
 
+    /// The frozen base linear, mutably (packing it for decoding).
+    pub fn base_mut(&mut self) -> &mut FrozenLinear {
+        &mut self.base
+    }
+
     /// Adds `delta` `[out, in]` to the base weight (a merge), summing in f64 so the merged
     /// weight is rounded once.
     pub fn add_to_weight(&mut self, delta: &Tensor) -> Result<()> {
@@ -48,11 +54,21 @@ impl Projection {
         self.base.set_weight(merged)
     }
 
+    /// With a LoRA on the CPU, one fused kernel (see `kernels::lora_linear`); otherwise the
+    /// frozen linear plus the LoRA's own forward.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self.base.forward(x)?;
         match &self.lora {
-            Some(lora) => y + lora.forward(x, mode)?,
-            None => Ok(y),
+            Some(lora) if kernels::applies(x) && x.dtype() == self.base.weight().dtype() => {
+                let fused = LoraLinear {
+                    weight: self.base.weight().clone(),
+                    bias: self.base.bias().cloned(),
+                    scale: lora.scale(),
+                    dropout: lora.dropout_for(mode),
+                };
+                fused.forward(x, lora.a().as_tensor(), lora.b().as_tensor())
+            }
+            Some(lora) => self.base.forward(x)? + lora.forward(x, mode)?,
+            None => self.base.forward(x),
         }
     }
 }

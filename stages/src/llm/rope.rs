@@ -66,6 +66,16 @@ impl Rope {
 }
 
 impl RopeAngles {
+    /// `[batch, 1, seq, head_dim]`.
+    pub fn cos(&self) -> &Tensor {
+        &self.cos
+    }
+
+    /// `[batch, 1, seq, head_dim]`.
+    pub fn sin(&self) -> &Tensor {
+        &self.sin
+    }
+
     /// Rotates `x` `[batch, heads, seq, head_dim]`: `x·cos + rotate_half(x)·sin`.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         x.broadcast_mul(&self.cos)? + rotate_half(x)?.broadcast_mul(&self.sin)?

@@ -31,6 +31,11 @@ impl TokenSlots {
         (!self.rows.is_empty()).then_some(self.rows.len())
     }
 
+    /// Keeps only the sequences at `rows` (valid indices, in the new order).
+    pub fn retain_rows(&mut self, rows: &[usize]) {
+        self.rows = rows.iter().map(|&r| self.rows[r].clone()).collect();
+    }
+
     /// Appends one step of tokens (`real[b][j]`: whether token j of sequence b is real) and
     /// returns their rope positions, row-major. Real tokens continue their sequence's count
     /// (HF's `cumsum(mask) - 1`); a padding token gets the position of the previous real one

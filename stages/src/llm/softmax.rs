@@ -4,6 +4,7 @@
 //! this keeps one (the output).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
 
 struct SoftmaxLastDim;
 
@@ -12,22 +13,22 @@ pub fn softmax_last_dim_op(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(SoftmaxLastDim)
 }
 
-fn softmax_rows<T: num_like::Float>(xs: &[T], width: usize) -> Vec<T> {
-    let mut out = Vec::with_capacity(xs.len());
-    for row in xs.chunks(width) {
-        let max = row.iter().copied().fold(T::NEG_INF, T::max);
-        let start = out.len();
-        let mut sum = T::ZERO;
-        for &v in row {
-            let e = (v - max).exp();
-            sum = sum + e;
-            out.push(e);
-        }
-        let inv = T::ONE / sum;
-        for v in &mut out[start..] {
-            *v = *v * inv;
-        }
-    }
+/// Rows in parallel (candle runs its own reductions on one thread).
+fn softmax_rows<T: num_like::Float + Send + Sync>(xs: &[T], width: usize) -> Vec<T> {
+    let mut out = vec![T::ZERO; xs.len()];
+    out.par_chunks_mut(width)
+        .zip(xs.par_chunks(width))
+        .for_each(|(o, row)| {
+            let max = row.iter().copied().fold(T::NEG_INF, T::max);
+            let mut sum = T::ZERO;
+            for (o, &v) in o.iter_mut().zip(row) {
+                let e = (v - max).exp();
+                sum = sum + e;
+                *o = e;
+            }
+            let inv = T::ONE / sum;
+            o.iter_mut().for_each(|v| *v = *v * inv);
+        });
     out
 }
 

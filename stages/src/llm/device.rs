@@ -1,0 +1,143 @@
+//! Where the model runs: `device = "auto" | "cpu" | "cuda:N"` as stages and tools accept it,
+//! parsed in one place and turned into a candle device. CUDA needs a build with the `cuda`
+//! feature; the default build is CPU-only and says so instead of failing obscurely.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::Device;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::error::{LlmError, LlmResult};
+
+/// A device as the user names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// The first CUDA GPU when this build has CUDA support and one is present, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// The CUDA GPU with this ordinal.
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    /// Opens the device. `cuda:N` on a build without CUDA, or with no such GPU, is an error
+    /// that says what to do.
+    pub fn open(self) -> LlmResult<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Auto if candle_core::utils::cuda_is_available() => {
+                Device::new_cuda(0).or(Ok(Device::Cpu))
+            }
+            DeviceChoice::Auto => Ok(Device::Cpu),
+            DeviceChoice::Cuda(n) if !candle_core::utils::cuda_is_available() => {
+                Err(LlmError::Invalid(format!(
+                    "device `cuda:{n}`: this build of pipe has no CUDA support; rebuild with `cargo build --release --features cuda` or use `cpu`"
+                )))
+            }
+            DeviceChoice::Cuda(n) => Device::new_cuda(n).map_err(|e| {
+                LlmError::Invalid(format!("device `cuda:{n}` cannot be opened: {e}"))
+            }),
+        }
+    }
+
+    /// Whether this build can run on a CUDA GPU at all.
+    pub fn cuda_compiled() -> bool {
+        candle_core::utils::cuda_is_available()
+    }
+}
+
+impl FromStr for DeviceChoice {
+    type Err = LlmError;
+
+    fn from_str(s: &str) -> LlmResult<Self> {
+        let text = s.trim().to_ascii_lowercase();
+        match text.as_str() {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => Ok(DeviceChoice::Cuda(0)),
+            _ => text
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| {
+                    LlmError::Invalid(format!(
+                        "unknown device `{s}`: use `auto`, `cpu` or `cuda:N` (e.g. `cuda:0`)"
+                    ))
+                }),
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceChoice::Auto => write!(f, "auto"),
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl Serialize for DeviceChoice {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceChoice {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A short name of an opened device for reports (`cpu`, `cuda:0`).
+pub fn device_name(device: &Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => "cuda".into(),
+        Device::Metal(_) => "metal".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_every_form() {
+        for (text, want) in [
+            ("auto", DeviceChoice::Auto),
+            ("CPU", DeviceChoice::Cpu),
+            ("cuda", DeviceChoice::Cuda(0)),
+            ("cuda:3", DeviceChoice::Cuda(3)),
+        ] {
+            assert_eq!(text.parse::<DeviceChoice>().unwrap(), want);
+        }
+        assert_eq!(DeviceChoice::Cuda(1).to_string(), "cuda:1");
+        let err = "tpu".parse::<DeviceChoice>().unwrap_err().to_string();
+        assert!(err.contains("`tpu`") && err.contains("cuda:N"), "{err}");
+        assert!("cuda:x".parse::<DeviceChoice>().is_err());
+    }
+
+    #[test]
+    fn cpu_and_auto_open_without_a_gpu_and_cuda_says_what_to_do() {
+        assert!(DeviceChoice::Cpu.open().unwrap().is_cpu());
+        let auto = DeviceChoice::Auto.open().unwrap();
+        assert_eq!(auto.is_cpu(), !DeviceChoice::cuda_compiled());
+        if !DeviceChoice::cuda_compiled() {
+            let err = DeviceChoice::Cuda(0).open().unwrap_err().to_string();
+            assert!(err.contains("--features cuda"), "{err}");
+        }
+    }
+
+    #[test]
+    fn round_trips_through_serde() {
+        let json = serde_json::to_string(&DeviceChoice::Cuda(2)).unwrap();
+        assert_eq!(json, "\"cuda:2\"");
+        let back: DeviceChoice = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, DeviceChoice::Cuda(2));
+    }
+}

@@ -1,0 +1,141 @@
+//! The model a tool talks to: a base model (path or hub spec), adapters merged into it in
+//! order, or a pipeline stage's artifact (its `adapter/` on top of the base, or its merged
+//! `model/`), with its tokenizer and chat template. Adapters are merged, not attached, so
+//! inference pays nothing for them.
+
+use std::path::PathBuf;
+
+use crate::llm::device::DeviceChoice;
+use crate::llm::{
+    load_model, merge_adapters_into_model, ChatTemplate, LlamaModel, LlmError, LlmResult,
+    ModelSpec, PeftAdapter, TextTokenizer,
+};
+
+/// The adapter directory inside a stage's artifact.
+pub const STAGE_ADAPTER_DIR: &str = "adapter";
+/// The merged-model directory inside a stage's artifact.
+pub const STAGE_MODEL_DIR: &str = "model";
+
+/// Which model to open, as the command line gives it.
+#[derive(Debug, Clone, Default)]
+pub struct ModelOptions {
+    /// A path (relative to `model_root`) or `hf:org/name[@rev]`; ignored when the stage
+    /// artifact holds a merged model.
+    pub model: Option<String>,
+    /// What a relative `model` path is relative to: the workspace root for the pipeline's
+    /// `[model] path`, the current directory for `--model`.
+    pub model_root: PathBuf,
+    /// PEFT adapter directories (relative ones to the current directory), merged in order.
+    pub adapters: Vec<PathBuf>,
+    /// A committed stage artifact directory (`--stage`), resolved by the engine.
+    pub stage_dir: Option<PathBuf>,
+    pub device: DeviceChoice,
+    /// `model` (the model's own, the default) or a named fallback template.
+    pub template: Option<String>,
+    /// Decode with the exact f32 weights instead of 8-bit copies (slower, bit-for-bit the
+    /// float path).
+    pub exact: bool,
+}
+
+/// A model ready for inference.
+pub struct ModelSession {
+    pub model: LlamaModel,
+    pub tokenizer: TextTokenizer,
+    /// The chat template, or why there is none (a tool that needs one reports it).
+    pub template: LlmResult<ChatTemplate>,
+    /// What was opened, for messages: the base name plus adapters.
+    pub description: String,
+}
+
+impl ModelSession {
+    /// Loads the base model, then merges the adapters (`--adapter` ones, then the stage's).
+    pub fn open(options: &ModelOptions) -> LlmResult<Self> {
+        let device = options.device.open()?;
+        let (spec, stage_adapter) = base_and_stage_adapter(options)?;
+        let loaded = load_model(&spec, &options.model_root, &device)?;
+        let template = loaded.template(options.template.as_deref());
+        let mut model = LlamaModel::from_tensors(&loaded.config, loaded.weights.into_map())?;
+        let mut adapter_dirs = options.adapters.clone();
+        adapter_dirs.extend(stage_adapter);
+        let adapters = adapter_dirs
+            .iter()
+            .map(|dir| PeftAdapter::load(dir, &device))
+            .collect::<LlmResult<Vec<_>>>()?;
+        merge_adapters_into_model(&mut model, &adapters)?;
+        // Packed after merging, so the copies hold the adapted weights.
+        if !options.exact {
+            model.pack_for_decode()?;
+        }
+        let mut description = loaded.source.name.clone();
+        for dir in &adapter_dirs {
+            description.push_str(&format!(" + {}", dir.display()));
+        }
+        Ok(ModelSession {
+            model,
+            tokenizer: loaded.tokenizer,
+            template,
+            description,
+        })
+    }
+}
+
+/// The model to load and the stage's adapter, if the stage artifact has one.
+fn base_and_stage_adapter(options: &ModelOptions) -> LlmResult<(ModelSpec, Option<PathBuf>)> {
+    if let Some(dir) = &options.stage_dir {
+        let merged = dir.join(STAGE_MODEL_DIR);
+        if merged.is_dir() {
+            return Ok((ModelSpec::Local(merged), None));
+        }
+        let adapter = dir.join(STAGE_ADAPTER_DIR);
+        if !adapter.is_dir() {
+            return Err(LlmError::Invalid(format!(
+                "{}: the stage artifact has neither `{STAGE_ADAPTER_DIR}/` nor `{STAGE_MODEL_DIR}/`; pick a stage that trains or merges a model",
+                dir.display()
+            )));
+        }
+        return Ok((base_spec(options)?, Some(adapter)));
+    }
+    Ok((base_spec(options)?, None))
+}
+
+fn base_spec(options: &ModelOptions) -> LlmResult<ModelSpec> {
+    let text = options.model.as_deref().ok_or_else(|| {
+        LlmError::Invalid(
+            "no model: pass --model PATH (a GGUF file or an HF directory) or `hf:org/name`, or add a `[model]` table with `path` to pipeline.toml".into(),
+        )
+    })?;
+    ModelSpec::parse(text)
+}
+
+/// End-of-turn markers of common chat formats; the ones the template writes end a reply even
+/// when the model's config names another EOS.
+const END_OF_TURN: &[&str] = &[
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "</s>",
+];
+
+impl ModelSession {
+    /// Ids of the end-of-turn tokens the chat template uses (stop tokens for a chat reply).
+    pub fn end_of_turn_ids(&self) -> Vec<u32> {
+        let Ok(template) = &self.template else {
+            return Vec::new();
+        };
+        END_OF_TURN
+            .iter()
+            .filter(|t| template.source().contains(*t))
+            .filter_map(|t| self.tokenizer.token_to_id(t))
+            .collect()
+    }
+
+    /// The chat template, or the error saying why there is none.
+    pub fn chat_template(&self) -> LlmResult<&ChatTemplate> {
+        self.template.as_ref().map_err(|e| {
+            LlmError::Invalid(format!(
+                "{e} (or pass --raw to feed the prompt without a template)"
+            ))
+        })
+    }
+}
