@@ -115,16 +115,16 @@ fn probabilities<T: Real>(n: &Dims, x: &Task<'_, T>, scale: T) -> Result<Vec<T>>
         let m = &x.mask[(r % n.t) * keys..(r % n.t + 1) * keys];
         let mut max = T::neg_infinity();
         for (s, &mv) in row.iter_mut().zip(m) {
-            *s = *s + mv;
+            *s += mv;
             max = larger(max, *s);
         }
         let mut sum = T::zero();
         for s in row.iter_mut() {
             *s = exp_shifted(*s - max);
-            sum = sum + *s;
+            sum += *s;
         }
         let inv = T::one() / sum;
-        row.iter_mut().for_each(|s| *s = *s * inv);
+        row.iter_mut().for_each(|s| *s *= inv);
     }
     Ok(p)
 }

@@ -115,8 +115,8 @@ fn log_softmax_at<T: Real>(row: &mut [T], target: usize, into_grad: bool) -> T {
     let lp = T::from_f64((target_logit - max).to_f64() - sum.ln());
     if into_grad {
         let inv = T::from_f64(1.0 / sum);
-        row.iter_mut().for_each(|v| *v = *v * inv);
-        row[target] = row[target] - T::one();
+        row.iter_mut().for_each(|v| *v *= inv);
+        row[target] -= T::one();
     }
     lp
 }

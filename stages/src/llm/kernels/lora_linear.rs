@@ -158,7 +158,7 @@ impl LoraLinear {
         if let Some(bias) = &self.bias {
             with_slice::<T, _>(bias, "lora-linear bias", |bias| {
                 y.par_chunks_mut(out_f).for_each(|row| {
-                    row.iter_mut().zip(bias).for_each(|(v, &bv)| *v = *v + bv);
+                    row.iter_mut().zip(bias).for_each(|(v, &bv)| *v += bv);
                 });
                 Ok(())
             })?;

@@ -26,7 +26,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, WithDType};
 
 /// The float types the kernels are written for.
-pub trait Real: WithDType + num_traits::Float + Send + Sync + std::iter::Sum {}
+pub trait Real:
+    WithDType + num_traits::Float + num_traits::NumAssignOps + Send + Sync + std::iter::Sum
+{
+}
 impl Real for f32 {}
 impl Real for f64 {}
 
