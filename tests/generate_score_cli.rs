@@ -195,7 +195,13 @@ fn generate_and_score_on_smollm2() {
             .to_string()
     };
     assert!(line("score").contains("stale"), "{}", status.stdout);
-    assert!(line("score").contains("min_margin"), "{}", status.stdout);
+    assert!(
+        status
+            .stdout
+            .contains("config score.min_margin: 0.5 -> 0.7"),
+        "{}",
+        status.stdout
+    );
     assert!(!line("generate").contains("stale"), "{}", status.stdout);
 
     // The same seed samples the same candidates.
