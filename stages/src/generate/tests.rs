@@ -18,7 +18,7 @@ fn row(i: usize, prompt: &str, response: &str) -> Row {
         id: format!("{i:016x}"),
         prompt: prompt.to_string(),
         response: response.to_string(),
-        system: (i % 3 == 0).then(|| "Be brief.".to_string()),
+        system: i.is_multiple_of(3).then(|| "Be brief.".to_string()),
         category: None,
         source_row: i as u64 + 1,
     }
