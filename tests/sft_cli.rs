@@ -46,7 +46,11 @@ fn csv() -> String {
 }
 
 fn workspace() -> Ws {
-    let ws = Ws::new(pipe_bin(), PIPELINE);
+    workspace_with(PIPELINE)
+}
+
+fn workspace_with(pipeline: &str) -> Ws {
+    let ws = Ws::new(pipe_bin(), pipeline);
     pipe_stages::testkit::write_tiny_model(&ws.path("tiny"), 1).expect("tiny model");
     ws.write("data/qa.csv", csv());
     ws
@@ -120,4 +124,86 @@ fn bad_sft_keys_are_refused_by_name() {
     let r = ws.run(&["run", "-s", "sft.learning_rat=0.1"]);
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("learning_rate"), "{}", r.stderr);
+}
+
+/// A long enough run of the tiny model that a SIGKILL lands between checkpoints.
+fn killable_pipeline() -> String {
+    PIPELINE
+        .replace("max_steps = 3", "max_steps = 400")
+        .replace("save_every = 2", "save_every = 10\neval_every = 1000")
+}
+
+/// The LoRA tensors of the committed adapter, as f32 vectors by name.
+fn adapter_values(ws: &Ws) -> Vec<(String, Vec<f32>)> {
+    let key = &ws.entries("sft")[0];
+    let file = ws
+        .path("artifacts/sft")
+        .join(key)
+        .join("adapter/adapter_model.safetensors");
+    let tensors = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = tensors
+        .into_iter()
+        .map(|(name, t)| (name, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The step of the newest checkpoint under `artifacts/.partial/sft`, if one is complete.
+fn checkpoint_step(ws: &Ws) -> Option<u64> {
+    let root = ws.path("artifacts/.partial/sft");
+    let key = std::fs::read_dir(root).ok()?.flatten().next()?.path();
+    let text = std::fs::read_to_string(key.join("checkpoint/state.json")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
+}
+
+#[test]
+fn a_sigkilled_sft_run_resumes_from_its_checkpoint_to_the_same_adapter() {
+    let whole = workspace_with(&killable_pipeline());
+    whole.ok(&["run"]);
+
+    let ws = workspace_with(&killable_pipeline());
+    let mut child = ws
+        .command(&["run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while checkpoint_step(&ws).is_none_or(|s| s < 10) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL on unix
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the run must die mid-training, not finish"
+    );
+    assert!(ws.entries("sft").is_empty(), "a killed run commits nothing");
+    let step = checkpoint_step(&ws).unwrap();
+    assert!(step < 400, "killed at step {step}");
+
+    let resumed = ws.ok(&["run", "-v"]);
+    assert_eq!(resumed.ran(), strs(&["sft"]), "{}", resumed.all());
+    assert!(
+        resumed
+            .all()
+            .contains("resuming from the checkpoint of step"),
+        "{}",
+        resumed.all()
+    );
+    let (a, b) = (adapter_values(&whole), adapter_values(&ws));
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        let worst = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{name} differs by {worst} after resuming");
+    }
 }

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
 use crate::llm::template::{MODEL_TEMPLATE, NAMED_TEMPLATES};
 use crate::llm::{
-    load_model, ChatMessage, ChatTemplate, LlamaModel, LlmError, LoadedModel, ModelConfig,
-    ModelFormat, ModelSpec, PromptCompletion, TextTokenizer,
+    load_model, ChatMessage, ChatTemplate, DeviceChoice, LlamaModel, LlmError, LoadedModel,
+    ModelConfig, ModelFormat, ModelSpec, PromptCompletion, TextTokenizer,
 };
 
 /// What the stage writes: [`ModelInfo`] as JSON.
@@ -34,6 +34,15 @@ pub struct ModelStageConfig {
     /// The system prompt of rows that have none; `None`: the template's own default.
     #[serde(default)]
     pub system_prompt: Option<String>,
+    /// Where every ML stage runs: `auto` (a CUDA GPU when the build has CUDA and one is
+    /// present, else the CPU), `cpu` or `cuda:N`. Part of every downstream key: the same
+    /// training on another device gives slightly different numbers.
+    #[serde(default, skip_serializing_if = "is_auto")]
+    pub device: DeviceChoice,
+}
+
+fn is_auto(d: &DeviceChoice) -> bool {
+    *d == DeviceChoice::Auto
 }
 
 /// Where the chat template came from and its text.
@@ -67,6 +76,9 @@ pub struct ModelInfo {
     pub system_prompt: Option<String>,
     /// Parameters of the base model.
     pub parameters: u64,
+    /// The device downstream stages run on (`[model] device`).
+    #[serde(default)]
+    pub device: DeviceChoice,
 }
 
 /// Why the model stage (or a stage loading its output) failed.
@@ -82,6 +94,8 @@ pub enum ModelError {
     },
     #[error("[model] `chat_template`: {0}")]
     Template(#[source] LlmError),
+    #[error("[model] `device`: {0}")]
+    Device(#[source] LlmError),
     #[error("{}: {message}; re-run `pipe run --from model`", path.display())]
     Info { path: PathBuf, message: String },
     #[error("cannot write {}: {source}", path.display())]
@@ -109,6 +123,7 @@ path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #                          # to a .jinja file; every stage renders conversations with it
 # system_prompt = "You are a concise Unix expert."  # for rows without their own system
 #                          # prompt (default: none, the template's own default applies)
+# device = "auto"          # "auto" (a CUDA GPU when built with --features cuda), "cpu", "cuda:0"
 "#;
     type Config = ModelStageConfig;
 
@@ -195,7 +210,8 @@ fn validate_config(cfg: &ModelStageConfig) -> Result<(), ConfigIssue> {
 fn run_model(cfg: &ModelStageConfig, cx: &mut StageContext) -> StageResult {
     let spec = ModelSpec::parse(&cfg.path).map_err(ModelError::Load)?;
     cx.progress().info(&format!("model: loading {spec}"));
-    let loaded = load_model(&spec, cx.workspace(), &Device::Cpu).map_err(ModelError::Load)?;
+    let device = cfg.device.open().map_err(ModelError::Device)?;
+    let loaded = load_model(&spec, cx.workspace(), &device).map_err(ModelError::Load)?;
     let template = resolve_template(cfg, &loaded, cx.workspace())?;
     let compiled = ChatTemplate::new(&template.source, &template.text, loaded.tokenizer.special())
         .map_err(ModelError::Template)?;
@@ -223,6 +239,7 @@ fn run_model(cfg: &ModelStageConfig, cx: &mut StageContext) -> StageResult {
         chat_template: template,
         system_prompt: cfg.system_prompt.clone(),
         parameters,
+        device: cfg.device,
     };
     // Building the model checks every tensor against the architecture.
     LlamaModel::from_tensors(&loaded.config, loaded.weights.into_map())
@@ -337,6 +354,14 @@ pub struct BaseModel {
 }
 
 impl BaseModel {
+    /// Loads the model of the committed `model` artifact on the device it names
+    /// (`[model] device`); returns the device too, for the stage's own tensors.
+    pub fn open(model_dir: &Path, workspace: &Path) -> Result<(Self, Device), ModelError> {
+        let info = read_info(&model_dir.join(MODEL_FILE))?;
+        let device = info.device.open().map_err(ModelError::Device)?;
+        Ok((Self::load(model_dir, workspace, &device)?, device))
+    }
+
     /// Loads the model of the committed `model` artifact `model_dir`, resolving its spec
     /// against `workspace` again (the artifact stores no weights).
     pub fn load(model_dir: &Path, workspace: &Path, device: &Device) -> Result<Self, ModelError> {
@@ -556,6 +581,31 @@ mod tests {
             err.contains("`chat_template`") && err.contains("no/such.jinja"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn device_is_recorded_and_opened_by_downstream_stages() {
+        let ws = tempfile::tempdir().unwrap();
+        crate::testkit::write_tiny_model(&ws.path().join("tiny"), 1).unwrap();
+        let (out, info) =
+            run_in(ws.path(), "[model]\npath = \"tiny\"\ndevice = \"cpu\"\n").unwrap();
+        assert_eq!(info.device, DeviceChoice::Cpu);
+        let (_, device) = BaseModel::open(out.path(), ws.path()).unwrap();
+        assert!(device.is_cpu());
+        let (_, info) = run_in(ws.path(), "[model]\npath = \"tiny\"\n").unwrap();
+        assert_eq!(info.device, DeviceChoice::Auto, "the default");
+        let bad: Result<ModelStageConfig, _> =
+            pick_table("[model]\npath = \"tiny\"\ndevice = \"tpu\"\n", "model");
+        let err = bad.unwrap_err().to_string();
+        assert!(err.contains("tpu") && err.contains("cuda:N"), "{err}");
+        if !DeviceChoice::cuda_compiled() {
+            let err =
+                run_in(ws.path(), "[model]\npath = \"tiny\"\ndevice = \"cuda:0\"\n").unwrap_err();
+            assert!(
+                err.contains("`device`") && err.contains("--features cuda"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

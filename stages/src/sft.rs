@@ -232,9 +232,8 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
     reset_peak();
     let settings = cfg.resolve();
     let seed = settings.seed.unwrap_or(cx.seed());
-    let device = Device::Cpu;
-    let base =
-        BaseModel::load(cx.input("model")?, cx.workspace(), &device).map_err(SftError::from)?;
+    let (base, device) =
+        BaseModel::open(cx.input("model")?, cx.workspace()).map_err(SftError::from)?;
     let ingest_dir = cx.input("ingest")?.to_path_buf();
     let train_rows = ingest::read_examples(&ingest_dir.join(TRAIN_FILE)).map_err(SftError::from)?;
     let val_rows = ingest::read_examples(&ingest_dir.join(VAL_FILE)).map_err(SftError::from)?;

@@ -51,6 +51,7 @@ mod model_tests;
 pub use base_ref::{portable_base_reference, resolve_base_reference, BaseModelRef};
 pub use batch::{Example, TargetMask, TokenBatch};
 pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use device::DeviceChoice;
 pub use error::{LlmError, LlmResult};
 pub use export::{write_safetensors, ExportDtype, HfExport};
 pub use generate::{FinishReason, Generation, GenerationConfig, Generator};
