@@ -17,7 +17,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 pub use config::{GenerateConfig, Split};
@@ -163,9 +162,9 @@ pub(crate) fn run_generate(
 ) -> StageResult {
     let started = Instant::now();
     let seed = cfg.seed.unwrap_or(cx.seed());
-    let device = Device::Cpu;
-    let base = BaseModel::load(cx.input("model")?, cx.workspace(), &device)
-        .map_err(GenerateError::from)?;
+    // The device `[model] device` names, like every ML stage.
+    let (base, device) =
+        BaseModel::open(cx.input("model")?, cx.workspace()).map_err(GenerateError::from)?;
     let rows = read_split(cx.input("ingest")?, cfg.split)?;
     let rows = select(rows, cfg.limit, seed);
     let prompts = render(&base, rows, seed)?;
