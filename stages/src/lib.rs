@@ -2,10 +2,12 @@
 //! through the [`Stage`] contract and the [`registry`] without knowing any ML.
 
 pub mod contract;
+pub mod generate;
 pub mod ingest;
 pub mod llm;
 pub mod model;
 pub mod progress;
+pub mod score;
 pub mod scoring;
 pub mod sft;
 pub mod tabular;
@@ -25,5 +27,7 @@ pub fn registry() -> Vec<Box<dyn DynStage>> {
         erase::<ingest::Ingest>(),
         erase::<model::Model>(),
         erase::<sft::Sft>(),
+        erase::<generate::Generate>(),
+        erase::<score::Score>(),
     ]
 }
