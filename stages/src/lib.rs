@@ -5,6 +5,7 @@ pub mod contract;
 pub mod ingest;
 pub mod llm;
 pub mod model;
+pub mod orpo;
 pub mod progress;
 pub mod scoring;
 pub mod sft;
@@ -25,5 +26,6 @@ pub fn registry() -> Vec<Box<dyn DynStage>> {
         erase::<ingest::Ingest>(),
         erase::<model::Model>(),
         erase::<sft::Sft>(),
+        erase::<orpo::Orpo>(),
     ]
 }

@@ -7,7 +7,7 @@
 //! resumes from its last checkpoint and ends with the same adapter as an uninterrupted one.
 
 pub(crate) mod config;
-mod data;
+pub(crate) mod data;
 mod report;
 #[cfg(test)]
 mod tests;
@@ -27,9 +27,7 @@ pub use report::{Sample, SftSummary, ADAPTER_DIR, METRICS_FILE, SAMPLES_FILE, SU
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
 use crate::ingest::{self, IngestError, TRAIN_FILE, VAL_FILE};
 use crate::llm::loss::{TargetLogProbs, DEFAULT_CHUNK};
-use crate::llm::{
-LlamaModel, LlmError, Mode, TargetMask, TokenBatch,
-};
+use crate::llm::{LlamaModel, LlmError, Mode, TargetMask, TokenBatch};
 use crate::model::{BaseModel, ModelError};
 use crate::progress::{Bar, Progress};
 use crate::train::checkpoint::{self, CheckpointError};
@@ -37,9 +35,9 @@ use crate::train::eval::completion_loss;
 use crate::train::greedy::greedy;
 use crate::train::memory::{peak_rss_mb, reset_peak};
 use crate::train::metrics::MetricsError;
-use crate::train::step::{culprits, kept_checkpoint, NonFinite};
 use crate::train::output::{copy, save_adapter, write_json, write_jsonl, OutputError};
 use crate::train::rng::{derive, Stream};
+use crate::train::step::{culprits, kept_checkpoint, NonFinite};
 use crate::train::{
     neftune, AdamWParams, EvalResult, MetricRecord, MetricsLog, Plan, Schedule, StepFailure,
     StepOutcome, Trainer,

@@ -232,7 +232,7 @@ mod tests {
         assert!(text.contains("3.200") && text.contains("0.030"), "{text}");
         let spark = text.lines().last().unwrap();
         assert!(spark.contains('█') && spark.contains('▁'), "{text}");
-                let mut empty = Vec::new();
+        let mut empty = Vec::new();
         write_chart(&[], &mut empty).unwrap();
         assert!(String::from_utf8(empty).unwrap().contains("no steps"));
     }

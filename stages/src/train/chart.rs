@@ -14,7 +14,11 @@ pub fn write_chart(
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
     let finite = |points: &[(usize, f64)]| -> Vec<(usize, f64)> {
-        points.iter().copied().filter(|(_, v)| v.is_finite()).collect()
+        points
+            .iter()
+            .copied()
+            .filter(|(_, v)| v.is_finite())
+            .collect()
     };
     let (train, evals) = (finite(train), finite(evals));
     if train.is_empty() && evals.is_empty() {

@@ -31,8 +31,8 @@ pub fn copy(from: &Path, to: &Path) -> Result<(), OutputError> {
 
 /// `value` as pretty JSON with a final newline.
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), OutputError> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| error(path)(std::io::Error::other(e)))?;
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| error(path)(std::io::Error::other(e)))?;
     std::fs::write(path, text + "\n").map_err(error(path))
 }
 

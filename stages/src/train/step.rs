@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor, Var};
 
 use super::grads::{clip, global_norm, GradAccumulator};
+use super::lora_state::{lora_tensors, restore_lora};
 use super::optim::{AdamW, AdamWParams};
 use super::schedule::Schedule;
-use super::lora_state::{lora_tensors, restore_lora};
 use crate::llm::{LlamaModel, LlmError};
 
 /// What went wrong inside a step; the caller adds the step number and the rows at fault.
@@ -54,7 +54,11 @@ pub struct NonFinite {
 
 /// The rows at fault in a step's micro-batches `batches`: those of micro-batch `micro`, or
 /// all of them when the fault is in the summed gradient.
-pub fn culprits<T>(batches: &[Vec<T>], micro: Option<usize>, describe: impl Fn(&T) -> String) -> String {
+pub fn culprits<T>(
+    batches: &[Vec<T>],
+    micro: Option<usize>,
+    describe: impl Fn(&T) -> String,
+) -> String {
     let rows: Vec<String> = match micro {
         Some(i) => batches[i].iter().map(&describe).collect(),
         None => batches.iter().flatten().map(&describe).collect(),
@@ -63,7 +67,11 @@ pub fn culprits<T>(batches: &[Vec<T>], micro: Option<usize>, describe: impl Fn(&
 }
 
 /// What a failed run leaves to resume from, for its error message.
-pub fn kept_checkpoint(saved_step: Option<usize>, partial: &std::path::Path, save_every: usize) -> String {
+pub fn kept_checkpoint(
+    saved_step: Option<usize>,
+    partial: &std::path::Path,
+    save_every: usize,
+) -> String {
     match saved_step {
         Some(k) => format!(
             "the last good checkpoint (step {k}) stays in {} (a re-run with the same settings resumes from it)",
