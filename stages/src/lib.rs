@@ -2,9 +2,9 @@
 //! through the [`Stage`] contract and the [`registry`] without knowing any ML.
 
 pub mod contract;
+pub mod generate;
 pub mod ingest;
 pub mod llm;
-pub mod generate;
 pub mod model;
 pub mod orpo;
 pub mod progress;
