@@ -38,11 +38,11 @@ use crate::train::checkpoint::{self, CheckpointError};
 use crate::train::memory::{peak_rss_mb, reset_peak};
 use crate::train::metrics::MetricsError;
 use crate::train::output::{copy, save_adapter, write_json, OutputError};
+use crate::train::resume::{fingerprint, resume, ResumeError, RunCheckpoint, ThisRun};
 use crate::train::rng::{derive, Stream};
+use crate::train::step::Hooks;
 use crate::train::step::{culprits, kept_checkpoint, NonFinite};
-use crate::train::{
-    AdamWParams, MetricRecord, MetricsLog, Plan, Schedule, StepFailure, StepOutcome, Trainer,
-};
+use crate::train::{MetricRecord, MetricsLog, Plan, Schedule, StepFailure, StepOutcome, Trainer};
 
 /// The `orpo` stage.
 pub struct Orpo;
@@ -98,6 +98,8 @@ pub enum OrpoError {
     },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error("orpo: {{0}}")]
+    Resume(#[from] ResumeError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
     #[error(transparent)]
@@ -165,13 +167,6 @@ impl Stage for Orpo {
     }
 }
 
-/// Test-only interventions in a run.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Hooks {
-    /// Stop with [`OrpoError::Interrupted`] right after this step (a simulated crash).
-    pub stop_after: Option<usize>,
-}
-
 /// Bumped when the checkpoint layout or meaning changes: older checkpoints are ignored.
 const STATE_FORMAT: u32 = 1;
 const METRICS_PARTIAL: &str = "metrics.jsonl";
@@ -192,6 +187,16 @@ struct RunState {
     eval_before: OrpoValues,
     /// The latest evaluation and the step it ran after.
     last_eval: (usize, OrpoValues),
+}
+
+impl RunCheckpoint for RunState {
+    fn identity(&self) -> (u32, &str) {
+        (self.format, &self.fingerprint)
+    }
+
+    fn step(&self) -> usize {
+        self.step
+    }
 }
 
 /// Everything a run needs, prepared from the settings and the inputs.
@@ -249,14 +254,13 @@ pub(crate) fn run_orpo(cfg: &OrpoStageConfig, cx: &mut StageContext, hooks: Hook
         settings.warmup_steps,
         settings.warmup_ratio,
     );
-    let params = AdamWParams {
-        weight_decay: settings.weight_decay,
-        ..AdamWParams::default()
-    };
-    let vars = model.trainable_vars();
-    let trainable: u64 = vars.iter().map(|v| v.elem_count() as u64).sum();
-    let trainer = Trainer::new(vars, params, schedule, settings.max_grad_norm)
-        .map_err(|e| llm("cannot create the optimizer")(e.into()))?;
+    let (trainer, trainable) = Trainer::for_lora(
+        &model,
+        settings.weight_decay,
+        schedule,
+        settings.max_grad_norm,
+    )
+    .map_err(|e| llm("cannot create the optimizer")(e.into()))?;
     let mut eval = pairs.eval;
     if let Some(max) = settings.max_eval_pairs {
         eval.truncate(max);
@@ -270,7 +274,14 @@ pub(crate) fn run_orpo(cfg: &OrpoStageConfig, cx: &mut StageContext, hooks: Hook
         &plan,
         trainable,
     );
-    let fingerprint = fingerprint(&settings, seed, &pairs.train, &eval, &info.name, &sft_dir);
+    // The sft artifact's directory names its key.
+    let sft_key = sft_dir.to_string_lossy();
+    let rows = pairs
+        .train
+        .iter()
+        .chain(&eval)
+        .map(|r| (r.id.as_str(), r.tokens()));
+    let fingerprint = fingerprint(STATE_FORMAT, &settings, seed, &info.name, &[&sft_key], rows);
     let partial = cx.partial_dir().map_err(|source| OutputError {
         path: PathBuf::from("the checkpoint directory under artifacts/.partial/orpo"),
         source,
@@ -480,28 +491,17 @@ fn metric(values: &OrpoValues, key: &str) -> f64 {
 impl Run<'_> {
     /// Restores the checkpoint of this run, if there is one.
     fn resume(&mut self) -> Result<Option<RunState>, OrpoError> {
-        let Some(loaded) = checkpoint::load::<RunState>(&self.partial, self.model.device())? else {
-            return Ok(None);
+        let this = ThisRun {
+            stage: "orpo",
+            partial: &self.partial,
+            format: STATE_FORMAT,
+            fingerprint: &self.fingerprint,
+            total_steps: self.plan.total_steps(),
+            progress: self.progress,
         };
-        if loaded.state.format != STATE_FORMAT || loaded.state.fingerprint != self.fingerprint {
-            self.progress.info(&format!(
-                "orpo: ignoring the checkpoint in {} (another run's); starting over",
-                loaded.dir.display()
-            ));
-            checkpoint::clear(&self.partial)?;
-            return Ok(None);
-        }
-        let step = loaded.state.step;
-        self.trainer
-            .restore_checkpoint(&self.model, &loaded.tensors, step)
-            .map_err(llm("cannot restore the checkpoint"))?;
-        self.saved_step = Some(step);
-        self.progress.info(&format!(
-            "orpo: resuming from the checkpoint of step {step} of {} in {}",
-            self.plan.total_steps(),
-            loaded.dir.display()
-        ));
-        Ok(Some(loaded.state))
+        let state: Option<RunState> = resume(&this, &self.model, &mut self.trainer)?;
+        self.saved_step = state.as_ref().map(|s| s.step);
+        Ok(state)
     }
 
     /// A run from step 0: the evaluation before training and a new log.
@@ -555,16 +555,13 @@ impl Run<'_> {
             state.train_seconds += seconds;
             state.losses.push(outcome.loss);
             let mut record = MetricRecord {
-                step: step + 1,
-                epoch: self.plan.epoch_at(step + 1),
-                loss: Some(outcome.loss),
-                lr: Some(outcome.lr),
-                grad_norm: Some(outcome.grad_norm),
-                tokens_per_s: Some(tokens as f64 / seconds.max(1e-9)),
                 extra: logged(&metrics, ""),
-                ..MetricRecord::default()
+                ..MetricRecord::for_step(&self.plan, step, &outcome, tokens, seconds)
             };
-            if self.evaluates_after(step + 1) {
+            if self
+                .plan
+                .evaluates_after(step + 1, self.settings.eval_every)
+            {
                 let result = self.evaluate()?;
                 record.eval_loss = result.get("loss").copied();
                 record.extra.extend(logged(&result, "eval_"));
@@ -572,7 +569,7 @@ impl Run<'_> {
             }
             log.append(&record)?;
             update_bar(bar.as_ref(), &record);
-            if (step + 1) % self.settings.save_every == 0 && step + 1 < total {
+            if self.plan.saves_after(step + 1, self.settings.save_every) {
                 state.wall_seconds = wall_at_start + self.started.elapsed().as_secs_f64();
                 self.save(state)?;
             }
@@ -583,14 +580,6 @@ impl Run<'_> {
         state.wall_seconds = wall_at_start;
         bar.finish();
         Ok(())
-    }
-
-    fn evaluates_after(&self, completed: usize) -> bool {
-        completed == self.plan.total_steps()
-            || self
-                .settings
-                .eval_every
-                .is_some_and(|k| completed.is_multiple_of(k))
     }
 
     /// One optimizer step: its outcome, the train metrics of its pairs, and its tokens.
@@ -714,34 +703,6 @@ fn report_plan(
             Init::ContinueSft => "continuing the sft adapter".to_string(),
         }
     ));
-}
-
-/// Identifies a run: a checkpoint of anything else (settings, seed, pairs, base, sft) is not
-/// resumed.
-fn fingerprint(
-    settings: &OrpoSettings,
-    seed: u64,
-    train: &[PairRow],
-    eval: &[PairRow],
-    base: &str,
-    sft_dir: &Path,
-) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(&STATE_FORMAT.to_le_bytes());
-    h.update(
-        serde_json::to_string(settings)
-            .unwrap_or_default()
-            .as_bytes(),
-    );
-    h.update(&seed.to_le_bytes());
-    h.update(base.as_bytes());
-    // The sft artifact's directory names its key.
-    h.update(sft_dir.to_string_lossy().as_bytes());
-    for row in train.iter().chain(eval) {
-        h.update(row.id.as_bytes());
-        h.update(&(row.tokens() as u64).to_le_bytes());
-    }
-    h.finalize().to_hex()[..16].to_string()
 }
 
 fn summarize(

@@ -36,11 +36,13 @@ use crate::train::greedy::greedy;
 use crate::train::memory::{peak_rss_mb, reset_peak};
 use crate::train::metrics::MetricsError;
 use crate::train::output::{copy, save_adapter, write_json, write_jsonl, OutputError};
+use crate::train::resume::{fingerprint, resume, ResumeError, RunCheckpoint, ThisRun};
 use crate::train::rng::{derive, Stream};
+use crate::train::step::Hooks;
 use crate::train::step::{culprits, kept_checkpoint, NonFinite};
 use crate::train::{
-    neftune, AdamWParams, EvalResult, MetricRecord, MetricsLog, Plan, Schedule, StepFailure,
-    StepOutcome, Trainer,
+    neftune, EvalResult, MetricRecord, MetricsLog, Plan, Schedule, StepFailure, StepOutcome,
+    Trainer,
 };
 
 /// The `sft` stage.
@@ -80,6 +82,8 @@ pub enum SftError {
     },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error("sft: {{0}}")]
+    Resume(#[from] ResumeError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
     #[error("cannot write {}: {source}", path.display())]
@@ -172,13 +176,6 @@ impl Stage for Sft {
     }
 }
 
-/// Test-only interventions in a run.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Hooks {
-    /// Stop with [`SftError::Interrupted`] right after this step (a simulated crash).
-    pub stop_after: Option<usize>,
-}
-
 /// Bumped when the checkpoint layout or meaning changes: older checkpoints are ignored.
 const STATE_FORMAT: u32 = 1;
 const METRICS_PARTIAL: &str = "metrics.jsonl";
@@ -201,6 +198,16 @@ struct RunState {
     /// The latest evaluation and the step it ran after.
     last_eval: (usize, EvalResult),
     samples_before: Vec<String>,
+}
+
+impl RunCheckpoint for RunState {
+    fn identity(&self) -> (u32, &str) {
+        (self.format, &self.fingerprint)
+    }
+
+    fn step(&self) -> usize {
+        self.step
+    }
 }
 
 /// Everything a run needs, prepared from the settings and the inputs.
@@ -254,14 +261,13 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
         seed,
     );
     let schedule = schedule(&settings, plan.total_steps());
-    let params = AdamWParams {
-        weight_decay: settings.weight_decay,
-        ..AdamWParams::default()
-    };
-    let vars = model.trainable_vars();
-    let trainable: u64 = vars.iter().map(|v| v.elem_count() as u64).sum();
-    let trainer = Trainer::new(vars, params, schedule, settings.max_grad_norm)
-        .map_err(candle("cannot create the optimizer"))?;
+    let (trainer, trainable) = Trainer::for_lora(
+        &model,
+        settings.weight_decay,
+        schedule,
+        settings.max_grad_norm,
+    )
+    .map_err(candle("cannot create the optimizer"))?;
     let pad = info.pad_token_id;
     let eval_batches = eval_batches(&val, settings.batch_size, pad, &device)?;
     report_data(
@@ -274,7 +280,8 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
         schedule.warmup,
         trainable,
     );
-    let fingerprint = fingerprint(&settings, seed, &train, &val, &info.name);
+    let rows = train.iter().chain(&val).map(|r| (r.id.as_str(), r.len()));
+    let fingerprint = fingerprint(STATE_FORMAT, &settings, seed, &info.name, &[], rows);
     let partial = cx.partial_dir().map_err(|source| SftError::Write {
         path: PathBuf::from("the checkpoint directory under artifacts/.partial/sft"),
         source,
@@ -440,30 +447,6 @@ fn sample_rows<'r>(
         .collect()
 }
 
-/// Identifies a run: a checkpoint of anything else (settings, seed, data, base) is not resumed.
-fn fingerprint(
-    settings: &SftSettings,
-    seed: u64,
-    train: &[TokenRow],
-    val: &[TokenRow],
-    base: &str,
-) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(&STATE_FORMAT.to_le_bytes());
-    h.update(
-        serde_json::to_string(settings)
-            .unwrap_or_default()
-            .as_bytes(),
-    );
-    h.update(&seed.to_le_bytes());
-    h.update(base.as_bytes());
-    for row in train.iter().chain(val) {
-        h.update(row.id.as_bytes());
-        h.update(&(row.len() as u64).to_le_bytes());
-    }
-    h.finalize().to_hex()[..16].to_string()
-}
-
 #[allow(clippy::too_many_arguments)]
 fn report_data(
     progress: &dyn Progress,
@@ -510,28 +493,17 @@ fn report_data(
 impl Run<'_> {
     /// Restores the checkpoint of this run, if there is one.
     fn resume(&mut self) -> Result<Option<RunState>, SftError> {
-        let Some(loaded) = checkpoint::load::<RunState>(&self.partial, self.model.device())? else {
-            return Ok(None);
+        let this = ThisRun {
+            stage: "sft",
+            partial: &self.partial,
+            format: STATE_FORMAT,
+            fingerprint: &self.fingerprint,
+            total_steps: self.plan.total_steps(),
+            progress: self.progress,
         };
-        if loaded.state.format != STATE_FORMAT || loaded.state.fingerprint != self.fingerprint {
-            self.progress.info(&format!(
-                "sft: ignoring the checkpoint in {} (another run's); starting over",
-                loaded.dir.display()
-            ));
-            checkpoint::clear(&self.partial)?;
-            return Ok(None);
-        }
-        let step = loaded.state.step;
-        self.trainer
-            .restore_checkpoint(&self.model, &loaded.tensors, step)
-            .map_err(llm("cannot restore the checkpoint"))?;
-        self.saved_step = Some(step);
-        self.progress.info(&format!(
-            "sft: resuming from the checkpoint of step {step} of {} in {}",
-            self.plan.total_steps(),
-            loaded.dir.display()
-        ));
-        Ok(Some(loaded.state))
+        let state: Option<RunState> = resume(&this, &self.model, &mut self.trainer)?;
+        self.saved_step = state.as_ref().map(|s| s.step);
+        Ok(state)
     }
 
     /// A run from step 0: the evaluation and samples before training, and a new log.
@@ -591,16 +563,11 @@ impl Run<'_> {
             state.target_tokens += targets;
             state.train_seconds += seconds;
             state.losses.push(outcome.loss);
-            let mut record = MetricRecord {
-                step: step + 1,
-                epoch: self.plan.epoch_at(step + 1),
-                loss: Some(outcome.loss),
-                lr: Some(outcome.lr),
-                grad_norm: Some(outcome.grad_norm),
-                tokens_per_s: Some(tokens as f64 / seconds.max(1e-9)),
-                ..MetricRecord::default()
-            };
-            if self.evaluates_after(step + 1) {
+            let mut record = MetricRecord::for_step(&self.plan, step, &outcome, tokens, seconds);
+            if self
+                .plan
+                .evaluates_after(step + 1, self.settings.eval_every)
+            {
                 let result = self.evaluate()?;
                 record.eval_loss = Some(result.loss);
                 record.eval_perplexity = Some(result.perplexity);
@@ -614,7 +581,7 @@ impl Run<'_> {
             }
             log.append(&record)?;
             update_bar(bar.as_ref(), &record);
-            if (step + 1) % self.settings.save_every == 0 && step + 1 < total {
+            if self.plan.saves_after(step + 1, self.settings.save_every) {
                 state.wall_seconds = wall_at_start + self.started.elapsed().as_secs_f64();
                 self.save(state)?;
             }
@@ -625,14 +592,6 @@ impl Run<'_> {
         state.wall_seconds = wall_at_start;
         bar.finish();
         Ok(())
-    }
-
-    fn evaluates_after(&self, completed: usize) -> bool {
-        completed == self.plan.total_steps()
-            || self
-                .settings
-                .eval_every
-                .is_some_and(|k| completed.is_multiple_of(k))
     }
 
     /// One optimizer step; returns what it did, the tokens it processed and the target tokens

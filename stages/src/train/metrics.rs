@@ -37,6 +37,28 @@ pub struct MetricRecord {
     pub extra: BTreeMap<String, f64>,
 }
 
+impl MetricRecord {
+    /// The training fields of the line of optimizer step `step` (0-based) of `plan`, which
+    /// did `outcome` on `tokens` tokens in `seconds`.
+    pub fn for_step(
+        plan: &super::Plan,
+        step: usize,
+        outcome: &super::StepOutcome,
+        tokens: usize,
+        seconds: f64,
+    ) -> Self {
+        MetricRecord {
+            step: step + 1,
+            epoch: plan.epoch_at(step + 1),
+            loss: Some(outcome.loss),
+            lr: Some(outcome.lr),
+            grad_norm: Some(outcome.grad_norm),
+            tokens_per_s: Some(tokens as f64 / seconds.max(1e-9)),
+            ..MetricRecord::default()
+        }
+    }
+}
+
 /// Why the log could not be read or written; names the file.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {message}", path.display())]

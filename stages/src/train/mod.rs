@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod neftune;
 pub mod optim;
 pub mod output;
+pub mod resume;
 pub mod rng;
 pub mod schedule;
 pub mod step;

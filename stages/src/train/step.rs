@@ -100,7 +100,30 @@ pub struct Trainer {
     max_grad_norm: f64,
 }
 
+/// Test-only interventions in a trainer stage's run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Hooks {
+    /// Stop with an error right after this step (a simulated crash).
+    pub stop_after: Option<usize>,
+}
+
 impl Trainer {
+    /// The trainer of the attached LoRA of `model`, and its number of trainable parameters.
+    pub fn for_lora(
+        model: &LlamaModel,
+        weight_decay: f64,
+        schedule: Schedule,
+        max_grad_norm: f64,
+    ) -> candle_core::Result<(Self, u64)> {
+        let params = AdamWParams {
+            weight_decay,
+            ..AdamWParams::default()
+        };
+        let vars = model.trainable_vars();
+        let trainable = vars.iter().map(|v| v.elem_count() as u64).sum();
+        Ok((Self::new(vars, params, schedule, max_grad_norm)?, trainable))
+    }
+
     pub fn new(
         vars: Vec<Var>,
         params: AdamWParams,
