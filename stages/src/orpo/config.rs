@@ -35,6 +35,15 @@ pub enum Nll {
     Full,
 }
 
+impl Nll {
+    pub fn name(self) -> &'static str {
+        match self {
+            Nll::Completion => "completion",
+            Nll::Full => "full",
+        }
+    }
+}
+
 /// The `[orpo]` table as written; [`OrpoStageConfig::resolve`] gives the effective settings.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

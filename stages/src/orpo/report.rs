@@ -131,11 +131,11 @@ fn write_summary(s: &OrpoSummary, out: &mut dyn Write) -> std::io::Result<()> {
     }
     writeln!(
         out,
-        "run         {} steps ({:.2} epochs), beta {}, nll {:?}, lr {:e} {}, batch {} x {} accumulation, seed {}{}",
+        "run         {} steps ({:.2} epochs), beta {}, nll {}, lr {:e} {}, batch {} x {} accumulation, seed {}{}",
         s.steps,
         s.epochs,
         set.beta,
-        set.nll,
+        set.nll.name(),
         set.learning_rate,
         set.lr_scheduler.name(),
         set.batch_size,
