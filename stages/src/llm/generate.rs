@@ -178,19 +178,31 @@ impl<'a> Generator<'a> {
         let streams: Vec<(u64, u64)> = (0..prompts.len() as u64)
             .map(|i| (config.seed, first_row + i))
             .collect();
-        self.generate_streams(prompts, &streams, config, on_text)
+        self.generate_rows(prompts, &streams, config, false, on_text)
     }
 
     /// As [`Generator::generate_timed`], with each sequence's sampler stream given explicitly:
     /// sequence `i` draws from the stream of `(streams[i].0, streams[i].1)` (seed, row) and
     /// `config.seed` is not used. For callers whose sequences are identified by something
     /// other than their position in one request (a prompt id and a candidate number), so that
-    /// any grouping of sequences into batches samples the same tokens.
+    /// any grouping of sequences into batches samples the same tokens. Identical prompts (the
+    /// candidates of one prompt) are prefilled once and their cache rows copied.
     pub fn generate_streams(
         &self,
         prompts: &[Vec<u32>],
         streams: &[(u64, u64)],
         config: &GenerationConfig,
+        on_text: &mut dyn FnMut(usize, &str),
+    ) -> LlmResult<(Vec<Generation>, GenerationTimings)> {
+        self.generate_rows(prompts, streams, config, true, on_text)
+    }
+
+    fn generate_rows(
+        &self,
+        prompts: &[Vec<u32>],
+        streams: &[(u64, u64)],
+        config: &GenerationConfig,
+        share_prefill: bool,
         on_text: &mut dyn FnMut(usize, &str),
     ) -> LlmResult<(Vec<Generation>, GenerationTimings)> {
         if streams.len() != prompts.len() {
@@ -220,11 +232,15 @@ impl<'a> Generator<'a> {
             .collect();
         let start = Instant::now();
         let mut cache = self.model.new_cache();
-        let (ids, mask) = self.left_padded(prompts)?;
-        let mut logits = self
-            .model
-            .forward_cached_last(&ids, Some(&mask), &mut cache)?;
-        let table = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let (table, mut logits) = if share_prefill {
+            self.prefill_shared(prompts, &mut cache)?
+        } else {
+            let (ids, mask) = self.left_padded(prompts)?;
+            let logits = self
+                .model
+                .forward_cached_last(&ids, Some(&mask), &mut cache)?;
+            (logits.to_dtype(DType::F32)?.to_vec2::<f32>()?, logits)
+        };
         let mut timings = GenerationTimings {
             prefill_s: start.elapsed().as_secs_f64(),
             ..GenerationTimings::default()
@@ -288,6 +304,34 @@ impl<'a> Generator<'a> {
             )));
         }
         Ok(config.max_new_tokens.min(context - longest))
+    }
+
+    /// Prefills each distinct prompt once, then copies its cache row to every sequence with
+    /// that prompt: the first-token logits of every sequence and the (distinct rows') logits.
+    fn prefill_shared(
+        &self,
+        prompts: &[Vec<u32>],
+        cache: &mut KvCache,
+    ) -> LlmResult<(Vec<Vec<f32>>, Tensor)> {
+        let mut distinct: Vec<Vec<u32>> = Vec::new();
+        let mut row_of: Vec<usize> = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            match distinct.iter().position(|d| d == p) {
+                Some(k) => row_of.push(k),
+                None => {
+                    row_of.push(distinct.len());
+                    distinct.push(p.clone());
+                }
+            }
+        }
+        let (ids, mask) = self.left_padded(&distinct)?;
+        let logits = self.model.forward_cached_last(&ids, Some(&mask), cache)?;
+        let unique = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        if distinct.len() < prompts.len() {
+            cache.retain_rows(&row_of)?;
+        }
+        let table = row_of.iter().map(|&k| unique[k].clone()).collect();
+        Ok((table, logits))
     }
 
     /// `[batch, longest]` ids padded on the left, and the mask of real tokens.

@@ -223,3 +223,32 @@ fn fixture_greedy_generation_matches_transformers() {
         "only {compared} greedy tokens were comparable"
     );
 }
+
+#[test]
+fn explicit_streams_share_the_prefill_of_identical_prompts_and_sample_the_same() {
+    let (model, tok) = tiny();
+    let all = prompts(tok);
+    // Two prompts, three candidates each, interleaved: prefilled as two rows, decoded as six.
+    let batch: Vec<Vec<u32>> = [0, 1, 0, 1, 0, 1].iter().map(|&i| all[i].clone()).collect();
+    let streams: Vec<(u64, u64)> = [(10, 0), (20, 0), (10, 1), (20, 1), (10, 2), (20, 2)].to_vec();
+    let generator = Generator::new(model, tok);
+    let (shared, _) = generator
+        .generate_streams(&batch, &streams, &sampled(0), &mut |_, _| {})
+        .unwrap();
+    // Each sequence alone, through the unshared path, with the same stream.
+    for (i, (p, &(seed, row))) in batch.iter().zip(&streams).enumerate() {
+        let alone = run(std::slice::from_ref(p), row, &sampled(seed));
+        assert_eq!(alone[0], shared[i], "sequence {i}");
+    }
+    assert_ne!(
+        shared[0].tokens, shared[2].tokens,
+        "candidates of one prompt differ"
+    );
+    let err = generator
+        .generate_streams(&batch, &streams[..2], &sampled(0), &mut |_, _| {})
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("2 sampler streams for 6 prompts"),
+        "{err}"
+    );
+}
