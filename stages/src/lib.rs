@@ -6,6 +6,7 @@ pub mod generate;
 pub mod ingest;
 pub mod llm;
 pub mod model;
+pub mod orpo;
 pub mod progress;
 pub mod score;
 pub mod scoring;
@@ -29,5 +30,6 @@ pub fn registry() -> Vec<Box<dyn DynStage>> {
         erase::<sft::Sft>(),
         erase::<generate::Generate>(),
         erase::<score::Score>(),
+        erase::<orpo::Orpo>(),
     ]
 }

@@ -6,8 +6,8 @@
 //! directory hold the LoRA weights, the AdamW moments and the step. A run killed at any point
 //! resumes from its last checkpoint and ends with the same adapter as an uninterrupted one.
 
-mod config;
-mod data;
+pub(crate) mod config;
+pub(crate) mod data;
 mod report;
 #[cfg(test)]
 mod tests;
@@ -27,23 +27,22 @@ pub use report::{Sample, SftSummary, ADAPTER_DIR, METRICS_FILE, SAMPLES_FILE, SU
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
 use crate::ingest::{self, IngestError, TRAIN_FILE, VAL_FILE};
 use crate::llm::loss::{TargetLogProbs, DEFAULT_CHUNK};
-use crate::llm::{
-    portable_base_reference, LlamaModel, LlmError, LoraConfig, Mode, PeftAdapter, TargetMask,
-    TokenBatch,
-};
+use crate::llm::{LlamaModel, LlmError, Mode, TargetMask, TokenBatch};
 use crate::model::{BaseModel, ModelError};
 use crate::progress::{Bar, Progress};
 use crate::train::checkpoint::{self, CheckpointError};
 use crate::train::eval::completion_loss;
 use crate::train::greedy::greedy;
-use crate::train::lora_state::{lora_tensors, restore_lora};
 use crate::train::memory::{peak_rss_mb, reset_peak};
 use crate::train::metrics::MetricsError;
+use crate::train::output::{copy, save_adapter, write_json, write_jsonl, OutputError};
+use crate::train::resume::{fingerprint, resume, ResumeError, RunCheckpoint, ThisRun};
 use crate::train::rng::{derive, Stream};
-use crate::train::schedule::warmup_steps_from_ratio;
+use crate::train::step::Hooks;
+use crate::train::step::{culprits, kept_checkpoint, NonFinite};
 use crate::train::{
-    neftune, AdamWParams, EvalResult, MetricRecord, MetricsLog, Plan, Schedule, StepFailure,
-    StepOutcome, Trainer,
+    neftune, EvalResult, MetricRecord, MetricsLog, Plan, Schedule, StepFailure, StepOutcome,
+    Trainer,
 };
 
 /// The `sft` stage.
@@ -83,6 +82,8 @@ pub enum SftError {
     },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error("sft: {{0}}")]
+    Resume(#[from] ResumeError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
     #[error("cannot write {}: {source}", path.display())]
@@ -93,19 +94,6 @@ pub enum SftError {
     },
     #[error("sft: stopped after step {0} as asked (a simulated crash)")]
     Interrupted(usize),
-}
-
-/// A NaN or infinite loss or gradient: where, on which rows, and what is left to resume from.
-#[derive(Debug, thiserror::Error)]
-#[error("sft: non-finite {what} ({value}) at step {step} of {total}, in the batch of train rows {rows}; {kept}; lower `learning_rate` (now {lr:e}), keep `max_grad_norm` on, or check those rows")]
-pub struct NonFinite {
-    pub what: &'static str,
-    pub value: f64,
-    pub step: usize,
-    pub total: usize,
-    pub rows: String,
-    pub kept: String,
-    pub lr: f64,
 }
 
 fn llm(context: impl Into<String>) -> impl FnOnce(LlmError) -> SftError {
@@ -120,6 +108,15 @@ fn candle(context: &str) -> impl FnOnce(candle_core::Error) -> SftError + '_ {
     move |e| SftError::Llm {
         context: context.to_string(),
         source: Box::new(e.into()),
+    }
+}
+
+impl From<OutputError> for SftError {
+    fn from(e: OutputError) -> Self {
+        SftError::Write {
+            path: e.path,
+            source: e.source,
+        }
     }
 }
 
@@ -179,13 +176,6 @@ impl Stage for Sft {
     }
 }
 
-/// Test-only interventions in a run.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Hooks {
-    /// Stop with [`SftError::Interrupted`] right after this step (a simulated crash).
-    pub stop_after: Option<usize>,
-}
-
 /// Bumped when the checkpoint layout or meaning changes: older checkpoints are ignored.
 const STATE_FORMAT: u32 = 1;
 const METRICS_PARTIAL: &str = "metrics.jsonl";
@@ -208,6 +198,16 @@ struct RunState {
     /// The latest evaluation and the step it ran after.
     last_eval: (usize, EvalResult),
     samples_before: Vec<String>,
+}
+
+impl RunCheckpoint for RunState {
+    fn identity(&self) -> (u32, &str) {
+        (self.format, &self.fingerprint)
+    }
+
+    fn step(&self) -> usize {
+        self.step
+    }
 }
 
 /// Everything a run needs, prepared from the settings and the inputs.
@@ -249,7 +249,7 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
         ..
     } = base;
     model
-        .attach_lora(&lora_config(&settings, seed))
+        .attach_lora(&settings.lora.engine_config(seed))
         .map_err(llm("cannot attach LoRA"))?;
     let lengths: Vec<usize> = train.iter().map(TokenRow::len).collect();
     let plan = Plan::new(
@@ -260,14 +260,13 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
         seed,
     );
     let schedule = schedule(&settings, plan.total_steps());
-    let params = AdamWParams {
-        weight_decay: settings.weight_decay,
-        ..AdamWParams::default()
-    };
-    let vars = model.trainable_vars();
-    let trainable: u64 = vars.iter().map(|v| v.elem_count() as u64).sum();
-    let trainer = Trainer::new(vars, params, schedule, settings.max_grad_norm)
-        .map_err(candle("cannot create the optimizer"))?;
+    let (trainer, trainable) = Trainer::for_lora(
+        &model,
+        settings.weight_decay,
+        schedule,
+        settings.max_grad_norm,
+    )
+    .map_err(candle("cannot create the optimizer"))?;
     let pad = info.pad_token_id;
     let eval_batches = eval_batches(&val, settings.batch_size, pad, &device)?;
     report_data(
@@ -280,7 +279,8 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
         schedule.warmup,
         trainable,
     );
-    let fingerprint = fingerprint(&settings, seed, &train, &val, &info.name);
+    let rows = train.iter().chain(&val).map(|r| (r.id.as_str(), r.len()));
+    let fingerprint = fingerprint(STATE_FORMAT, &settings, seed, &info.name, &[], rows);
     let partial = cx.partial_dir().map_err(|source| SftError::Write {
         path: PathBuf::from("the checkpoint directory under artifacts/.partial/sft"),
         source,
@@ -323,9 +323,7 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
     state.wall_seconds += run.started.elapsed().as_secs_f64();
 
     let out = cx.out_dir().to_path_buf();
-    let base_name = portable_base(&info.name, &info.path, &out.join(ADAPTER_DIR))?;
-    PeftAdapter::from_model(&run.model, &base_name)
-        .and_then(|a| a.save(&out.join(ADAPTER_DIR)))
+    let base_name = save_adapter(&run.model, &info.name, &info.path, &out.join(ADAPTER_DIR))
         .map_err(llm("cannot write the adapter"))?;
     copy(&run.partial.join(METRICS_PARTIAL), &out.join(METRICS_FILE))?;
     let samples = samples_file(&sample_rows, &state.samples_before, &samples_after);
@@ -350,31 +348,15 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
     Ok(())
 }
 
-/// The adapter to train: the configured LoRA, initialised from the run's seed.
-fn lora_config(settings: &SftSettings, seed: u64) -> LoraConfig {
-    LoraConfig {
-        r: settings.lora.r,
-        alpha: settings.lora.alpha,
-        dropout: settings.lora.dropout,
-        target_modules: settings.target_modules(),
-        use_rslora: settings.lora.use_rslora,
-        seed: derive(seed, Stream::LoraInit, 0, 0),
-    }
-}
-
 /// The learning rate of every step of a run of `total` steps.
 fn schedule(settings: &SftSettings, total: usize) -> Schedule {
-    let warmup = match (settings.warmup_steps, settings.warmup_ratio) {
-        (Some(w), _) => w,
-        (None, Some(r)) => warmup_steps_from_ratio(r, total),
-        (None, None) => 0,
-    };
-    Schedule {
-        peak: settings.learning_rate,
-        warmup,
+    Schedule::new(
+        settings.learning_rate,
+        settings.lr_scheduler,
         total,
-        kind: settings.lr_scheduler,
-    }
+        settings.warmup_steps,
+        settings.warmup_ratio,
+    )
 }
 
 /// The lines of `samples.jsonl`.
@@ -464,30 +446,6 @@ fn sample_rows<'r>(
         .collect()
 }
 
-/// Identifies a run: a checkpoint of anything else (settings, seed, data, base) is not resumed.
-fn fingerprint(
-    settings: &SftSettings,
-    seed: u64,
-    train: &[TokenRow],
-    val: &[TokenRow],
-    base: &str,
-) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(&STATE_FORMAT.to_le_bytes());
-    h.update(
-        serde_json::to_string(settings)
-            .unwrap_or_default()
-            .as_bytes(),
-    );
-    h.update(&seed.to_le_bytes());
-    h.update(base.as_bytes());
-    for row in train.iter().chain(val) {
-        h.update(row.id.as_bytes());
-        h.update(&(row.len() as u64).to_le_bytes());
-    }
-    h.finalize().to_hex()[..16].to_string()
-}
-
 #[allow(clippy::too_many_arguments)]
 fn report_data(
     progress: &dyn Progress,
@@ -534,29 +492,17 @@ fn report_data(
 impl Run<'_> {
     /// Restores the checkpoint of this run, if there is one.
     fn resume(&mut self) -> Result<Option<RunState>, SftError> {
-        let Some(loaded) = checkpoint::load::<RunState>(&self.partial, self.model.device())? else {
-            return Ok(None);
+        let this = ThisRun {
+            stage: "sft",
+            partial: &self.partial,
+            format: STATE_FORMAT,
+            fingerprint: &self.fingerprint,
+            total_steps: self.plan.total_steps(),
+            progress: self.progress,
         };
-        if loaded.state.format != STATE_FORMAT || loaded.state.fingerprint != self.fingerprint {
-            self.progress.info(&format!(
-                "sft: ignoring the checkpoint in {} (another run's); starting over",
-                loaded.dir.display()
-            ));
-            checkpoint::clear(&self.partial)?;
-            return Ok(None);
-        }
-        let step = loaded.state.step;
-        restore_lora(&self.model, &loaded.tensors).map_err(llm("cannot restore the checkpoint"))?;
-        self.trainer
-            .restore_optimizer(&loaded.tensors, step)
-            .map_err(candle("cannot restore the optimizer state"))?;
-        self.saved_step = Some(step);
-        self.progress.info(&format!(
-            "sft: resuming from the checkpoint of step {step} of {} in {}",
-            self.plan.total_steps(),
-            loaded.dir.display()
-        ));
-        Ok(Some(loaded.state))
+        let state: Option<RunState> = resume(&this, &self.model, &mut self.trainer)?;
+        self.saved_step = state.as_ref().map(|s| s.step);
+        Ok(state)
     }
 
     /// A run from step 0: the evaluation and samples before training, and a new log.
@@ -616,16 +562,11 @@ impl Run<'_> {
             state.target_tokens += targets;
             state.train_seconds += seconds;
             state.losses.push(outcome.loss);
-            let mut record = MetricRecord {
-                step: step + 1,
-                epoch: self.plan.epoch_at(step + 1),
-                loss: Some(outcome.loss),
-                lr: Some(outcome.lr),
-                grad_norm: Some(outcome.grad_norm),
-                tokens_per_s: Some(tokens as f64 / seconds.max(1e-9)),
-                ..MetricRecord::default()
-            };
-            if self.evaluates_after(step + 1) {
+            let mut record = MetricRecord::for_step(&self.plan, step, &outcome, tokens, seconds);
+            if self
+                .plan
+                .evaluates_after(step + 1, self.settings.eval_every)
+            {
                 let result = self.evaluate()?;
                 record.eval_loss = Some(result.loss);
                 record.eval_perplexity = Some(result.perplexity);
@@ -639,7 +580,7 @@ impl Run<'_> {
             }
             log.append(&record)?;
             update_bar(bar.as_ref(), &record);
-            if (step + 1) % self.settings.save_every == 0 && step + 1 < total {
+            if self.plan.saves_after(step + 1, self.settings.save_every) {
                 state.wall_seconds = wall_at_start + self.started.elapsed().as_secs_f64();
                 self.save(state)?;
             }
@@ -650,14 +591,6 @@ impl Run<'_> {
         state.wall_seconds = wall_at_start;
         bar.finish();
         Ok(())
-    }
-
-    fn evaluates_after(&self, completed: usize) -> bool {
-        completed == self.plan.total_steps()
-            || self
-                .settings
-                .eval_every
-                .is_some_and(|k| completed.is_multiple_of(k))
     }
 
     /// One optimizer step; returns what it did, the tokens it processed and the target tokens
@@ -697,17 +630,15 @@ impl Run<'_> {
         match result {
             Ok(outcome) => Ok((outcome, tokens, targets.iter().sum())),
             Err(StepFailure::NonFinite { what, value, micro }) => {
-                let culprits: Vec<String> = match micro {
-                    Some(i) => rows[i].iter().map(|r| r.describe()).collect(),
-                    None => rows.iter().flatten().map(|r| r.describe()).collect(),
-                };
                 Err(SftError::NonFinite(Box::new(NonFinite {
+                    stage: "sft",
                     what,
                     value,
                     step: step + 1,
                     total: self.plan.total_steps(),
-                    rows: culprits.join(", "),
-                    kept: self.kept_checkpoint(),
+                    unit: "train rows",
+                    rows: culprits(&rows, micro, |r| r.describe()),
+                    kept: kept_checkpoint(self.saved_step, &self.partial, self.settings.save_every),
                     lr: self.trainer.schedule().lr(step),
                 })))
             }
@@ -718,22 +649,8 @@ impl Run<'_> {
         }
     }
 
-    fn kept_checkpoint(&self) -> String {
-        match self.saved_step {
-            Some(k) => format!(
-                "the last good checkpoint (step {k}) stays in {} (a re-run with the same settings resumes from it)",
-                self.partial.display()
-            ),
-            None => format!(
-                "no checkpoint was written yet (save_every = {})",
-                self.settings.save_every
-            ),
-        }
-    }
-
     fn save(&mut self, state: &RunState) -> Result<(), SftError> {
-        let mut tensors = lora_tensors(&self.model);
-        tensors.extend(self.trainer.optimizer_tensors());
+        let tensors = self.trainer.checkpoint_tensors(&self.model);
         checkpoint::save(&self.partial, state, &tensors)?;
         self.saved_step = Some(state.step);
         Ok(())
@@ -819,17 +736,6 @@ fn update_bar(bar: &dyn Bar, r: &MetricRecord) {
     ));
 }
 
-/// PEFT's `base_model_name_or_path`: the model stage's portable name (a hub id or the path
-/// as written, relative to the workspace). An absolute path as written is not portable: it
-/// becomes a path relative to the adapter directory instead.
-fn portable_base(name: &str, resolved: &Path, adapter_dir: &Path) -> Result<String, SftError> {
-    if crate::llm::base_ref::check_portable(name).is_ok() {
-        return Ok(name.to_string());
-    }
-    portable_base_reference(&resolved.to_string_lossy(), adapter_dir)
-        .map_err(llm("cannot name the base model portably"))
-}
-
 fn summarize(
     run: &Run<'_>,
     state: &RunState,
@@ -871,40 +777,4 @@ fn summarize(
             ..run.settings.clone()
         },
     }
-}
-
-fn copy(from: &Path, to: &Path) -> Result<(), SftError> {
-    std::fs::copy(from, to)
-        .map(|_| ())
-        .map_err(|source| SftError::Write {
-            path: to.to_path_buf(),
-            source,
-        })
-}
-
-fn write_json(path: &Path, value: &impl Serialize) -> Result<(), SftError> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| SftError::Write {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e),
-    })?;
-    std::fs::write(path, text + "\n").map_err(|source| SftError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), SftError> {
-    let mut text = String::new();
-    for row in rows {
-        let line = serde_json::to_string(row).map_err(|e| SftError::Write {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e),
-        })?;
-        text.push_str(&line);
-        text.push('\n');
-    }
-    std::fs::write(path, text).map_err(|source| SftError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
 }

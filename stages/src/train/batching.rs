@@ -85,6 +85,17 @@ impl Plan {
         self.steps.len()
     }
 
+    /// Whether the run evaluates after `completed` steps: every `every` steps and at the end.
+    pub fn evaluates_after(&self, completed: usize, every: Option<usize>) -> bool {
+        completed == self.total_steps() || every.is_some_and(|k| completed.is_multiple_of(k))
+    }
+
+    /// Whether the run checkpoints after `completed` steps: every `every` steps, except at the
+    /// end (a finished run commits its outputs instead).
+    pub fn saves_after(&self, completed: usize, every: usize) -> bool {
+        completed.is_multiple_of(every.max(1)) && completed < self.total_steps()
+    }
+
     /// The fractional epoch reached after `completed` steps, as HF logs it.
     pub fn epoch_at(&self, completed: usize) -> f64 {
         completed as f64 / self.steps_per_epoch as f64
