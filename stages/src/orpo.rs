@@ -229,11 +229,10 @@ pub(crate) fn run_orpo(cfg: &OrpoStageConfig, cx: &mut StageContext, hooks: Hook
     reset_peak();
     let settings = cfg.resolve();
     let seed = settings.seed.unwrap_or(cx.seed());
-    let device = Device::Cpu;
     let pairs_path = cx.input("score")?.join(PAIRS_FILE);
     let sft_dir = cx.input("sft")?.join(crate::sft::ADAPTER_DIR);
-    let base =
-        BaseModel::load(cx.input("model")?, cx.workspace(), &device).map_err(OrpoError::from)?;
+    let (base, device) =
+        BaseModel::open(cx.input("model")?, cx.workspace()).map_err(OrpoError::from)?;
     let pairs = prepare_pairs(&base, &pairs_path, &settings, seed)?;
     let BaseModel {
         info, mut model, ..
