@@ -4,6 +4,7 @@
 pub mod contract;
 pub mod ingest;
 pub mod llm;
+pub mod merge;
 pub mod model;
 pub mod progress;
 pub mod scoring;
