@@ -4,9 +4,11 @@
 pub mod contract;
 pub mod ingest;
 pub mod llm;
+pub mod generate;
 pub mod merge;
 pub mod model;
 pub mod progress;
+pub mod score;
 pub mod scoring;
 pub mod sft;
 pub mod tabular;
@@ -26,5 +28,7 @@ pub fn registry() -> Vec<Box<dyn DynStage>> {
         erase::<ingest::Ingest>(),
         erase::<model::Model>(),
         erase::<sft::Sft>(),
+        erase::<generate::Generate>(),
+        erase::<score::Score>(),
     ]
 }

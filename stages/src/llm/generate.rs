@@ -175,6 +175,31 @@ impl<'a> Generator<'a> {
         config: &GenerationConfig,
         on_text: &mut dyn FnMut(usize, &str),
     ) -> LlmResult<(Vec<Generation>, GenerationTimings)> {
+        let streams: Vec<(u64, u64)> = (0..prompts.len() as u64)
+            .map(|i| (config.seed, first_row + i))
+            .collect();
+        self.generate_streams(prompts, &streams, config, on_text)
+    }
+
+    /// As [`Generator::generate_timed`], with each sequence's sampler stream given explicitly:
+    /// sequence `i` draws from the stream of `(streams[i].0, streams[i].1)` (seed, row) and
+    /// `config.seed` is not used. For callers whose sequences are identified by something
+    /// other than their position in one request (a prompt id and a candidate number), so that
+    /// any grouping of sequences into batches samples the same tokens.
+    pub fn generate_streams(
+        &self,
+        prompts: &[Vec<u32>],
+        streams: &[(u64, u64)],
+        config: &GenerationConfig,
+        on_text: &mut dyn FnMut(usize, &str),
+    ) -> LlmResult<(Vec<Generation>, GenerationTimings)> {
+        if streams.len() != prompts.len() {
+            return Err(LlmError::Invalid(format!(
+                "generate: {} sampler streams for {} prompts",
+                streams.len(),
+                prompts.len()
+            )));
+        }
         config.sampling.validate()?;
         let max_new = self.check_request(prompts, config)?;
         let eos = if config.ignore_eos {
@@ -184,9 +209,9 @@ impl<'a> Generator<'a> {
         };
         let mut rows: Vec<Row> = prompts
             .iter()
-            .enumerate()
-            .map(|(i, p)| Row {
-                sampler: Sampler::new(&config.sampling, config.seed, first_row + i as u64, p),
+            .zip(streams)
+            .map(|(p, &(seed, row))| Row {
+                sampler: Sampler::new(&config.sampling, seed, row, p),
                 stream: TextStream::new(&config.stop_strings),
                 tokens: Vec::new(),
                 logprob_sum: 0.0,

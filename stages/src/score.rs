@@ -1,0 +1,416 @@
+//! The `score` stage: rates generate's candidates (and each prompt's reference answer) with the
+//! configured scorers of [`crate::scoring`], turns them into chosen/rejected pairs for orpo,
+//! and records the effective scorers so that `eval` rebuilds exactly the same ones
+//! ([`load_scorers`], [`score_answers`]).
+
+mod report;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+pub use report::{ScoreStats, ScoredCandidate, ScoredPrompt, SourceCounts};
+
+use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
+use crate::generate::{self, CandidateRecord, GenerateError, CANDIDATES_FILE};
+use crate::progress::Progress;
+use crate::scoring::{
+    distributions, read_extra_pairs, Pair, PairBuilder, PromptCandidates, ScoreConfig, ScoreInput,
+    ScoredText, Scorers, ScorersConfig, Scores, ScoringError,
+};
+
+/// One [`ScoredPrompt`] per line.
+pub const SCORES_FILE: &str = "scores.jsonl";
+/// One [`Pair`] per line: generated pairs, then the extra pairs. What orpo trains on.
+pub const PAIRS_FILE: &str = "pairs.jsonl";
+/// [`ScoreStats`].
+pub const STATS_FILE: &str = "stats.json";
+/// The effective [`ScorersConfig`], paths absolute: what [`load_scorers`] rebuilds.
+pub const SCORERS_FILE: &str = "scorers.json";
+
+/// Script extensions: an `argv` entry with one of them is a file the command runs, hashed
+/// into the key like `inputs`.
+const SCRIPT_EXTENSIONS: &[&str] = &["py", "sh", "bash", "js", "mjs", "rb", "pl", "lua", "r"];
+
+/// The `score` stage.
+pub struct Score;
+
+/// Why score failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    #[error(transparent)]
+    Scoring(#[from] ScoringError),
+    #[error("{}: {message}", path.display())]
+    Read { path: PathBuf, message: String },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> ScoreError + '_ {
+    move |source| ScoreError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Stage for Score {
+    const NAME: &'static str = "score";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str =
+        "score generated candidates (reference, embedding, rules, command) into preference pairs";
+    const DEPS: &'static [&'static str] = &["generate"];
+    const STARTER: &'static str = r#"[score]
+# include_reference = true # the reference answer competes as a candidate (usually chosen)
+# min_margin = 0.05        # keep a pair only if chosen − rejected ≥ this (scores in [0, 1])
+# With no scorer table, `reference` runs alone with its defaults.
+
+[score.reference]          # ROUGE-L F1 and chrF against the reference answer
+# weight = 1.0
+
+# [score.embedding]        # cosine of sentence embeddings (scripts/fetch-embedder.sh)
+# model = "models/all-MiniLM-L6-v2"
+
+# [score.rules]            # weighted share of rules passed
+# [[score.rules.rule]]
+# max_tokens = 120
+# [[score.rules.rule]]
+# must_not_match = "(?i)as an ai"
+
+# [score.command]          # an external judge: JSONL rows on stdin, one number per row out
+# argv = ["python3", "judges/judge.py"]
+# scale = [0, 10]
+
+# [score.extra_pairs]      # hand-made pairs (CSV: prompt, chosen, rejected[, system])
+# path = "data/extra_pairs.csv"
+"#;
+    type Config = ScoreConfig;
+
+    fn external_inputs(cfg: &ScoreConfig) -> Vec<PathBuf> {
+        let mut inputs = cfg.external_inputs();
+        for script in command_scripts(&cfg.scorers()) {
+            if !inputs.contains(&script) {
+                inputs.push(script);
+            }
+        }
+        inputs
+    }
+
+    fn validate(cfg: &ScoreConfig) -> Result<(), ConfigIssue> {
+        cfg.validate()
+    }
+
+    fn run(cfg: &ScoreConfig, cx: &mut StageContext) -> StageResult {
+        run_score(cfg, cx).map_err(Into::into)
+    }
+
+    fn show(dir: &Path, out: &mut dyn Write) -> std::io::Result<()> {
+        report::show(dir, out)
+    }
+}
+
+/// `argv` entries (after the program) that name a relative script file, e.g. `judge.py` in
+/// `["python3", "judges/judge.py"]`; the program itself when it is a relative path with a `/`.
+fn command_scripts(cfg: &ScorersConfig) -> Vec<PathBuf> {
+    let Some(command) = &cfg.command else {
+        return Vec::new();
+    };
+    command
+        .argv
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| {
+            let p = Path::new(a.as_str());
+            let script = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| SCRIPT_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+            let program_path = *i == 0 && a.contains('/');
+            p.is_relative()
+                && !a.starts_with('-')
+                && !a.contains(char::is_whitespace)
+                && (script || program_path)
+        })
+        .map(|(_, a)| PathBuf::from(a))
+        .collect()
+}
+
+fn run_score(cfg: &ScoreConfig, cx: &mut StageContext) -> Result<(), ScoreError> {
+    let started = Instant::now();
+    let workspace = cx.workspace().to_path_buf();
+    let records = generate::read_candidates(&cx.input("generate").map_err(read)?.join(CANDIDATES_FILE))?;
+    let effective = resolved_scorers(&cfg.scorers(), &workspace);
+    let scorers = Scorers::new(&effective, &workspace)?;
+    let names: Vec<String> = scorers
+        .weights()
+        .iter()
+        .map(|(k, w)| format!("{} ×{w}", k.name()))
+        .collect();
+    cx.progress().info(&format!(
+        "score: {} prompts, {} candidates, scorers {}",
+        records.len(),
+        records.iter().map(|r| r.candidates.len()).sum::<usize>(),
+        names.join(", ")
+    ));
+    let scored = score_records(&scorers, &records, cx.progress())?;
+    let prompts: Vec<PromptCandidates> = scored.iter().map(pool).collect();
+    let set = PairBuilder::new(cfg.include_reference, cfg.min_margin).build(&prompts)?;
+    let extra = match &cfg.extra_pairs {
+        Some(extra) => read_extra_pairs(extra, &workspace)?,
+        None => Vec::new(),
+    };
+    let out = cx.out_dir().to_path_buf();
+    write_jsonl(&out.join(SCORES_FILE), &scored)?;
+    let pairs: Vec<&Pair> = set.pairs.iter().chain(&extra).collect();
+    write_jsonl(&out.join(PAIRS_FILE), &pairs)?;
+    write_json(&out.join(SCORERS_FILE), &effective)?;
+    let stats = report::stats(cfg, &scorers, &scored, &set, extra.len(), started);
+    write_json(&out.join(STATS_FILE), &stats)?;
+    cx.progress().info(&format!(
+        "score: {} pairs from {} prompts ({} dropped: {}), {} extra; mean combined score {:.3}",
+        set.pairs.len(),
+        scored.len(),
+        set.drops.total(),
+        set.drops.describe(),
+        extra.len(),
+        stats
+            .distributions
+            .get("combined")
+            .map(|d| d.mean)
+            .unwrap_or(f64::NAN)
+    ));
+    cx.set_metric("pairs", pairs.len());
+    cx.set_metric("dropped", set.drops.total());
+    if let Some(d) = stats.distributions.get("combined") {
+        cx.set_metric("mean_combined", d.mean);
+    }
+    Ok(())
+}
+
+fn read(e: crate::contract::StageError) -> ScoreError {
+    ScoreError::Read {
+        path: PathBuf::from("generate"),
+        message: e.to_string(),
+    }
+}
+
+/// Scores every candidate of every record, and each reference answer as a candidate of its
+/// own prompt (the similarity scorers give it 1; rules and the command judge it), in one
+/// batch so a command scorer starts once.
+fn score_records(
+    scorers: &Scorers,
+    records: &[CandidateRecord],
+    progress: &dyn Progress,
+) -> Result<Vec<ScoredPrompt>, ScoreError> {
+    let ids: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            std::iter::once(format!("{}/reference", r.id))
+                .chain((0..r.candidates.len()).map(|j| format!("{}/{j}", r.id)))
+                .collect()
+        })
+        .collect();
+    let mut inputs = Vec::new();
+    for (r, ids) in records.iter().zip(&ids) {
+        let texts = std::iter::once(r.reference.as_str())
+            .chain(r.candidates.iter().map(|c| c.text.as_str()));
+        for (id, candidate) in ids.iter().zip(texts) {
+            inputs.push(ScoreInput {
+                id,
+                prompt: &r.prompt,
+                reference: &r.reference,
+                candidate,
+            });
+        }
+    }
+    let mut scores = scorers.score(&inputs, progress)?.into_iter();
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        let reference = scores.next().ok_or_else(short)?;
+        let candidates = r
+            .candidates
+            .iter()
+            .map(|c| {
+                Ok(ScoredCandidate {
+                    text: c.text.clone(),
+                    scores: scores.next().ok_or_else(short)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ScoreError>>()?;
+        out.push(ScoredPrompt {
+            id: r.id.clone(),
+            prompt: r.prompt.clone(),
+            system: r.system.clone(),
+            reference: ScoredCandidate {
+                text: r.reference.clone(),
+                scores: reference,
+            },
+            candidates,
+        });
+    }
+    Ok(out)
+}
+
+fn short() -> ScoreError {
+    ScoreError::Read {
+        path: PathBuf::from("scorers"),
+        message: "the scorers returned fewer scores than rows".into(),
+    }
+}
+
+/// The pair builder's view of a scored prompt: combined scores only.
+fn pool(p: &ScoredPrompt) -> PromptCandidates {
+    let scored = |c: &ScoredCandidate| ScoredText {
+        text: c.text.clone(),
+        score: c.scores.combined,
+    };
+    PromptCandidates {
+        id: p.id.clone(),
+        prompt: p.prompt.clone(),
+        system: p.system.clone(),
+        reference: Some(scored(&p.reference)),
+        candidates: p.candidates.iter().map(scored).collect(),
+    }
+}
+
+/// The scorers with every workspace-relative path made absolute (the embedding model, the
+/// command's inputs, its program and script arguments), so they can be rebuilt from the
+/// artifact alone.
+pub fn resolved_scorers(cfg: &ScorersConfig, workspace: &Path) -> ScorersConfig {
+    let abs = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::path::absolute(workspace.join(p)).unwrap_or_else(|_| workspace.join(p))
+        }
+    };
+    let mut cfg = cfg.effective();
+    if let Some(e) = &mut cfg.embedding {
+        e.model = abs(&e.model);
+    }
+    let scripts = command_scripts(&cfg);
+    if let Some(c) = &mut cfg.command {
+        c.inputs = c.inputs.iter().map(|p| abs(p)).collect();
+        for arg in &mut c.argv {
+            if scripts.iter().any(|s| s.as_os_str() == arg.as_str()) {
+                *arg = abs(Path::new(arg.as_str())).to_string_lossy().into_owned();
+            }
+        }
+    }
+    cfg
+}
+
+/// The scorers a score artifact used, rebuilt from its `scorers.json` (for `eval`). The
+/// command scorer, if any, runs in `workspace`.
+pub fn load_scorers(score_dir: &Path, workspace: &Path) -> Result<Scorers, ScoreError> {
+    let path = score_dir.join(SCORERS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| ScoreError::Read {
+        path: path.clone(),
+        message: format!("cannot read it: {e}; re-run `pipe run --from score`"),
+    })?;
+    let cfg: ScorersConfig = serde_json::from_str(&text).map_err(|e| ScoreError::Read {
+        path: path.clone(),
+        message: format!("not a scorer configuration: {e}; re-run `pipe run --from score`"),
+    })?;
+    Ok(Scorers::new(&cfg, workspace)?)
+}
+
+/// One answer to score, as `eval` has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer<'a> {
+    /// Names the row in a command scorer's input and in errors (e.g. `<example id>/sft`).
+    pub id: &'a str,
+    pub prompt: &'a str,
+    pub reference: &'a str,
+    pub answer: &'a str,
+}
+
+/// Scores answers with [`load_scorers`]' scorers: one [`Scores`] per answer, in order, on the
+/// same scale as the score stage's (`combined` in [0, 1] plus each scorer's score).
+pub fn score_answers(
+    scorers: &Scorers,
+    answers: &[Answer<'_>],
+    progress: &dyn Progress,
+) -> Result<Vec<Scores>, ScoringError> {
+    let rows: Vec<ScoreInput<'_>> = answers
+        .iter()
+        .map(|a| ScoreInput {
+            id: a.id,
+            prompt: a.prompt,
+            reference: a.reference,
+            candidate: a.answer,
+        })
+        .collect();
+    scorers.score(&rows, progress)
+}
+
+/// Reads `pairs.jsonl` (for orpo): one [`Pair`] per line.
+pub fn read_pairs(path: &Path) -> Result<Vec<Pair>, ScoreError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ScoreError::Read {
+        path: path.to_path_buf(),
+        message: format!("cannot read it: {e}"),
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| ScoreError::Read {
+                path: path.to_path_buf(),
+                message: format!("line {}: not a pair: {e}", i + 1),
+            })
+        })
+        .collect()
+}
+
+/// Reads `scores.jsonl`.
+pub fn read_scores(path: &Path) -> Result<Vec<ScoredPrompt>, ScoreError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ScoreError::Read {
+        path: path.to_path_buf(),
+        message: format!("cannot read it: {e}"),
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| ScoreError::Read {
+                path: path.to_path_buf(),
+                message: format!("line {}: not a scored prompt: {e}", i + 1),
+            })
+        })
+        .collect()
+}
+
+/// Distributions of the combined score and each scorer over `rows`.
+pub(crate) fn distributions_of<'a>(
+    rows: impl Iterator<Item = &'a Scores>,
+) -> BTreeMap<String, crate::scoring::Distribution> {
+    let all: Vec<Scores> = rows.cloned().collect();
+    distributions(&all)
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), ScoreError> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| write_error(path)(std::io::Error::other(e)))?;
+    std::fs::write(path, text + "\n").map_err(write_error(path))
+}
+
+fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), ScoreError> {
+    let mut text = String::new();
+    for row in rows {
+        let line =
+            serde_json::to_string(row).map_err(|e| write_error(path)(std::io::Error::other(e)))?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    std::fs::write(path, text).map_err(write_error(path))
+}
