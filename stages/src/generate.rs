@@ -62,7 +62,9 @@ pub enum GenerateError {
         #[source]
         source: Box<LlmError>,
     },
-    #[error("[generate] the {split} split has no rows; use split = \"both\" or check the ingest stage")]
+    #[error(
+        "[generate] the {split} split has no rows; use split = \"both\" or check the ingest stage"
+    )]
     NoPrompts { split: &'static str },
     #[error("cannot write {}: {source}", path.display())]
     Write {
@@ -162,8 +164,8 @@ pub(crate) fn run_generate(
     let started = Instant::now();
     let seed = cfg.seed.unwrap_or(cx.seed());
     let device = Device::Cpu;
-    let base =
-        BaseModel::load(cx.input("model")?, cx.workspace(), &device).map_err(GenerateError::from)?;
+    let base = BaseModel::load(cx.input("model")?, cx.workspace(), &device)
+        .map_err(GenerateError::from)?;
     let rows = read_split(cx.input("ingest")?, cfg.split)?;
     let rows = select(rows, cfg.limit, seed);
     let prompts = render(&base, rows, seed)?;
@@ -180,7 +182,9 @@ pub(crate) fn run_generate(
         .map_err(llm("cannot merge the sft adapter into the base model"))?;
     // Packed after merging, so the 8-bit decode copies hold the adapted weights.
     if !cfg.exact {
-        model.pack_for_decode().map_err(llm("cannot pack the weights for decoding"))?;
+        model
+            .pack_for_decode()
+            .map_err(llm("cannot pack the weights for decoding"))?;
     }
     let generation = generation_config(cfg, &info.eos_token_ids);
     let partial = cx.partial_dir().map_err(|source| GenerateError::Write {
@@ -264,7 +268,9 @@ fn read_split(ingest_dir: &Path, split: Split) -> Result<Vec<ingest::Example>, G
         rows.extend(ingest::read_examples(&ingest_dir.join(VAL_FILE))?);
     }
     if rows.is_empty() {
-        return Err(GenerateError::NoPrompts { split: split.name() });
+        return Err(GenerateError::NoPrompts {
+            split: split.name(),
+        });
     }
     Ok(rows)
 }
@@ -553,14 +559,11 @@ fn summarize(
     wall_seconds: f64,
     resumed_from: usize,
 ) -> GenerateSummary {
-    let mut finish_reasons: BTreeMap<String, usize> = [
-        FinishReason::Eos,
-        FinishReason::Stop,
-        FinishReason::Length,
-    ]
-    .iter()
-    .map(|r| (r.as_str().to_string(), 0))
-    .collect();
+    let mut finish_reasons: BTreeMap<String, usize> =
+        [FinishReason::Eos, FinishReason::Stop, FinishReason::Length]
+            .iter()
+            .map(|r| (r.as_str().to_string(), 0))
+            .collect();
     let mut tokens = 0;
     let mut candidates = 0;
     let mut all_distinct = 0;

@@ -2,9 +2,10 @@
 //! through the [`Stage`] contract and the [`registry`] without knowing any ML.
 
 pub mod contract;
+pub mod eval;
+pub mod generate;
 pub mod ingest;
 pub mod llm;
-pub mod generate;
 pub mod merge;
 pub mod model;
 pub mod progress;

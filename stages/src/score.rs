@@ -148,7 +148,8 @@ fn command_scripts(cfg: &ScorersConfig) -> Vec<PathBuf> {
 fn run_score(cfg: &ScoreConfig, cx: &mut StageContext) -> Result<(), ScoreError> {
     let started = Instant::now();
     let workspace = cx.workspace().to_path_buf();
-    let records = generate::read_candidates(&cx.input("generate").map_err(read)?.join(CANDIDATES_FILE))?;
+    let records =
+        generate::read_candidates(&cx.input("generate").map_err(read)?.join(CANDIDATES_FILE))?;
     let effective = resolved_scorers(&cfg.scorers(), &workspace);
     let scorers = Scorers::new(&effective, &workspace)?;
     let names: Vec<String> = scorers

@@ -163,7 +163,10 @@ pub fn validate(cfg: &GenerateConfig) -> Result<(), ConfigIssue> {
     if let Some(i) = cfg.stop.iter().position(String::is_empty) {
         return Err(ConfigIssue::new(
             "stop",
-            format!("entry {} is empty; an empty stop text would end every answer at once", i + 1),
+            format!(
+                "entry {} is empty; an empty stop text would end every answer at once",
+                i + 1
+            ),
         ));
     }
     Ok(())

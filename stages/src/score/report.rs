@@ -130,7 +130,11 @@ pub fn show(dir: &Path, out: &mut dyn Write) -> std::io::Result<()> {
     let text = std::fs::read_to_string(dir.join(STATS_FILE))?;
     let s: ScoreStats = serde_json::from_str(&text).map_err(std::io::Error::other)?;
     let scorers: Vec<String> = s.scorers.iter().map(|(k, w)| format!("{k} ×{w}")).collect();
-    writeln!(out, "scored      {} prompts, {} candidates", s.prompts, s.candidates)?;
+    writeln!(
+        out,
+        "scored      {} prompts, {} candidates",
+        s.prompts, s.candidates
+    )?;
     writeln!(out, "scorers     {}", scorers.join(", "))?;
     writeln!(
         out,
@@ -172,7 +176,12 @@ const COLUMN: usize = 48;
 
 /// A pair's prompt, then chosen and rejected in two columns.
 fn write_pair(p: &Pair, out: &mut dyn Write) -> std::io::Result<()> {
-    writeln!(out, "[{}] {}", p.id, crate::generate::report_one_line(&p.prompt, 150))?;
+    writeln!(
+        out,
+        "[{}] {}",
+        p.id,
+        crate::generate::report_one_line(&p.prompt, 150)
+    )?;
     let head = |label: &str, score: Option<f64>, source: TextSource| {
         let score = score.map(|s| format!(" {s:.3}")).unwrap_or_default();
         format!("{label}{score} ({})", source_name(source))
