@@ -8,6 +8,7 @@ pub mod ingest;
 pub mod llm;
 pub mod merge;
 pub mod model;
+pub mod orpo;
 pub mod progress;
 pub mod score;
 pub mod scoring;
@@ -31,5 +32,8 @@ pub fn registry() -> Vec<Box<dyn DynStage>> {
         erase::<sft::Sft>(),
         erase::<generate::Generate>(),
         erase::<score::Score>(),
+        erase::<orpo::Orpo>(),
+        erase::<merge::Merge>(),
+        erase::<eval::Eval>(),
     ]
 }

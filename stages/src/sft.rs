@@ -6,8 +6,8 @@
 //! directory hold the LoRA weights, the AdamW moments and the step. A run killed at any point
 //! resumes from its last checkpoint and ends with the same adapter as an uninterrupted one.
 
-mod config;
-mod data;
+pub(crate) mod config;
+pub(crate) mod data;
 mod report;
 #[cfg(test)]
 mod tests;
@@ -27,20 +27,17 @@ pub use report::{Sample, SftSummary, ADAPTER_DIR, METRICS_FILE, SAMPLES_FILE, SU
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
 use crate::ingest::{self, IngestError, TRAIN_FILE, VAL_FILE};
 use crate::llm::loss::{TargetLogProbs, DEFAULT_CHUNK};
-use crate::llm::{
-    portable_base_reference, LlamaModel, LlmError, LoraConfig, Mode, PeftAdapter, TargetMask,
-    TokenBatch,
-};
+use crate::llm::{LlamaModel, LlmError, Mode, TargetMask, TokenBatch};
 use crate::model::{BaseModel, ModelError};
 use crate::progress::{Bar, Progress};
 use crate::train::checkpoint::{self, CheckpointError};
 use crate::train::eval::completion_loss;
 use crate::train::greedy::greedy;
-use crate::train::lora_state::{lora_tensors, restore_lora};
 use crate::train::memory::{peak_rss_mb, reset_peak};
 use crate::train::metrics::MetricsError;
+use crate::train::output::{copy, save_adapter, write_json, write_jsonl, OutputError};
 use crate::train::rng::{derive, Stream};
-use crate::train::schedule::warmup_steps_from_ratio;
+use crate::train::step::{culprits, kept_checkpoint, NonFinite};
 use crate::train::{
     neftune, AdamWParams, EvalResult, MetricRecord, MetricsLog, Plan, Schedule, StepFailure,
     StepOutcome, Trainer,
@@ -95,19 +92,6 @@ pub enum SftError {
     Interrupted(usize),
 }
 
-/// A NaN or infinite loss or gradient: where, on which rows, and what is left to resume from.
-#[derive(Debug, thiserror::Error)]
-#[error("sft: non-finite {what} ({value}) at step {step} of {total}, in the batch of train rows {rows}; {kept}; lower `learning_rate` (now {lr:e}), keep `max_grad_norm` on, or check those rows")]
-pub struct NonFinite {
-    pub what: &'static str,
-    pub value: f64,
-    pub step: usize,
-    pub total: usize,
-    pub rows: String,
-    pub kept: String,
-    pub lr: f64,
-}
-
 fn llm(context: impl Into<String>) -> impl FnOnce(LlmError) -> SftError {
     let context = context.into();
     move |source| SftError::Llm {
@@ -120,6 +104,15 @@ fn candle(context: &str) -> impl FnOnce(candle_core::Error) -> SftError + '_ {
     move |e| SftError::Llm {
         context: context.to_string(),
         source: Box::new(e.into()),
+    }
+}
+
+impl From<OutputError> for SftError {
+    fn from(e: OutputError) -> Self {
+        SftError::Write {
+            path: e.path,
+            source: e.source,
+        }
     }
 }
 
@@ -250,7 +243,7 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
         ..
     } = base;
     model
-        .attach_lora(&lora_config(&settings, seed))
+        .attach_lora(&settings.lora.engine_config(seed))
         .map_err(llm("cannot attach LoRA"))?;
     let lengths: Vec<usize> = train.iter().map(TokenRow::len).collect();
     let plan = Plan::new(
@@ -324,9 +317,7 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
     state.wall_seconds += run.started.elapsed().as_secs_f64();
 
     let out = cx.out_dir().to_path_buf();
-    let base_name = portable_base(&info.name, &info.path, &out.join(ADAPTER_DIR))?;
-    PeftAdapter::from_model(&run.model, &base_name)
-        .and_then(|a| a.save(&out.join(ADAPTER_DIR)))
+    let base_name = save_adapter(&run.model, &info.name, &info.path, &out.join(ADAPTER_DIR))
         .map_err(llm("cannot write the adapter"))?;
     copy(&run.partial.join(METRICS_PARTIAL), &out.join(METRICS_FILE))?;
     let samples = samples_file(&sample_rows, &state.samples_before, &samples_after);
@@ -351,31 +342,15 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
     Ok(())
 }
 
-/// The adapter to train: the configured LoRA, initialised from the run's seed.
-fn lora_config(settings: &SftSettings, seed: u64) -> LoraConfig {
-    LoraConfig {
-        r: settings.lora.r,
-        alpha: settings.lora.alpha,
-        dropout: settings.lora.dropout,
-        target_modules: settings.target_modules(),
-        use_rslora: settings.lora.use_rslora,
-        seed: derive(seed, Stream::LoraInit, 0, 0),
-    }
-}
-
 /// The learning rate of every step of a run of `total` steps.
 fn schedule(settings: &SftSettings, total: usize) -> Schedule {
-    let warmup = match (settings.warmup_steps, settings.warmup_ratio) {
-        (Some(w), _) => w,
-        (None, Some(r)) => warmup_steps_from_ratio(r, total),
-        (None, None) => 0,
-    };
-    Schedule {
-        peak: settings.learning_rate,
-        warmup,
+    Schedule::new(
+        settings.learning_rate,
+        settings.lr_scheduler,
         total,
-        kind: settings.lr_scheduler,
-    }
+        settings.warmup_steps,
+        settings.warmup_ratio,
+    )
 }
 
 /// The lines of `samples.jsonl`.
@@ -547,10 +522,9 @@ impl Run<'_> {
             return Ok(None);
         }
         let step = loaded.state.step;
-        restore_lora(&self.model, &loaded.tensors).map_err(llm("cannot restore the checkpoint"))?;
         self.trainer
-            .restore_optimizer(&loaded.tensors, step)
-            .map_err(candle("cannot restore the optimizer state"))?;
+            .restore_checkpoint(&self.model, &loaded.tensors, step)
+            .map_err(llm("cannot restore the checkpoint"))?;
         self.saved_step = Some(step);
         self.progress.info(&format!(
             "sft: resuming from the checkpoint of step {step} of {} in {}",
@@ -698,17 +672,15 @@ impl Run<'_> {
         match result {
             Ok(outcome) => Ok((outcome, tokens, targets.iter().sum())),
             Err(StepFailure::NonFinite { what, value, micro }) => {
-                let culprits: Vec<String> = match micro {
-                    Some(i) => rows[i].iter().map(|r| r.describe()).collect(),
-                    None => rows.iter().flatten().map(|r| r.describe()).collect(),
-                };
                 Err(SftError::NonFinite(Box::new(NonFinite {
+                    stage: "sft",
                     what,
                     value,
                     step: step + 1,
                     total: self.plan.total_steps(),
-                    rows: culprits.join(", "),
-                    kept: self.kept_checkpoint(),
+                    unit: "train rows",
+                    rows: culprits(&rows, micro, |r| r.describe()),
+                    kept: kept_checkpoint(self.saved_step, &self.partial, self.settings.save_every),
                     lr: self.trainer.schedule().lr(step),
                 })))
             }
@@ -719,22 +691,8 @@ impl Run<'_> {
         }
     }
 
-    fn kept_checkpoint(&self) -> String {
-        match self.saved_step {
-            Some(k) => format!(
-                "the last good checkpoint (step {k}) stays in {} (a re-run with the same settings resumes from it)",
-                self.partial.display()
-            ),
-            None => format!(
-                "no checkpoint was written yet (save_every = {})",
-                self.settings.save_every
-            ),
-        }
-    }
-
     fn save(&mut self, state: &RunState) -> Result<(), SftError> {
-        let mut tensors = lora_tensors(&self.model);
-        tensors.extend(self.trainer.optimizer_tensors());
+        let tensors = self.trainer.checkpoint_tensors(&self.model);
         checkpoint::save(&self.partial, state, &tensors)?;
         self.saved_step = Some(state.step);
         Ok(())
@@ -820,17 +778,6 @@ fn update_bar(bar: &dyn Bar, r: &MetricRecord) {
     ));
 }
 
-/// PEFT's `base_model_name_or_path`: the model stage's portable name (a hub id or the path
-/// as written, relative to the workspace). An absolute path as written is not portable: it
-/// becomes a path relative to the adapter directory instead.
-fn portable_base(name: &str, resolved: &Path, adapter_dir: &Path) -> Result<String, SftError> {
-    if crate::llm::base_ref::check_portable(name).is_ok() {
-        return Ok(name.to_string());
-    }
-    portable_base_reference(&resolved.to_string_lossy(), adapter_dir)
-        .map_err(llm("cannot name the base model portably"))
-}
-
 fn summarize(
     run: &Run<'_>,
     state: &RunState,
@@ -872,40 +819,4 @@ fn summarize(
             ..run.settings.clone()
         },
     }
-}
-
-fn copy(from: &Path, to: &Path) -> Result<(), SftError> {
-    std::fs::copy(from, to)
-        .map(|_| ())
-        .map_err(|source| SftError::Write {
-            path: to.to_path_buf(),
-            source,
-        })
-}
-
-fn write_json(path: &Path, value: &impl Serialize) -> Result<(), SftError> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| SftError::Write {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e),
-    })?;
-    std::fs::write(path, text + "\n").map_err(|source| SftError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), SftError> {
-    let mut text = String::new();
-    for row in rows {
-        let line = serde_json::to_string(row).map_err(|e| SftError::Write {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e),
-        })?;
-        text.push_str(&line);
-        text.push('\n');
-    }
-    std::fs::write(path, text).map_err(|source| SftError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
 }

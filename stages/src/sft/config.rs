@@ -233,10 +233,7 @@ impl SftConfig {
             (Some(r), None) => (Some(r), None),
             (None, None) => (Some(d.warmup_ratio), None),
         };
-        let targets: Vec<String> = match &self.lora.target_modules {
-            Some(t) => t.clone(),
-            None => d.target_modules.iter().map(|s| s.to_string()).collect(),
-        };
+        let targets: Vec<String> = d.target_modules.iter().map(|s| s.to_string()).collect();
         SftSettings {
             preset: self.preset,
             epochs,
@@ -261,13 +258,49 @@ impl SftConfig {
             max_eval_rows: self.max_eval_rows,
             samples: self.samples.unwrap_or(SAMPLES),
             sample_max_new_tokens: self.sample_max_new_tokens.unwrap_or(SAMPLE_MAX_NEW_TOKENS),
-            lora: LoraSettings {
-                r: self.lora.r.unwrap_or(d.r),
-                alpha: self.lora.alpha.unwrap_or(d.alpha),
-                dropout: self.lora.dropout.unwrap_or(LORA_DROPOUT),
-                target_modules: canonical_targets(&targets),
-                use_rslora: self.lora.use_rslora.unwrap_or(false),
-            },
+            lora: self.lora.resolve(d.r, d.alpha, &targets),
+        }
+    }
+}
+
+impl LoraKeys {
+    /// The effective LoRA settings: the keys written over the given defaults (`targets`
+    /// applies when `target_modules` is left out).
+    pub(crate) fn resolve(&self, r: usize, alpha: f64, targets: &[String]) -> LoraSettings {
+        let targets = self.target_modules.as_deref().unwrap_or(targets);
+        LoraSettings {
+            r: self.r.unwrap_or(r),
+            alpha: self.alpha.unwrap_or(alpha),
+            dropout: self.dropout.unwrap_or(LORA_DROPOUT),
+            target_modules: canonical_targets(targets),
+            use_rslora: self.use_rslora.unwrap_or(false),
+        }
+    }
+
+    /// Whether the table sets any key.
+    pub(crate) fn is_empty(&self) -> bool {
+        self == &LoraKeys::default()
+    }
+}
+
+impl LoraSettings {
+    /// The target modules as the engine's enum (validated names).
+    pub fn target_modules(&self) -> Vec<TargetModule> {
+        self.target_modules
+            .iter()
+            .filter_map(|n| TargetModule::from_hf_name(n))
+            .collect()
+    }
+
+    /// The engine's LoRA configuration, its A matrices initialised from the run's seed.
+    pub fn engine_config(&self, seed: u64) -> crate::llm::LoraConfig {
+        crate::llm::LoraConfig {
+            r: self.r,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            target_modules: self.target_modules(),
+            use_rslora: self.use_rslora,
+            seed: crate::train::rng::derive(seed, crate::train::rng::Stream::LoraInit, 0, 0),
         }
     }
 }
@@ -290,11 +323,7 @@ impl SftSettings {
 
     /// The target modules as the engine's enum (validated names).
     pub fn target_modules(&self) -> Vec<TargetModule> {
-        self.lora
-            .target_modules
-            .iter()
-            .filter_map(|n| TargetModule::from_hf_name(n))
-            .collect()
+        self.lora.target_modules()
     }
 }
 
@@ -325,32 +354,12 @@ fn canonical_targets(names: &[String]) -> Vec<String> {
 /// Checks what serde cannot: ranges, exclusive keys, module names. Keys are named as in the
 /// table (`learning_rate`, `lora.r`).
 pub fn validate(cfg: &SftConfig) -> Result<(), ConfigIssue> {
-    if cfg.epochs.is_some() && cfg.max_steps.is_some() {
-        return Err(ConfigIssue::new(
-            "max_steps",
-            "set either `epochs` or `max_steps`, not both (max_steps counts optimizer steps)",
-        ));
-    }
-    if cfg.warmup_ratio.is_some() && cfg.warmup_steps.is_some() {
-        return Err(ConfigIssue::new(
-            "warmup_steps",
-            "set either `warmup_ratio` or `warmup_steps`, not both",
-        ));
-    }
     let s = cfg.resolve();
-    if let Some(e) = s.epochs {
-        positive_finite("epochs", e, "e.g. 1 or 0.5")?;
-    }
-    at_least("max_steps", s.max_steps, 1)?;
-    positive_finite("learning_rate", s.learning_rate, "e.g. 2e-4")?;
-    if let Some(r) = s.warmup_ratio {
-        if !(0.0..1.0).contains(&r) {
-            return Err(ConfigIssue::new(
-                "warmup_ratio",
-                format!("must be in [0, 1), got {r}; 0.03 warms up over the first 3% of steps"),
-            ));
-        }
-    }
+    validate_run_length(
+        (cfg.epochs, cfg.max_steps),
+        (cfg.warmup_ratio, cfg.warmup_steps),
+        s.learning_rate,
+    )?;
     at_least("batch_size", Some(s.batch_size), 1)?;
     at_least("gradient_accumulation", Some(s.gradient_accumulation), 1)?;
     at_least("max_seq_len", Some(s.max_seq_len), 2)?;
@@ -364,7 +373,42 @@ pub fn validate(cfg: &SftConfig) -> Result<(), ConfigIssue> {
     validate_lora(&s.lora)
 }
 
-fn validate_lora(l: &LoraSettings) -> Result<(), ConfigIssue> {
+/// The keys every trainer shares: `epochs` or `max_steps`, `warmup_ratio` or `warmup_steps`
+/// (each pair exclusive), and a positive `learning_rate`.
+pub(crate) fn validate_run_length(
+    (epochs, max_steps): (Option<f64>, Option<usize>),
+    (warmup_ratio, warmup_steps): (Option<f64>, Option<usize>),
+    learning_rate: f64,
+) -> Result<(), ConfigIssue> {
+    if epochs.is_some() && max_steps.is_some() {
+        return Err(ConfigIssue::new(
+            "max_steps",
+            "set either `epochs` or `max_steps`, not both (max_steps counts optimizer steps)",
+        ));
+    }
+    if warmup_ratio.is_some() && warmup_steps.is_some() {
+        return Err(ConfigIssue::new(
+            "warmup_steps",
+            "set either `warmup_ratio` or `warmup_steps`, not both",
+        ));
+    }
+    if let Some(e) = epochs {
+        positive_finite("epochs", e, "e.g. 1 or 0.5")?;
+    }
+    at_least("max_steps", max_steps, 1)?;
+    positive_finite("learning_rate", learning_rate, "e.g. 2e-4")?;
+    if let Some(r) = warmup_ratio {
+        if !(0.0..1.0).contains(&r) {
+            return Err(ConfigIssue::new(
+                "warmup_ratio",
+                format!("must be in [0, 1), got {r}; 0.03 warms up over the first 3% of steps"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_lora(l: &LoraSettings) -> Result<(), ConfigIssue> {
     at_least("lora.r", Some(l.r), 1)?;
     positive_finite("lora.alpha", l.alpha, "usually twice `r`")?;
     if !(0.0..1.0).contains(&l.dropout) {
@@ -414,7 +458,7 @@ fn nearest_module(name: &str) -> Option<&'static str> {
         .map(|(n, _)| n)
 }
 
-fn positive_finite(key: &str, v: f64, example: &str) -> Result<(), ConfigIssue> {
+pub(crate) fn positive_finite(key: &str, v: f64, example: &str) -> Result<(), ConfigIssue> {
     if v.is_finite() && v > 0.0 {
         Ok(())
     } else {
@@ -425,7 +469,7 @@ fn positive_finite(key: &str, v: f64, example: &str) -> Result<(), ConfigIssue> 
     }
 }
 
-fn non_negative_finite(key: &str, v: f64) -> Result<(), ConfigIssue> {
+pub(crate) fn non_negative_finite(key: &str, v: f64) -> Result<(), ConfigIssue> {
     if v.is_finite() && v >= 0.0 {
         Ok(())
     } else {
@@ -436,7 +480,7 @@ fn non_negative_finite(key: &str, v: f64) -> Result<(), ConfigIssue> {
     }
 }
 
-fn at_least(key: &str, v: Option<usize>, min: usize) -> Result<(), ConfigIssue> {
+pub(crate) fn at_least(key: &str, v: Option<usize>, min: usize) -> Result<(), ConfigIssue> {
     match v {
         Some(n) if n < min => Err(ConfigIssue::new(
             key,

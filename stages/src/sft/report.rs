@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::SftSettings;
 use super::data::FitCounts;
+use crate::train::chart;
 use crate::train::metrics::{self, MetricRecord};
 use crate::train::EvalResult;
 
@@ -161,106 +162,13 @@ fn write_summary(s: &SftSummary, out: &mut dyn Write) -> std::io::Result<()> {
     Ok(())
 }
 
-const CHART_WIDTH: usize = 60;
-const CHART_HEIGHT: usize = 10;
-
-/// A terminal chart: train loss per step (`·`), eval loss where evaluated (`o`), and a
-/// sparkline of the train loss.
+/// A terminal chart of the train loss per step (`·`) and the eval loss where evaluated (`o`).
 pub fn write_chart(records: &[MetricRecord], out: &mut dyn Write) -> std::io::Result<()> {
     let train: Vec<(usize, f64)> = records
         .iter()
         .filter_map(|r| r.loss.map(|l| (r.step, l)))
-        .filter(|(_, l)| l.is_finite())
         .collect();
-    let evals: Vec<(usize, f64)> = eval_points(records)
-        .into_iter()
-        .filter(|(_, l)| l.is_finite())
-        .collect();
-    if train.is_empty() && evals.is_empty() {
-        return writeln!(out, "loss curve  (no steps logged)");
-    }
-    let last_step = train
-        .iter()
-        .chain(&evals)
-        .map(|(s, _)| *s)
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let values = train.iter().chain(&evals).map(|(_, l)| *l);
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-        (a.min(v), b.max(v))
-    });
-    let span = (hi - lo).max(1e-9);
-    let width = CHART_WIDTH.min(last_step + 1);
-    let column = |step: usize| step * (width - 1) / last_step;
-    let row = |loss: f64| ((hi - loss) / span * (CHART_HEIGHT - 1) as f64).round() as usize;
-    let mut grid = vec![vec![' '; width]; CHART_HEIGHT];
-    for (col, mean) in column_means(&train, width, column) {
-        grid[row(mean)][col] = '·';
-    }
-    for &(step, loss) in &evals {
-        grid[row(loss)][column(step)] = 'o';
-    }
-    writeln!(out, "loss curve  · train   o eval")?;
-    for (i, line) in grid.iter().enumerate() {
-        let label = if i == 0 {
-            format!("{hi:>8.3}")
-        } else if i == CHART_HEIGHT - 1 {
-            format!("{lo:>8.3}")
-        } else {
-            " ".repeat(8)
-        };
-        writeln!(out, "  {label} │{}", line.iter().collect::<String>())?;
-    }
-    writeln!(out, "  {} └{}", " ".repeat(8), "─".repeat(width))?;
-    writeln!(
-        out,
-        "  {} step 0{}step {last_step}",
-        " ".repeat(8),
-        " ".repeat(width.saturating_sub(7 + format!("step {last_step}").len()))
-    )?;
-    if !train.is_empty() {
-        let means: Vec<f64> = column_means(&train, width, column)
-            .into_iter()
-            .map(|(_, m)| m)
-            .collect();
-        writeln!(out, "  train     {}", sparkline(&means))?;
-    }
-    Ok(())
-}
-
-/// The mean of the points falling into each column.
-fn column_means(
-    points: &[(usize, f64)],
-    width: usize,
-    column: impl Fn(usize) -> usize,
-) -> Vec<(usize, f64)> {
-    let mut sums = vec![(0.0, 0usize); width];
-    for &(step, value) in points {
-        let c = column(step).min(width - 1);
-        sums[c].0 += value;
-        sums[c].1 += 1;
-    }
-    sums.into_iter()
-        .enumerate()
-        .filter(|(_, (_, n))| *n > 0)
-        .map(|(c, (s, n))| (c, s / n as f64))
-        .collect()
-}
-
-/// `▇▆▅▃▂▁`: one block per value, scaled between the minimum and the maximum.
-pub fn sparkline(values: &[f64]) -> String {
-    const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let (lo, hi) = values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
-    let span = (hi - lo).max(1e-12);
-    values
-        .iter()
-        .map(|v| BLOCKS[(((v - lo) / span) * 7.0).round() as usize])
-        .collect()
+    chart::write_chart("loss", &train, &eval_points(records), out)
 }
 
 fn read_samples(path: &Path) -> std::io::Result<Vec<Sample>> {
@@ -324,7 +232,6 @@ mod tests {
         assert!(text.contains("3.200") && text.contains("0.030"), "{text}");
         let spark = text.lines().last().unwrap();
         assert!(spark.contains('█') && spark.contains('▁'), "{text}");
-        assert_eq!(sparkline(&[1.0, 0.0]), "█▁");
         let mut empty = Vec::new();
         write_chart(&[], &mut empty).unwrap();
         assert!(String::from_utf8(empty).unwrap().contains("no steps"));

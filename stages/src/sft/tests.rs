@@ -8,6 +8,7 @@ use super::*;
 use crate::contract::pick_table;
 use crate::ingest::Example as Row;
 use crate::llm::testing::micro::max_abs_diff;
+use crate::llm::PeftAdapter;
 use crate::model::Model;
 use crate::progress::NullProgress;
 

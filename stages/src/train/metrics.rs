@@ -2,6 +2,7 @@
 //! `log_history`). It is written to the partial directory as training goes, so a resumed run
 //! keeps the lines up to its checkpoint and drops those of steps it will redo.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -30,6 +31,10 @@ pub struct MetricRecord {
     pub eval_loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_perplexity: Option<f64>,
+    /// A trainer's own metrics under their TRL names (orpo: `rewards/margins`,
+    /// `eval_rewards/accuracies`, ...), at the top level of the line as TRL logs them.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, f64>,
 }
 
 /// Why the log could not be read or written; names the file.
@@ -156,8 +161,15 @@ mod tests {
         assert_eq!(steps, vec![0, 1, 2, 3]);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
-            !text.contains("eval_loss"),
+            !text.contains("eval_loss") && !text.contains("extra"),
             "absent fields are omitted: {text}"
         );
+        let mut log = MetricsLog::open(&path, Some(3)).unwrap();
+        let mut own = record(4);
+        own.extra.insert("rewards/margins".into(), 0.25);
+        log.append(&own).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"rewards/margins\":0.25"), "{text}");
+        assert_eq!(read(&path).unwrap().last().unwrap(), &own);
     }
 }

@@ -4,6 +4,7 @@
 //! evaluation, greedy samples and the peak-memory probe.
 
 pub mod batching;
+pub mod chart;
 pub mod checkpoint;
 pub mod eval;
 pub mod grads;
@@ -13,6 +14,7 @@ pub mod memory;
 pub mod metrics;
 pub mod neftune;
 pub mod optim;
+pub mod output;
 pub mod rng;
 pub mod schedule;
 pub mod step;

@@ -36,6 +36,28 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// The schedule of a run of `total` steps that warms up over `warmup_steps`, else over
+    /// `warmup_ratio` of the steps, else not at all.
+    pub fn new(
+        peak: f64,
+        kind: LrScheduler,
+        total: usize,
+        warmup_steps: Option<usize>,
+        warmup_ratio: Option<f64>,
+    ) -> Self {
+        let warmup = match (warmup_steps, warmup_ratio) {
+            (Some(w), _) => w,
+            (None, Some(r)) => warmup_steps_from_ratio(r, total),
+            (None, None) => 0,
+        };
+        Schedule {
+            peak,
+            warmup,
+            total,
+            kind,
+        }
+    }
+
     /// The rate used by optimizer step `step` (0-based), as HF's `LambdaLR` gives it: during
     /// warmup `peak·step/warmup` (so a run with warmup starts at 0, exactly like HF).
     pub fn lr(&self, step: usize) -> f64 {

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor, Var};
 
 use super::grads::{clip, global_norm, GradAccumulator};
+use super::lora_state::{lora_tensors, restore_lora};
 use super::optim::{AdamW, AdamWParams};
 use super::schedule::Schedule;
-use crate::llm::LlmError;
+use crate::llm::{LlamaModel, LlmError};
 
 /// What went wrong inside a step; the caller adds the step number and the rows at fault.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,54 @@ pub enum StepFailure {
 impl From<candle_core::Error> for StepFailure {
     fn from(e: candle_core::Error) -> Self {
         StepFailure::Llm(e.into())
+    }
+}
+
+/// A NaN or infinite loss or gradient, as a trainer stage reports it: where, on which rows,
+/// and what is left to resume from.
+#[derive(Debug, thiserror::Error)]
+#[error("{stage}: non-finite {what} ({value}) at step {step} of {total}, in the batch of {unit} {rows}; {kept}; lower `learning_rate` (now {lr:e}), keep `max_grad_norm` on, or check those rows")]
+pub struct NonFinite {
+    pub stage: &'static str,
+    pub what: &'static str,
+    pub value: f64,
+    /// 1-based.
+    pub step: usize,
+    pub total: usize,
+    /// What the rows are (`train rows`, `train pairs`).
+    pub unit: &'static str,
+    pub rows: String,
+    /// What is left to resume from ([`kept_checkpoint`]).
+    pub kept: String,
+    pub lr: f64,
+}
+
+/// The rows at fault in a step's micro-batches `batches`: those of micro-batch `micro`, or
+/// all of them when the fault is in the summed gradient.
+pub fn culprits<T>(
+    batches: &[Vec<T>],
+    micro: Option<usize>,
+    describe: impl Fn(&T) -> String,
+) -> String {
+    let rows: Vec<String> = match micro {
+        Some(i) => batches[i].iter().map(&describe).collect(),
+        None => batches.iter().flatten().map(&describe).collect(),
+    };
+    rows.join(", ")
+}
+
+/// What a failed run leaves to resume from, for its error message.
+pub fn kept_checkpoint(
+    saved_step: Option<usize>,
+    partial: &std::path::Path,
+    save_every: usize,
+) -> String {
+    match saved_step {
+        Some(k) => format!(
+            "the last good checkpoint (step {k}) stays in {} (a re-run with the same settings resumes from it)",
+            partial.display()
+        ),
+        None => format!("no checkpoint was written yet (save_every = {save_every})"),
     }
 }
 
@@ -120,6 +169,25 @@ impl Trainer {
             grad_norm,
             lr,
         })
+    }
+
+    /// What a checkpoint of a LoRA run holds: the LoRA matrices of `model` and the optimizer's
+    /// moments.
+    pub fn checkpoint_tensors(&self, model: &LlamaModel) -> Vec<(String, Tensor)> {
+        let mut tensors = lora_tensors(model);
+        tensors.extend(self.optimizer_tensors());
+        tensors
+    }
+
+    /// Sets the LoRA of `model` and the optimizer back to a checkpoint taken after `steps`.
+    pub fn restore_checkpoint(
+        &mut self,
+        model: &LlamaModel,
+        tensors: &HashMap<String, Tensor>,
+        steps: usize,
+    ) -> Result<(), LlmError> {
+        restore_lora(model, tensors)?;
+        Ok(self.restore_optimizer(tensors, steps)?)
     }
 
     /// The optimizer's moments, for a checkpoint.
