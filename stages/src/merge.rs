@@ -62,6 +62,8 @@ pub enum MergeError {
         #[source]
         source: Box<LlmError>,
     },
+    #[error("{}: {message}", path.display())]
+    Read { path: PathBuf, message: String },
     #[error("cannot write {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -128,19 +130,25 @@ impl Stage for Merge {
 
     fn run(cfg: &MergeConfig, cx: &mut StageContext) -> StageResult {
         let started = Instant::now();
-        let adapter_dirs: Vec<(String, PathBuf)> = MERGED_STAGES
+        let stages = merged_stages(cx.input("orpo")?)?;
+        let adapter_dirs: Vec<(String, PathBuf)> = stages
             .iter()
             .map(|s| Ok((s.to_string(), cx.input(s)?.join(STAGE_ADAPTER_DIR))))
             .collect::<StageResult<_>>()?;
-        let summary = merge(
+        // When orpo continued the sft adapter, the sft one is kept for reference only.
+        let kept: Vec<(String, PathBuf)> = if stages.contains(&"sft") {
+            Vec::new()
+        } else {
+            vec![("sft".into(), cx.input("sft")?.join(STAGE_ADAPTER_DIR))]
+        };
+        let mut summary = merge(
             cfg,
             cx.input("model")?,
             cx.workspace(),
-            &adapter_dirs,
+            (&adapter_dirs, &kept),
             cx.out_dir(),
             cx.progress(),
         )?;
-        let mut summary = summary;
         summary.seconds = started.elapsed().as_secs_f64();
         write_json(&cx.out_dir().join(SUMMARY_FILE), &summary)?;
         for check in &summary.exports {
@@ -160,13 +168,38 @@ impl Stage for Merge {
     }
 }
 
+/// The adapters that make the final model, from orpo's `summary.json`: sft then orpo, or
+/// orpo alone when it continued training the sft adapter (`adapter_applies_to = "base"`).
+fn merged_stages(orpo_dir: &Path) -> Result<Vec<&'static str>, MergeError> {
+    let path = orpo_dir.join(SUMMARY_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| MergeError::Read {
+        path: path.clone(),
+        message: source.to_string(),
+    })?;
+    let summary: serde_json::Value = serde_json::from_str(&text).map_err(|e| MergeError::Read {
+        path: path.clone(),
+        message: format!("not JSON: {e}"),
+    })?;
+    match summary["adapter_applies_to"].as_str() {
+        Some("base+sft") | None => Ok(MERGED_STAGES.to_vec()),
+        Some("base") => Ok(vec!["orpo"]),
+        Some(other) => Err(MergeError::Read {
+            path,
+            message: format!(
+                "`adapter_applies_to` = {other:?}: expected \"base+sft\" or \"base\"; re-run `pipe run --from orpo`"
+            ),
+        }),
+    }
+}
+
 /// Merges the adapters in `adapter_dirs` (stage name, PEFT dir) in order into the base model of
-/// the `model` artifact and writes every export into `out`.
+/// the `model` artifact and writes every export into `out`; the adapters in `kept` are only
+/// copied into `adapters/`.
 pub fn merge(
     cfg: &MergeConfig,
     model_dir: &Path,
     workspace: &Path,
-    adapter_dirs: &[(String, PathBuf)],
+    (adapter_dirs, kept): (&[(String, PathBuf)], &[(String, PathBuf)]),
     out: &Path,
     progress: &dyn crate::Progress,
 ) -> Result<MergeSummary, MergeError> {
@@ -245,6 +278,11 @@ pub fn merge(
         let dir = out.join(ADAPTERS_DIR).join(stage);
         copy_adapter(adapter, &base.info, &dir)?;
         summary_adapters.push(describe_adapter(stage, adapter));
+    }
+    for (stage, dir) in kept {
+        let adapter = PeftAdapter::load(dir, &device)
+            .map_err(llm(format!("cannot read the {stage} adapter")))?;
+        copy_adapter(&adapter, &base.info, &out.join(ADAPTERS_DIR).join(stage))?;
     }
     Ok(MergeSummary {
         base_model: base.info.name.clone(),

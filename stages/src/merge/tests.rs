@@ -90,11 +90,33 @@ fn random_adapter(fx: &Fixture, stage: &str, seed: u64, modules: Vec<TargetModul
         .unwrap()
         .save(&dir)
         .unwrap();
+    if stage == "orpo" {
+        orpo_applies_to(fx, "base+sft");
+    }
     dir.parent().unwrap().to_path_buf()
+}
+
+/// Writes the orpo summary's `adapter_applies_to` (what merge reads to pick the adapters).
+fn orpo_applies_to(fx: &Fixture, what: &str) {
+    let summary = serde_json::json!({ "adapter_applies_to": what });
+    std::fs::write(
+        fx.ws.path().join("orpo").join(SUMMARY_FILE),
+        summary.to_string(),
+    )
+    .unwrap();
 }
 
 /// Runs the stage with two random adapters; returns its output dir and the stage dirs.
 fn run_merge(fx: &Fixture, toml: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    run_merge_as(fx, toml, "base+sft")
+}
+
+/// As [`run_merge`], orpo's summary saying what its adapter applies to.
+fn run_merge_as(
+    fx: &Fixture,
+    toml: &str,
+    applies_to: &str,
+) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let sft = random_adapter(fx, "sft", 1, TargetModule::ALL.to_vec());
     let orpo = random_adapter(
         fx,
@@ -106,6 +128,7 @@ fn run_merge(fx: &Fixture, toml: &str) -> (tempfile::TempDir, PathBuf, PathBuf) 
             TargetModule::DownProj,
         ],
     );
+    orpo_applies_to(fx, applies_to);
     let cfg: MergeConfig = pick_table(&format!("[merge]\n{toml}"), "merge").unwrap();
     let out = tempfile::tempdir().unwrap();
     let inputs = BTreeMap::from([
@@ -271,6 +294,35 @@ fn gguf_tokenizer_from_tokenizer_json_round_trips() {
         loaded.chat_template.as_deref(),
         Some(crate::testkit::TINY_TEMPLATE)
     );
+}
+
+/// orpo with init = "continue_sft": its adapter replaces sft's, so only it is merged; the sft
+/// adapter is still copied.
+#[test]
+fn an_orpo_adapter_that_continued_sft_is_merged_alone() {
+    let fx = hf_fixture();
+    let (out, _, orpo) = run_merge_as(&fx, "dtype = \"f32\"\n", "base");
+    let ids = base(&fx).tokenizer.encode(PROBE, false).unwrap();
+    let mut model = base(&fx).model;
+    PeftAdapter::load(&orpo.join(STAGE_ADAPTER_DIR), &Device::Cpu)
+        .unwrap()
+        .attach_to(&mut model)
+        .unwrap();
+    let want = logits_at_end(&model, &ids).unwrap();
+    let got = logits_of(&out.path().join(MODEL_DIR), &ids);
+    assert!(max_diff(&got, &want) < 1e-4, "{}", max_diff(&got, &want));
+    let s = summary(out.path());
+    assert_eq!(s.adapters.len(), 1);
+    assert_eq!(s.adapters[0].stage, "orpo");
+    assert!(out
+        .path()
+        .join(ADAPTERS_DIR)
+        .join("sft")
+        .join("adapter_config.json")
+        .is_file());
+    orpo_applies_to(&fx, "elsewhere");
+    let err = merged_stages(&fx.ws.path().join("orpo")).unwrap_err();
+    assert!(err.to_string().contains("adapter_applies_to"), "{err}");
 }
 
 #[test]
