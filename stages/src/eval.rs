@@ -97,10 +97,11 @@ pub enum EvalError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    /// Boxed: the largest variants, and `Result<_, EvalError>` is returned everywhere.
     #[error(transparent)]
-    Score(#[from] ScoreError),
+    Score(Box<ScoreError>),
     #[error(transparent)]
-    Scoring(#[from] ScoringError),
+    Scoring(Box<ScoringError>),
     #[error("eval: {context}: {source}")]
     Llm {
         context: String,
@@ -115,6 +116,18 @@ pub enum EvalError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<ScoreError> for EvalError {
+    fn from(e: ScoreError) -> Self {
+        EvalError::Score(Box::new(e))
+    }
+}
+
+impl From<ScoringError> for EvalError {
+    fn from(e: ScoringError) -> Self {
+        EvalError::Scoring(Box::new(e))
+    }
 }
 
 fn llm(context: impl Into<String>) -> impl FnOnce(LlmError) -> EvalError {

@@ -39,6 +39,9 @@ pub const MERGED_STAGES: [&str; 2] = ["sft", "orpo"];
 /// The `merge` stage.
 pub struct Merge;
 
+/// A training stage's name and its adapter directory.
+pub type StageAdapter = (String, PathBuf);
+
 /// `[merge]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,12 +134,12 @@ impl Stage for Merge {
     fn run(cfg: &MergeConfig, cx: &mut StageContext) -> StageResult {
         let started = Instant::now();
         let stages = merged_stages(cx.input("orpo")?)?;
-        let adapter_dirs: Vec<(String, PathBuf)> = stages
+        let adapter_dirs: Vec<StageAdapter> = stages
             .iter()
             .map(|s| Ok((s.to_string(), cx.input(s)?.join(STAGE_ADAPTER_DIR))))
             .collect::<StageResult<_>>()?;
         // When orpo continued the sft adapter, the sft one is kept for reference only.
-        let kept: Vec<(String, PathBuf)> = if stages.contains(&"sft") {
+        let kept: Vec<StageAdapter> = if stages.contains(&"sft") {
             Vec::new()
         } else {
             vec![("sft".into(), cx.input("sft")?.join(STAGE_ADAPTER_DIR))]
@@ -145,7 +148,8 @@ impl Stage for Merge {
             cfg,
             cx.input("model")?,
             cx.workspace(),
-            (&adapter_dirs, &kept),
+            &adapter_dirs,
+            &kept,
             cx.out_dir(),
             cx.progress(),
         )?;
@@ -199,7 +203,8 @@ pub fn merge(
     cfg: &MergeConfig,
     model_dir: &Path,
     workspace: &Path,
-    (adapter_dirs, kept): (&[(String, PathBuf)], &[(String, PathBuf)]),
+    adapter_dirs: &[StageAdapter],
+    kept: &[StageAdapter],
     out: &Path,
     progress: &dyn crate::Progress,
 ) -> Result<MergeSummary, MergeError> {

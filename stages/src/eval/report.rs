@@ -79,10 +79,10 @@ pub fn render(
         esc(title),
         esc(title)
     );
-    let _ = write!(
+    let _ = writeln!(
         html,
         "<p class=\"sub\">{} val prompts, greedy decoding, up to {} new tokens; scores in [0, 1] \
-         against the reference answer; NLL and perplexity of the reference answers.</p>\n",
+         against the reference answer; NLL and perplexity of the reference answers.</p>",
         results.prompts, results.max_new_tokens
     );
     html.push_str(&score_table(results));
@@ -219,9 +219,9 @@ pub fn line_chart(title: &str, lines: &[Series]) -> String {
         esc(title)
     );
     if all.is_empty() {
-        let _ = write!(
+        let _ = writeln!(
             svg,
-            "<text x=\"{}\" y=\"{}\" class=\"empty\">no data</text></svg></figure>\n",
+            "<text x=\"{}\" y=\"{}\" class=\"empty\">no data</text></svg></figure>",
             W / 2.0,
             H / 2.0
         );

@@ -120,13 +120,11 @@ fn fixture() -> Fixture {
         &merge_cfg,
         &model,
         root,
-        (
-            &[
-                ("sft".into(), sft.join(STAGE_ADAPTER_DIR)),
-                ("orpo".into(), orpo.join(STAGE_ADAPTER_DIR)),
-            ],
-            &[],
-        ),
+        &[
+            ("sft".into(), sft.join(STAGE_ADAPTER_DIR)),
+            ("orpo".into(), orpo.join(STAGE_ADAPTER_DIR)),
+        ],
+        &[],
         &merged,
         &NullProgress,
     )

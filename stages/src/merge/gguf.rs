@@ -247,7 +247,7 @@ fn tensor_dtype(tensor: &Tensor, ggml: GgmlDType) -> GgmlDType {
         return GgmlDType::F32;
     }
     let cols = tensor.dims()[1];
-    if cols % ggml.block_size() != 0 {
+    if !cols.is_multiple_of(ggml.block_size()) {
         GgmlDType::F16
     } else {
         ggml
