@@ -2,9 +2,11 @@
 //! through the [`Stage`] contract and the [`registry`] without knowing any ML.
 
 pub mod contract;
+pub mod eval;
 pub mod generate;
 pub mod ingest;
 pub mod llm;
+pub mod merge;
 pub mod model;
 pub mod orpo;
 pub mod progress;
@@ -31,5 +33,7 @@ pub fn registry() -> Vec<Box<dyn DynStage>> {
         erase::<generate::Generate>(),
         erase::<score::Score>(),
         erase::<orpo::Orpo>(),
+        erase::<merge::Merge>(),
+        erase::<eval::Eval>(),
     ]
 }

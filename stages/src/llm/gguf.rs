@@ -465,7 +465,7 @@ fn fit_llama3_rope(
 }
 
 /// transformers' `_compute_llama3_parameters`, expressed as the divisor of each base frequency.
-fn llama3_divisors(scaling: &RopeScaling, theta: f64, head_dim: usize) -> Vec<f64> {
+pub(crate) fn llama3_divisors(scaling: &RopeScaling, theta: f64, head_dim: usize) -> Vec<f64> {
     let original = scaling.original_max_position_embeddings as f64;
     let low_wavelen = original / scaling.low_freq_factor;
     let high_wavelen = original / scaling.high_freq_factor;

@@ -1,0 +1,568 @@
+//! The `eval` stage: the val split answered greedily, with the same settings, by the base
+//! model, base + sft and the final merged model; every answer scored against the reference
+//! with the score stage's own scorers; each model's NLL and perplexity on the reference
+//! answers; pairwise win rates. Writes `eval.json`, `answers.jsonl` and `report.html`.
+//!
+//! The final model is the merge stage's exported `model/` directory, loaded back as a user
+//! would load it, so the evaluation also covers the export.
+
+mod report;
+mod results;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+pub use report::{esc, line_chart, read_metrics, render, series, Series, TrainingLogs};
+pub use results::{
+    mean_scores, win_rates, AnswerRecord, EvalResults, ModelAnswer, ModelResult, WinRate,
+    ANSWERS_FILE, EVAL_FILE, MODELS, REPORT_FILE,
+};
+
+use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
+use crate::ingest::{self, IngestError, VAL_FILE};
+use crate::llm::{
+    load_model_path, merge_adapters_into_model, Example, GenerationConfig, Generator, LlamaModel,
+    LlmError, PeftAdapter, SamplingParams, TokenBatch,
+};
+use crate::model::{BaseModel, ModelError};
+use crate::progress::Progress;
+use crate::score::{load_scorers, score_answers, Answer, ScoreError};
+use crate::scoring::{Scores, ScoringError};
+use crate::tools::session::{STAGE_ADAPTER_DIR, STAGE_MODEL_DIR};
+use crate::train::eval::completion_loss;
+
+/// The `eval` stage.
+pub struct Eval;
+
+/// `[eval]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Evaluate the first N val rows (default: all).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// Prompts generated together (and reference answers scored together for the NLL).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Tokens per row for the NLL; longer rows lose prompt tokens from the left.
+    #[serde(default = "default_max_seq_len")]
+    pub max_seq_len: usize,
+    /// Prompts shown with every model's answer in report.html.
+    #[serde(default = "default_samples")]
+    pub samples: usize,
+    /// Decode with the exact f32 weights instead of 8-bit copies (slower).
+    #[serde(default)]
+    pub exact: bool,
+}
+
+fn default_max_new_tokens() -> usize {
+    128
+}
+fn default_batch_size() -> usize {
+    8
+}
+fn default_max_seq_len() -> usize {
+    512
+}
+fn default_samples() -> usize {
+    12
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            limit: None,
+            max_new_tokens: default_max_new_tokens(),
+            batch_size: default_batch_size(),
+            max_seq_len: default_max_seq_len(),
+            samples: default_samples(),
+            exact: false,
+        }
+    }
+}
+
+/// Why eval failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    /// Boxed: the largest variants, and `Result<_, EvalError>` is returned everywhere.
+    #[error(transparent)]
+    Score(Box<ScoreError>),
+    #[error(transparent)]
+    Scoring(Box<ScoringError>),
+    #[error("eval: {context}: {source}")]
+    Llm {
+        context: String,
+        #[source]
+        source: Box<LlmError>,
+    },
+    #[error("eval: {0} has no rows: nothing to evaluate")]
+    Empty(String),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<ScoreError> for EvalError {
+    fn from(e: ScoreError) -> Self {
+        EvalError::Score(Box::new(e))
+    }
+}
+
+impl From<ScoringError> for EvalError {
+    fn from(e: ScoringError) -> Self {
+        EvalError::Scoring(Box::new(e))
+    }
+}
+
+fn llm(context: impl Into<String>) -> impl FnOnce(LlmError) -> EvalError {
+    let context = context.into();
+    move |source| EvalError::Llm {
+        context,
+        source: Box::new(source),
+    }
+}
+
+impl Stage for Eval {
+    const NAME: &'static str = "eval";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str =
+        "base vs sft vs final on the val split: scores, NLL, win rates, report.html";
+    const DEPS: &'static [&'static str] = &["ingest", "model", "sft", "orpo", "merge", "score"];
+    const STARTER: &'static str = r#"[eval]
+# limit = 32               # evaluate the first N val rows (default: all)
+# max_new_tokens = 128     # greedy answers of every model, same settings
+# batch_size = 8           # prompts generated together
+# max_seq_len = 512        # tokens per row for the NLL of the reference answers
+# samples = 12             # prompts shown side by side in report.html
+# exact = false            # true: decode with exact f32 weights (slower)
+"#;
+    type Config = EvalConfig;
+
+    fn validate(cfg: &EvalConfig) -> Result<(), ConfigIssue> {
+        for (key, value) in [
+            ("max_new_tokens", cfg.max_new_tokens),
+            ("batch_size", cfg.batch_size),
+            ("max_seq_len", cfg.max_seq_len),
+        ] {
+            if value == 0 {
+                return Err(ConfigIssue::new(key, "must be at least 1"));
+            }
+        }
+        if cfg.limit == Some(0) {
+            return Err(ConfigIssue::new(
+                "limit",
+                "must be at least 1 (leave it out for every val row)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn run(cfg: &EvalConfig, cx: &mut StageContext) -> StageResult {
+        let inputs = Inputs {
+            ingest: cx.input("ingest")?.to_path_buf(),
+            model: cx.input("model")?.to_path_buf(),
+            sft: cx.input("sft")?.to_path_buf(),
+            orpo: cx.input("orpo")?.to_path_buf(),
+            merge: cx.input("merge")?.to_path_buf(),
+            score: cx.input("score")?.to_path_buf(),
+        };
+        let results = evaluate(cfg, &inputs, cx.workspace(), cx.out_dir(), cx.progress())?;
+        for m in &results.models {
+            cx.set_metric(&format!("{}_score", m.name), m.score);
+            cx.set_metric(&format!("{}_val_nll", m.name), m.val_nll);
+        }
+        if let Some(w) = results
+            .win_rates
+            .iter()
+            .find(|w| w.a == "base" && w.b == "final")
+        {
+            cx.set_metric("final_vs_base_win_rate", w.b_win_rate);
+        }
+        cx.set_metric("seconds", results.seconds);
+        Ok(())
+    }
+
+    fn show(dir: &Path, out: &mut dyn Write) -> std::io::Result<()> {
+        let text = std::fs::read_to_string(dir.join(EVAL_FILE))?;
+        let r: EvalResults = serde_json::from_str(&text).map_err(std::io::Error::other)?;
+        results::write_table(&r, out)?;
+        writeln!(out, "report      {}", dir.join(REPORT_FILE).display())
+    }
+}
+
+/// The committed artifact directories eval reads.
+pub struct Inputs {
+    pub ingest: PathBuf,
+    pub model: PathBuf,
+    pub sft: PathBuf,
+    pub orpo: PathBuf,
+    pub merge: PathBuf,
+    pub score: PathBuf,
+}
+
+/// One val row, rendered once for every model.
+struct Row {
+    example: ingest::Example,
+    prompt_ids: Vec<u32>,
+    /// Prompt + reference answer for the NLL; `None` when the answer alone does not fit.
+    nll: Option<Example>,
+}
+
+/// One model's generations and loss.
+struct ModelRun {
+    description: String,
+    answers: Vec<crate::llm::Generation>,
+    nll: crate::train::EvalResult,
+    seconds: f64,
+}
+
+/// Runs the whole evaluation and writes every output file into `out`.
+pub fn evaluate(
+    cfg: &EvalConfig,
+    inputs: &Inputs,
+    workspace: &Path,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<EvalResults, EvalError> {
+    let started = Instant::now();
+    let (base, device) = BaseModel::open(&inputs.model, workspace)?;
+    let val_path = inputs.ingest.join(VAL_FILE);
+    let mut val = ingest::read_examples(&val_path)?;
+    if let Some(limit) = cfg.limit {
+        val.truncate(limit);
+    }
+    if val.is_empty() {
+        return Err(EvalError::Empty(val_path.display().to_string()));
+    }
+    let rows = render_rows(&base, val, cfg.max_seq_len)?;
+    let nll_rows_dropped = rows.iter().filter(|r| r.nll.is_none()).count();
+    let batches = nll_batches(&rows, cfg.batch_size, base.info.pad_token_id, &device)?;
+    let generation = GenerationConfig {
+        max_new_tokens: cfg.max_new_tokens,
+        sampling: SamplingParams::default(),
+        seed: 0,
+        stop_strings: Vec::new(),
+        extra_eos_ids: base.info.eos_token_ids.clone(),
+        ignore_eos: false,
+    };
+    progress.info(&format!(
+        "eval: {} val prompts × {} models, greedy, up to {} new tokens",
+        rows.len(),
+        MODELS.len(),
+        cfg.max_new_tokens
+    ));
+
+    let BaseModel {
+        info,
+        model: base_model,
+        tokenizer,
+        ..
+    } = base;
+    let mut runs = Vec::new();
+    for name in MODELS {
+        let (model, description) = match name {
+            "base" => (base_model.clone(), info.name.clone()),
+            "sft" => (
+                with_adapter(&base_model, &inputs.sft.join(STAGE_ADAPTER_DIR))?,
+                format!("{} + sft adapter", info.name),
+            ),
+            _ => {
+                let dir = inputs.merge.join(STAGE_MODEL_DIR);
+                let loaded = load_model_path(&dir, &device).map_err(llm(format!(
+                    "cannot load the merged model {}",
+                    dir.display()
+                )))?;
+                let model = LlamaModel::from_tensors(&loaded.config, loaded.weights.into_map())
+                    .map_err(llm("cannot build the merged model"))?;
+                (model, format!("merged: {}", dir.display()))
+            }
+        };
+        let run = run_model(
+            name,
+            model,
+            description,
+            &rows,
+            &batches,
+            cfg,
+            &generation,
+            &tokenizer,
+            progress,
+        )?;
+        runs.push(run);
+    }
+
+    let scorers = load_scorers(&inputs.score, workspace)?;
+    let ids: Vec<String> = MODELS
+        .iter()
+        .flat_map(|m| rows.iter().map(move |r| format!("{}/{m}", r.example.id)))
+        .collect();
+    let answers: Vec<Answer<'_>> = runs
+        .iter()
+        .flat_map(|run| run.answers.iter().zip(&rows))
+        .zip(&ids)
+        .map(|((g, row), id)| Answer {
+            id,
+            prompt: &row.example.prompt,
+            reference: &row.example.response,
+            answer: &g.text,
+        })
+        .collect();
+    progress.info(&format!("eval: scoring {} answers", answers.len()));
+    let scores = score_answers(&scorers, &answers, progress)?;
+    let per_model: Vec<&[Scores]> = scores.chunks(rows.len()).collect();
+
+    let records = answer_records(&rows, &runs, &per_model);
+    let models: Vec<ModelResult> = MODELS
+        .iter()
+        .zip(&runs)
+        .zip(&per_model)
+        .map(|((name, run), scores)| model_result(name, run, scores))
+        .collect();
+    let results = EvalResults {
+        prompts: rows.len(),
+        nll_rows_dropped,
+        max_new_tokens: cfg.max_new_tokens,
+        win_rates: win_rates(&records, &MODELS),
+        models,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    write_outputs(out, &results, &records, inputs, cfg.samples)?;
+    for m in &results.models {
+        progress.info(&format!(
+            "eval: {:<5} score {:.4}, val NLL {:.4} (ppl {:.2})",
+            m.name, m.score, m.val_nll, m.val_ppl
+        ));
+    }
+    Ok(results)
+}
+
+/// The base with a PEFT adapter merged into a copy of its weights.
+fn with_adapter(base: &LlamaModel, dir: &Path) -> Result<LlamaModel, EvalError> {
+    let adapter = PeftAdapter::load(dir, base.device())
+        .map_err(llm(format!("cannot load {}", dir.display())))?;
+    let mut model = base.clone();
+    merge_adapters_into_model(&mut model, &[adapter])
+        .map_err(llm(format!("cannot merge {}", dir.display())))?;
+    Ok(model)
+}
+
+/// Renders every row: the generation prompt, and prompt + reference for the NLL (prompt
+/// tokens cut from the left when too long, as sft does).
+fn render_rows(
+    base: &BaseModel,
+    val: Vec<ingest::Example>,
+    max_seq_len: usize,
+) -> Result<Vec<Row>, EvalError> {
+    val.into_iter()
+        .map(|example| {
+            let context = || {
+                format!(
+                    "cannot render val row id {} (source row {})",
+                    example.id, example.source_row
+                )
+            };
+            let prompt_ids = base
+                .render_prompt(example.system.as_deref(), &example.prompt)
+                .map_err(llm(context()))?;
+            let rendered = base
+                .render_example(
+                    example.system.as_deref(),
+                    &example.prompt,
+                    &example.response,
+                )
+                .map_err(llm(context()))?;
+            let completion = rendered.completion_ids;
+            let mut prompt = rendered.prompt_ids;
+            let nll = if completion.is_empty() || completion.len() >= max_seq_len {
+                None
+            } else {
+                let keep = max_seq_len - completion.len();
+                if prompt.len() > keep {
+                    prompt.drain(..prompt.len() - keep);
+                }
+                Some(Example { prompt, completion })
+            };
+            Ok(Row {
+                example,
+                prompt_ids,
+                nll,
+            })
+        })
+        .collect()
+}
+
+/// The NLL rows in batches of similar length (fixed, so every model scores the same batches).
+fn nll_batches(
+    rows: &[Row],
+    batch_size: usize,
+    pad: u32,
+    device: &Device,
+) -> Result<Vec<TokenBatch>, EvalError> {
+    let mut examples: Vec<&Example> = rows.iter().filter_map(|r| r.nll.as_ref()).collect();
+    examples.sort_by_key(|e| e.prompt.len() + e.completion.len());
+    examples
+        .chunks(batch_size)
+        .map(|chunk| {
+            let owned: Vec<Example> = chunk.iter().map(|e| (*e).clone()).collect();
+            TokenBatch::new(&owned, pad, device).map_err(llm("cannot batch the val rows"))
+        })
+        .collect()
+}
+
+/// NLL first (exact weights), then greedy answers with the 8-bit decode copies.
+#[allow(clippy::too_many_arguments)]
+fn run_model(
+    name: &str,
+    mut model: LlamaModel,
+    description: String,
+    rows: &[Row],
+    batches: &[TokenBatch],
+    cfg: &EvalConfig,
+    generation: &GenerationConfig,
+    tokenizer: &crate::llm::TextTokenizer,
+    progress: &dyn Progress,
+) -> Result<ModelRun, EvalError> {
+    let nll = completion_loss(&model, batches).map_err(llm(format!("{name}: val NLL")))?;
+    if !cfg.exact {
+        model
+            .pack_for_decode()
+            .map_err(llm("cannot pack the weights for decoding"))?;
+    }
+    let started = Instant::now();
+    let generator = Generator::new(&model, tokenizer);
+    // Prompts of similar length together: less padding in the prefill.
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| rows[i].prompt_ids.len());
+    let mut answers: Vec<Option<crate::llm::Generation>> = vec![None; rows.len()];
+    let bar = progress.bar(Some(rows.len() as u64), &format!("{name} answers"));
+    for chunk in order.chunks(cfg.batch_size) {
+        let prompts: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].prompt_ids.clone()).collect();
+        let out = generator
+            .generate(&prompts, chunk[0] as u64, generation, &mut |_, _| {})
+            .map_err(llm(format!("{name}: generation")))?;
+        for (&i, g) in chunk.iter().zip(out) {
+            answers[i] = Some(g);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish();
+    let answers = answers
+        .into_iter()
+        .map(|a| a.ok_or_else(|| llm(name)(LlmError::Invalid("a prompt got no answer".into()))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ModelRun {
+        description,
+        answers,
+        nll,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn answer_records(rows: &[Row], runs: &[ModelRun], scores: &[&[Scores]]) -> Vec<AnswerRecord> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, row)| AnswerRecord {
+            id: row.example.id.clone(),
+            source_row: row.example.source_row,
+            prompt: row.example.prompt.clone(),
+            reference: row.example.response.clone(),
+            answers: MODELS
+                .iter()
+                .zip(runs)
+                .zip(scores)
+                .map(|((name, run), scores)| {
+                    let g = &run.answers[i];
+                    (
+                        name.to_string(),
+                        ModelAnswer {
+                            text: g.text.clone(),
+                            tokens: g.token_count(),
+                            finish_reason: g.finish_reason.as_str().to_string(),
+                            scores: scores[i].clone(),
+                        },
+                    )
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn model_result(name: &str, run: &ModelRun, scores: &[Scores]) -> ModelResult {
+    let refs: Vec<&Scores> = scores.iter().collect();
+    let (score, scorers) = mean_scores(&refs);
+    let tokens: usize = run.answers.iter().map(|g| g.token_count()).sum();
+    let mut finish_reasons = BTreeMap::new();
+    for g in &run.answers {
+        *finish_reasons
+            .entry(g.finish_reason.as_str().to_string())
+            .or_insert(0) += 1;
+    }
+    ModelResult {
+        name: name.to_string(),
+        description: run.description.clone(),
+        score,
+        scorers,
+        val_nll: run.nll.loss,
+        val_ppl: run.nll.perplexity,
+        nll_tokens: run.nll.tokens,
+        mean_answer_tokens: tokens as f64 / run.answers.len().max(1) as f64,
+        finish_reasons,
+        generate_seconds: run.seconds,
+        tokens_per_s: tokens as f64 / run.seconds.max(1e-9),
+    }
+}
+
+fn write_outputs(
+    out: &Path,
+    results: &EvalResults,
+    records: &[AnswerRecord],
+    inputs: &Inputs,
+    samples: usize,
+) -> Result<(), EvalError> {
+    let write = |name: &str, text: String| {
+        let path = out.join(name);
+        std::fs::write(&path, text).map_err(|source| EvalError::Write { path, source })
+    };
+    let json_error = |name: &str, e: serde_json::Error| EvalError::Write {
+        path: out.join(name),
+        source: std::io::Error::other(e),
+    };
+    let eval_json = serde_json::to_string_pretty(results).map_err(|e| json_error(EVAL_FILE, e))?;
+    write(EVAL_FILE, eval_json + "\n")?;
+    let mut lines = String::new();
+    for r in records {
+        lines.push_str(&serde_json::to_string(r).map_err(|e| json_error(ANSWERS_FILE, e))?);
+        lines.push('\n');
+    }
+    write(ANSWERS_FILE, lines)?;
+    let logs = TrainingLogs {
+        sft: read_metrics(&inputs.sft.join("metrics.jsonl")),
+        orpo: read_metrics(&inputs.orpo.join("metrics.jsonl")),
+    };
+    write(
+        REPORT_FILE,
+        render(
+            "pipe eval: base vs sft vs final",
+            results,
+            &logs,
+            records,
+            samples,
+        ),
+    )
+}

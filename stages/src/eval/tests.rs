@@ -1,0 +1,280 @@
+//! Tests of the eval stage on the tiny model: eval.json holds three models whose NLLs are those
+//! of base, base + sft and the merged model, answers.jsonl one line per prompt with every
+//! model's scored answer, and report.html is self-contained, escaped and has its charts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use super::*;
+use crate::contract::pick_table;
+use crate::llm::{LoraConfig, TargetModule};
+use crate::merge::{self, MergeConfig};
+use crate::model::Model;
+use crate::progress::NullProgress;
+use crate::scoring::ScorersConfig;
+
+struct Fixture {
+    ws: tempfile::TempDir,
+    inputs: Inputs,
+}
+
+fn row(i: usize, prompt: &str, response: &str) -> ingest::Example {
+    ingest::Example {
+        id: format!("{i:016x}"),
+        prompt: prompt.to_string(),
+        response: response.to_string(),
+        system: None,
+        category: None,
+        source_row: i as u64 + 1,
+    }
+}
+
+fn stage_dir(ws: &Path, name: &str) -> PathBuf {
+    let dir = ws.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn random_adapter(model: &LlamaModel, seed: u64, modules: Vec<TargetModule>, dir: &Path) {
+    let mut model = model.clone();
+    model
+        .attach_lora(&LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: modules,
+            use_rslora: false,
+            seed,
+        })
+        .unwrap();
+    for (_, _, l) in model.lora_layers() {
+        let noise = Tensor::randn(0f32, 0.2, l.b().shape(), &Device::Cpu).unwrap();
+        l.b().set(&noise.to_dtype(l.b().dtype()).unwrap()).unwrap();
+    }
+    PeftAdapter::from_model(&model, "tiny")
+        .unwrap()
+        .save(&dir.join(STAGE_ADAPTER_DIR))
+        .unwrap();
+}
+
+const SFT_METRICS: &str = r#"{"step":0,"epoch":0.0,"eval_loss":5.1,"eval_perplexity":164.0}
+{"step":1,"epoch":0.1,"loss":5.0,"lr":0.001}
+{"step":2,"epoch":0.2,"loss":4.2,"lr":0.001,"eval_loss":4.4}
+"#;
+const ORPO_METRICS: &str = r#"{"step":1,"epoch":0.5,"loss":3.0,"rewards/accuracies":0.5,"rewards/margins":0.01}
+{"step":2,"epoch":1.0,"loss":2.5,"rewards/accuracies":0.75,"rewards/margins":0.05,"eval_loss":2.7,"eval_rewards/accuracies":0.6,"eval_rewards/margins":0.03}
+"#;
+
+/// Every upstream artifact eval reads, built from the tiny model and random adapters.
+fn fixture() -> Fixture {
+    let ws = tempfile::tempdir().unwrap();
+    let root = ws.path();
+    crate::testkit::write_tiny_model(&root.join("tiny"), 5).unwrap();
+    let model = stage_dir(root, "model-out");
+    let cfg = pick_table("[model]\npath = \"tiny\"\n", "model").unwrap();
+    let mut cx = StageContext::new(
+        root.to_path_buf(),
+        model.clone(),
+        root.join("unused"),
+        BTreeMap::new(),
+        1,
+        &NullProgress,
+    );
+    Model::run(&cfg, &mut cx).unwrap();
+
+    let ingest = stage_dir(root, "ingest-out");
+    let val = [
+        row(0, "what is ls?", "ls lists files"),
+        row(1, "what is <b>cat</b> & \"tac\"?", "cat prints <files>"),
+        row(2, "what is grep?", "grep searches text"),
+        row(3, "what is tar?", "tar packs archives"),
+        row(4, "what is ssh?", "ssh is a remote shell"),
+    ];
+    let text: String = val
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    std::fs::write(ingest.join(VAL_FILE), text).unwrap();
+
+    let base = BaseModel::load(&model, root, &Device::Cpu).unwrap().model;
+    let sft = stage_dir(root, "sft-out");
+    random_adapter(&base, 1, TargetModule::ALL.to_vec(), &sft);
+    std::fs::write(sft.join("metrics.jsonl"), SFT_METRICS).unwrap();
+    let orpo = stage_dir(root, "orpo-out");
+    random_adapter(
+        &base,
+        2,
+        vec![TargetModule::VProj, TargetModule::UpProj],
+        &orpo,
+    );
+    std::fs::write(orpo.join("metrics.jsonl"), ORPO_METRICS).unwrap();
+
+    let merged = stage_dir(root, "merge-out");
+    let merge_cfg = MergeConfig {
+        dtype: crate::llm::ExportDtype::F32,
+        ..MergeConfig::default()
+    };
+    merge::merge(
+        &merge_cfg,
+        &model,
+        root,
+        &[
+            ("sft".into(), sft.join(STAGE_ADAPTER_DIR)),
+            ("orpo".into(), orpo.join(STAGE_ADAPTER_DIR)),
+        ],
+        &[],
+        &merged,
+        &NullProgress,
+    )
+    .unwrap();
+
+    let score = stage_dir(root, "score-out");
+    let scorers = ScorersConfig::default().effective();
+    std::fs::write(
+        score.join(crate::score::SCORERS_FILE),
+        serde_json::to_string(&scorers).unwrap(),
+    )
+    .unwrap();
+    Fixture {
+        inputs: Inputs {
+            ingest,
+            model,
+            sft,
+            orpo,
+            merge: merged,
+            score,
+        },
+        ws,
+    }
+}
+
+fn config(toml: &str) -> EvalConfig {
+    let cfg: EvalConfig = pick_table(&format!("[eval]\n{toml}"), "eval").unwrap();
+    Eval::validate(&cfg).unwrap();
+    cfg
+}
+
+/// The NLL of `model` on the fixture's val rows, computed directly.
+fn nll_of(fx: &Fixture, model: &LlamaModel, cfg: &EvalConfig, limit: usize) -> f64 {
+    let base = BaseModel::load(&fx.inputs.model, fx.ws.path(), &Device::Cpu).unwrap();
+    let mut val = ingest::read_examples(&fx.inputs.ingest.join(VAL_FILE)).unwrap();
+    val.truncate(limit);
+    let rows = render_rows(&base, val, cfg.max_seq_len).unwrap();
+    let batches = nll_batches(&rows, 2, base.info.pad_token_id, &Device::Cpu).unwrap();
+    completion_loss(model, &batches).unwrap().loss
+}
+
+#[test]
+fn eval_json_answers_and_report_on_the_tiny_model() {
+    let fx = fixture();
+    let cfg = config("limit = 4\nmax_new_tokens = 6\nbatch_size = 3\nsamples = 2\n");
+    let out = tempfile::tempdir().unwrap();
+    let results = evaluate(&cfg, &fx.inputs, fx.ws.path(), out.path(), &NullProgress).unwrap();
+
+    let json: EvalResults =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join(EVAL_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(json, results);
+    assert_eq!(json.prompts, 4);
+    let names: Vec<&str> = json.models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, MODELS);
+    for m in &json.models {
+        assert!((0.0..=1.0).contains(&m.score), "{m:?}");
+        assert!(m.scorers.contains_key("reference"), "{m:?}");
+        assert!(m.val_nll.is_finite() && m.val_nll > 0.0, "{m:?}");
+        assert!((m.val_ppl - m.val_nll.exp()).abs() < 1e-9 * m.val_ppl);
+        assert_eq!(m.finish_reasons.values().sum::<usize>(), 4);
+        assert!(m.mean_answer_tokens > 0.0 && m.mean_answer_tokens <= 6.0);
+    }
+    assert_eq!(json.win_rates.len(), 3);
+    for w in &json.win_rates {
+        assert_eq!(w.a_wins + w.b_wins + w.ties, 4);
+    }
+
+    // Each row's NLL is that of the model it names.
+    let base = BaseModel::load(&fx.inputs.model, fx.ws.path(), &Device::Cpu)
+        .unwrap()
+        .model;
+    let sft = with_adapter(&base, &fx.inputs.sft.join(STAGE_ADAPTER_DIR)).unwrap();
+    let fin = with_adapter(&sft, &fx.inputs.orpo.join(STAGE_ADAPTER_DIR)).unwrap();
+    for (m, model) in json.models.iter().zip([&base, &sft, &fin]) {
+        let want = nll_of(&fx, model, &cfg, 4);
+        assert!(
+            (m.val_nll - want).abs() < 1e-4,
+            "{}: {} vs {want}",
+            m.name,
+            m.val_nll
+        );
+    }
+    assert!((json.models[0].val_nll - json.models[2].val_nll).abs() > 1e-3);
+
+    let lines: Vec<AnswerRecord> = std::fs::read_to_string(out.path().join(ANSWERS_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert!(lines.iter().all(|r| r.answers.len() == 3));
+    let mean_final = lines
+        .iter()
+        .map(|r| r.answers["final"].scores.combined)
+        .sum::<f64>()
+        / 4.0;
+    assert!((mean_final - json.models[2].score).abs() < 1e-12);
+
+    let html = std::fs::read_to_string(out.path().join(REPORT_FILE)).unwrap();
+    assert!(html.contains("what is &lt;b&gt;cat&lt;/b&gt; &amp; &quot;tac&quot;?"));
+    assert!(!html.contains("<b>cat</b>"));
+    assert!(html.matches("<svg").count() == 4, "four charts");
+    assert!(html.contains("<polyline"), "the curves are drawn");
+    assert!(!html.contains("<script") && !html.contains("http://cdn"));
+    assert!(html.contains("ORPO reward margin"));
+
+    let mut shown = Vec::new();
+    Eval::show(out.path(), &mut shown).unwrap();
+    let shown = String::from_utf8(shown).unwrap();
+    for needle in [
+        "base",
+        "sft",
+        "final",
+        "val NLL",
+        "win rates",
+        "report.html",
+    ] {
+        assert!(shown.contains(needle), "`{needle}` missing:\n{shown}");
+    }
+}
+
+#[test]
+fn bad_eval_keys_are_refused_by_name() {
+    let cfg: EvalConfig = pick_table("[eval]\nlimit = 0\n", "eval").unwrap();
+    assert_eq!(Eval::validate(&cfg).unwrap_err().key, "limit");
+    let cfg: EvalConfig = pick_table("[eval]\nbatch_size = 0\n", "eval").unwrap();
+    assert_eq!(Eval::validate(&cfg).unwrap_err().key, "batch_size");
+    let err = pick_table::<EvalConfig>("[eval]\nlimt = 3\n", "eval").unwrap_err();
+    assert!(err.message().contains("limt"), "{err}");
+}
+
+#[test]
+fn charts_escape_names_and_survive_empty_or_flat_series() {
+    let svg = line_chart(
+        "a <b> & c",
+        &[Series {
+            name: "x\"y".into(),
+            color: "#000",
+            points: vec![(1.0, 2.0), (2.0, 2.0)],
+        }],
+    );
+    assert!(svg.contains("a &lt;b&gt; &amp; c") && svg.contains("x&quot;y"));
+    assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
+    let empty = line_chart("empty", &[]);
+    assert!(empty.contains("no data"));
+    assert_eq!(esc("<&>\"'"), "&lt;&amp;&gt;&quot;&#39;");
+    let lines = vec![
+        serde_json::json!({"step": 3, "loss": 1.5}),
+        serde_json::json!({"step": 4}),
+    ];
+    assert_eq!(series(&lines, "loss"), vec![(3.0, 1.5)]);
+}

@@ -1,0 +1,372 @@
+//! Tests of the merge stage: the exported HF model equals the base with both adapters applied,
+//! the GGUF export (tokenizer from tokenizer.json or copied from a base GGUF) loads in our own
+//! loader and reproduces the logits, and the adapters are re-saved with a portable base.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor};
+
+use super::*;
+use crate::contract::pick_table;
+use crate::llm::testing::{self, random_weights, tiny_config, TinyVocab};
+use crate::llm::{
+    load_model_path, merge_adapters_into_model, Architecture, LoraConfig, TargetModule,
+};
+use crate::model::Model;
+use crate::progress::NullProgress;
+
+/// A workspace with a committed `model` artifact for the model at `model_path`.
+struct Fixture {
+    ws: tempfile::TempDir,
+    model: PathBuf,
+}
+
+fn fixture_for(ws: tempfile::TempDir, model_path: &str) -> Fixture {
+    let model = ws.path().join("model-out");
+    std::fs::create_dir_all(&model).unwrap();
+    let cfg = pick_table(&format!("[model]\npath = {model_path:?}\n"), "model").unwrap();
+    let mut cx = StageContext::new(
+        ws.path().to_path_buf(),
+        model.clone(),
+        ws.path().join("unused"),
+        BTreeMap::new(),
+        1,
+        &NullProgress,
+    );
+    Model::run(&cfg, &mut cx).unwrap();
+    Fixture { ws, model }
+}
+
+/// The HF-directory tiny model of `testkit`.
+fn hf_fixture() -> Fixture {
+    let ws = tempfile::tempdir().unwrap();
+    crate::testkit::write_tiny_model(&ws.path().join("tiny"), 5).unwrap();
+    fixture_for(ws, "tiny")
+}
+
+/// A tiny Llama written as a q8_0 GGUF (permuted q/k, tokenizer metadata, a template).
+fn gguf_fixture() -> Fixture {
+    let ws = tempfile::tempdir().unwrap();
+    let config = tiny_config(Architecture::Llama, 272, true);
+    testing::write_gguf(
+        &ws.path().join("tiny.gguf"),
+        &config,
+        &random_weights(&config, 9),
+        &TinyVocab::new(),
+        GgmlDType::Q8_0,
+        Some("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"),
+    )
+    .unwrap();
+    fixture_for(ws, "tiny.gguf")
+}
+
+fn base(fx: &Fixture) -> BaseModel {
+    BaseModel::load(&fx.model, fx.ws.path(), &Device::Cpu).unwrap()
+}
+
+/// A LoRA adapter with random (non-zero) B on `modules`, saved as `<ws>/<stage>/adapter`.
+fn random_adapter(fx: &Fixture, stage: &str, seed: u64, modules: Vec<TargetModule>) -> PathBuf {
+    let mut model = base(fx).model;
+    model
+        .attach_lora(&LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: modules,
+            use_rslora: false,
+            seed,
+        })
+        .unwrap();
+    for (i, (_, _, l)) in model.lora_layers().into_iter().enumerate() {
+        let noise = Tensor::randn(0f32, 0.05, l.b().shape(), &Device::Cpu).unwrap();
+        // Different per projection and seed, so the two adapters differ.
+        let noise = (noise * (1.0 + (seed as f64 + i as f64) * 0.01)).unwrap();
+        l.b().set(&noise.to_dtype(l.b().dtype()).unwrap()).unwrap();
+    }
+    let dir = fx.ws.path().join(stage).join(STAGE_ADAPTER_DIR);
+    PeftAdapter::from_model(&model, "tiny")
+        .unwrap()
+        .save(&dir)
+        .unwrap();
+    if stage == "orpo" {
+        orpo_applies_to(fx, "base+sft");
+    }
+    dir.parent().unwrap().to_path_buf()
+}
+
+/// Writes the orpo summary's `adapter_applies_to` (what merge reads to pick the adapters).
+fn orpo_applies_to(fx: &Fixture, what: &str) {
+    let summary = serde_json::json!({ "adapter_applies_to": what });
+    std::fs::write(
+        fx.ws.path().join("orpo").join(SUMMARY_FILE),
+        summary.to_string(),
+    )
+    .unwrap();
+}
+
+/// Runs the stage with two random adapters; returns its output dir and the stage dirs.
+fn run_merge(fx: &Fixture, toml: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    run_merge_as(fx, toml, "base+sft")
+}
+
+/// As [`run_merge`], orpo's summary saying what its adapter applies to.
+fn run_merge_as(
+    fx: &Fixture,
+    toml: &str,
+    applies_to: &str,
+) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let sft = random_adapter(fx, "sft", 1, TargetModule::ALL.to_vec());
+    let orpo = random_adapter(
+        fx,
+        "orpo",
+        2,
+        vec![
+            TargetModule::QProj,
+            TargetModule::KProj,
+            TargetModule::DownProj,
+        ],
+    );
+    orpo_applies_to(fx, applies_to);
+    let cfg: MergeConfig = pick_table(&format!("[merge]\n{toml}"), "merge").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let inputs = BTreeMap::from([
+        ("model".to_string(), fx.model.clone()),
+        ("sft".to_string(), sft.clone()),
+        ("orpo".to_string(), orpo.clone()),
+    ]);
+    let mut cx = StageContext::new(
+        fx.ws.path().to_path_buf(),
+        out.path().to_path_buf(),
+        fx.ws.path().join("partial"),
+        inputs,
+        7,
+        &NullProgress,
+    );
+    Merge::run(&cfg, &mut cx).unwrap();
+    (out, sft, orpo)
+}
+
+/// The reference: base with the sft adapter merged and the orpo adapter attached unmerged.
+fn reference_logits(fx: &Fixture, sft: &Path, orpo: &Path, ids: &[u32]) -> Vec<f32> {
+    let mut model = base(fx).model;
+    let first = PeftAdapter::load(&sft.join(STAGE_ADAPTER_DIR), &Device::Cpu).unwrap();
+    let second = PeftAdapter::load(&orpo.join(STAGE_ADAPTER_DIR), &Device::Cpu).unwrap();
+    merge_adapters_into_model(&mut model, &[first]).unwrap();
+    second.attach_to(&mut model).unwrap();
+    logits_at_end(&model, ids).unwrap()
+}
+
+fn logits_of(path: &Path, ids: &[u32]) -> Vec<f32> {
+    let loaded = load_model_path(path, &Device::Cpu).unwrap();
+    let model = LlamaModel::from_tensors(&loaded.config, loaded.weights.into_map()).unwrap();
+    logits_at_end(&model, ids).unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn summary(out: &Path) -> MergeSummary {
+    serde_json::from_str(&std::fs::read_to_string(out.join(SUMMARY_FILE)).unwrap()).unwrap()
+}
+
+const PROBE: &str = "<|im_start|>user\nwhat is ls?<|im_end|>\n<|im_start|>assistant\n";
+
+#[test]
+fn exported_model_equals_base_plus_both_adapters() {
+    let fx = hf_fixture();
+    let (out, sft, orpo) = run_merge(&fx, "dtype = \"f32\"\ngguf = \"f16\"\n");
+    let ids = base(&fx).tokenizer.encode(PROBE, false).unwrap();
+    let want = reference_logits(&fx, &sft, &orpo, &ids);
+    let hf = logits_of(&out.path().join(MODEL_DIR), &ids);
+    assert!(max_diff(&hf, &want) < 1e-4, "hf: {}", max_diff(&hf, &want));
+    // f16 weights: about 3 significant digits.
+    let gguf = logits_of(&out.path().join(GGUF_FILE), &ids);
+    assert!(
+        max_diff(&gguf, &want) < 2e-2,
+        "gguf: {}",
+        max_diff(&gguf, &want)
+    );
+    // The merge changed the model: the check above is not base against base.
+    let plain = logits_at_end(&base(&fx).model, &ids).unwrap();
+    assert!(max_diff(&plain, &want) > 1e-2);
+
+    let s = summary(out.path());
+    assert_eq!(s.adapters.len(), 2);
+    assert_eq!(s.adapters[1].projections, 3 * 2);
+    assert_eq!(s.exports.len(), 2);
+    assert!(s.exports[0].max_logit_diff < 1e-4, "{:?}", s.exports);
+    assert!(s.exports.iter().all(|e| e.same_argmax && e.bytes > 0));
+    let mut show = Vec::new();
+    Merge::show(out.path(), &mut show).unwrap();
+    let show = String::from_utf8(show).unwrap();
+    assert!(
+        show.contains("model.gguf") && show.contains("orpo"),
+        "{show}"
+    );
+}
+
+#[test]
+fn exported_directory_has_the_hf_files_and_portable_adapters() {
+    let fx = hf_fixture();
+    let (out, _, _) = run_merge(&fx, "");
+    let dir = out.path().join(MODEL_DIR);
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        assert!(dir.join(file).is_file(), "{file} missing");
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    let loaded = load_model_path(&dir, &Device::Cpu).unwrap();
+    assert_eq!(
+        loaded.chat_template.as_deref(),
+        Some(crate::testkit::TINY_TEMPLATE)
+    );
+    assert!(!out.path().join(GGUF_FILE).exists());
+    for stage in MERGED_STAGES {
+        let adapter = out.path().join(ADAPTERS_DIR).join(stage);
+        let loaded = PeftAdapter::load(&adapter, &Device::Cpu).unwrap();
+        let reference = loaded.config.base_model_name_or_path.unwrap();
+        assert!(!Path::new(&reference).is_absolute(), "{reference}");
+    }
+}
+
+/// The GGUF of a model whose base was itself a GGUF: tokenizer metadata copied, q/k
+/// permutation re-applied (else the logits would be far off), q8_0 close to f32.
+#[test]
+fn gguf_from_a_gguf_base_reloads_with_the_same_tokenizer_and_logits() {
+    let fx = gguf_fixture();
+    let (out, sft, orpo) = run_merge(&fx, "dtype = \"f32\"\ngguf = \"q8_0\"\n");
+    let b = base(&fx);
+    let texts = ["<|im_start|>the other 42 hello<|im_end|>", "tell me"];
+    let path = out.path().join(GGUF_FILE);
+    let loaded = load_model_path(&path, &Device::Cpu).unwrap();
+    for text in texts {
+        assert_eq!(
+            loaded.tokenizer.encode(text, false).unwrap(),
+            b.tokenizer.encode(text, false).unwrap()
+        );
+    }
+    assert_eq!(loaded.config, *b.model.config());
+    let ids = b.tokenizer.encode(PROBE, false).unwrap();
+    let want = reference_logits(&fx, &sft, &orpo, &ids);
+    let got = logits_of(&path, &ids);
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(
+        max_diff(&got, &want) < 2e-2 * scale.max(1.0),
+        "q8_0: {} (logit scale {scale})",
+        max_diff(&got, &want)
+    );
+    let hf = logits_of(&out.path().join(MODEL_DIR), &ids);
+    assert!(max_diff(&hf, &want) < 1e-4);
+}
+
+/// The tokenizer built from tokenizer.json reads back identically (the tiny model has specials
+/// as added tokens and a byte-level pre-tokenizer).
+#[test]
+fn gguf_tokenizer_from_tokenizer_json_round_trips() {
+    let fx = hf_fixture();
+    let (out, _, _) = run_merge(&fx, "gguf = \"q8_0\"\n");
+    let b = base(&fx);
+    let loaded = load_model_path(&out.path().join(GGUF_FILE), &Device::Cpu).unwrap();
+    for text in [PROBE, "plain text 123, ünïcödé!", "<|endoftext|>x"] {
+        assert_eq!(
+            loaded.tokenizer.encode(text, false).unwrap(),
+            b.tokenizer.encode(text, false).unwrap(),
+            "{text:?}"
+        );
+    }
+    assert_eq!(loaded.tokenizer.special().eos, b.tokenizer.special().eos);
+    assert_eq!(loaded.config.eos_token_ids, b.model.config().eos_token_ids);
+    assert_eq!(
+        loaded.chat_template.as_deref(),
+        Some(crate::testkit::TINY_TEMPLATE)
+    );
+}
+
+/// orpo with init = "continue_sft": its adapter replaces sft's, so only it is merged; the sft
+/// adapter is still copied.
+#[test]
+fn an_orpo_adapter_that_continued_sft_is_merged_alone() {
+    let fx = hf_fixture();
+    let (out, _, orpo) = run_merge_as(&fx, "dtype = \"f32\"\n", "base");
+    let ids = base(&fx).tokenizer.encode(PROBE, false).unwrap();
+    let mut model = base(&fx).model;
+    PeftAdapter::load(&orpo.join(STAGE_ADAPTER_DIR), &Device::Cpu)
+        .unwrap()
+        .attach_to(&mut model)
+        .unwrap();
+    let want = logits_at_end(&model, &ids).unwrap();
+    let got = logits_of(&out.path().join(MODEL_DIR), &ids);
+    assert!(max_diff(&got, &want) < 1e-4, "{}", max_diff(&got, &want));
+    let s = summary(out.path());
+    assert_eq!(s.adapters.len(), 1);
+    assert_eq!(s.adapters[0].stage, "orpo");
+    assert!(out
+        .path()
+        .join(ADAPTERS_DIR)
+        .join("sft")
+        .join("adapter_config.json")
+        .is_file());
+    orpo_applies_to(&fx, "elsewhere");
+    let err = merged_stages(&fx.ws.path().join("orpo")).unwrap_err();
+    assert!(err.to_string().contains("adapter_applies_to"), "{err}");
+}
+
+#[test]
+fn unknown_merge_keys_and_values_are_refused() {
+    let err = pick_table::<MergeConfig>("[merge]\ngguf = \"q4\"\n", "merge").unwrap_err();
+    assert!(err.message().contains("q8_0"), "{err}");
+    let err = pick_table::<MergeConfig>("[merge]\ndtyp = \"f32\"\n", "merge").unwrap_err();
+    assert!(err.message().contains("dtyp"), "{err}");
+}
+
+/// The real SmolLM2 (a Q4_1 GGUF base): the f32 HF export equals base + adapters within
+/// 1e-4 of the logit scale and the q8_0 GGUF reloads with the same next-token prediction.
+#[test]
+fn real_model_merges_and_exports() {
+    if std::env::var_os(testing::TEST_MODEL_ENV).is_none() {
+        eprintln!("skipped: {} is not set", testing::TEST_MODEL_ENV);
+        return;
+    }
+    let ws = tempfile::tempdir().unwrap();
+    let path = testing::smollm2_gguf_path();
+    let fx = fixture_for(ws, &path.to_string_lossy());
+    let (out, sft, orpo) = run_merge(&fx, "dtype = \"f32\"\ngguf = \"q8_0\"\n");
+    let b = base(&fx);
+    let ids = b.render_prompt(None, "What does grep do?").unwrap();
+    let want = reference_logits(&fx, &sft, &orpo, &ids);
+    let hf = logits_of(&out.path().join(MODEL_DIR), &ids);
+    // Merged in f64 and rounded once vs. LoRA applied in f32 on top: float rounding only.
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let diff = max_diff(&hf, &want);
+    assert!(
+        diff < 1e-4 * scale.max(1.0),
+        "hf: {diff} (logit scale {scale})"
+    );
+    let s = summary(out.path());
+    let gguf = &s.exports[1];
+    eprintln!("hf diff {diff} (scale {scale}); {gguf:?}");
+    assert!(gguf.same_argmax, "{gguf:?}");
+    // q8_0 re-quantizes every matrix (f16 stays within ~0.05 here): same next token, and
+    // logits within a few percent of their scale.
+    assert!(gguf.max_logit_diff < 0.05 * f64::from(scale), "{gguf:?}");
+    let loaded = load_model_path(&out.path().join(GGUF_FILE), &Device::Cpu).unwrap();
+    let text = "Hello 12345 <|im_start|>user\nwhat's up?";
+    assert_eq!(
+        loaded.tokenizer.encode(text, false).unwrap(),
+        b.tokenizer.encode(text, false).unwrap()
+    );
+}
