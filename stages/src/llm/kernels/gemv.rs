@@ -307,7 +307,7 @@ fn row_q8<const G: usize>(
 
 /// [`row_q8`] with AVX2 intrinsics: the compiler leaves the u8 → f32 widening scalar (one
 /// byte at a time), which made 8-bit decoding slower than f32. Eight weights are widened per
-/// instruction here, and two accumulators per input row hide the FMA latency.
+/// instruction here, and two accumulators per input row (for 1–3 rows) hide the FMA latency.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn row_q8_avx2<const G: usize>(
@@ -331,7 +331,10 @@ unsafe fn row_q8_avx2<const G: usize>(
             for (i, a) in acc.iter_mut().enumerate() {
                 // SAFETY: `i * cols + b * BLOCK + 8k + 8 <= G * cols <= x.len()`.
                 let xv = _mm256_loadu_ps(x.as_ptr().add(i * cols + b * BLOCK + 8 * k));
-                a[k & 1] = _mm256_fmadd_ps(wv, xv, a[k & 1]);
+                // With 4+ input rows their independent chains already hide the latency, and
+                // a second accumulator each would spill registers.
+                let slot = if G >= 4 { 0 } else { k & 1 };
+                a[slot] = _mm256_fmadd_ps(wv, xv, a[slot]);
             }
         }
         for (i, mn) in mins.iter_mut().enumerate() {
