@@ -534,20 +534,10 @@ pub(crate) fn truncate_to_chunks(file: &Path, chunk: usize) -> Result<usize, Gen
 
 /// Reads a candidates file (the stage's output or its partial one).
 pub fn read_candidates(path: &Path) -> Result<Vec<CandidateRecord>, GenerateError> {
-    let text = std::fs::read_to_string(path).map_err(|e| GenerateError::Read {
+    crate::jsonl::read(path, "a candidates record").map_err(|message| GenerateError::Read {
         path: path.to_path_buf(),
-        message: format!("cannot read it: {e}"),
-    })?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| GenerateError::Read {
-                path: path.to_path_buf(),
-                message: format!("line {}: not a candidates record: {e}", i + 1),
-            })
-        })
-        .collect()
+        message,
+    })
 }
 
 fn summarize(

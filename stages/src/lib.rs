@@ -5,6 +5,7 @@ pub mod contract;
 pub mod eval;
 pub mod generate;
 pub mod ingest;
+pub mod jsonl;
 pub mod llm;
 pub mod merge;
 pub mod model;

@@ -357,38 +357,18 @@ pub fn score_answers(
 
 /// Reads `pairs.jsonl` (for orpo): one [`Pair`] per line.
 pub fn read_pairs(path: &Path) -> Result<Vec<Pair>, ScoreError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ScoreError::Read {
+    crate::jsonl::read(path, "a pair").map_err(|message| ScoreError::Read {
         path: path.to_path_buf(),
-        message: format!("cannot read it: {e}"),
-    })?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| ScoreError::Read {
-                path: path.to_path_buf(),
-                message: format!("line {}: not a pair: {e}", i + 1),
-            })
-        })
-        .collect()
+        message,
+    })
 }
 
 /// Reads `scores.jsonl`.
 pub fn read_scores(path: &Path) -> Result<Vec<ScoredPrompt>, ScoreError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ScoreError::Read {
+    crate::jsonl::read(path, "a scored prompt").map_err(|message| ScoreError::Read {
         path: path.to_path_buf(),
-        message: format!("cannot read it: {e}"),
-    })?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| ScoreError::Read {
-                path: path.to_path_buf(),
-                message: format!("line {}: not a scored prompt: {e}", i + 1),
-            })
-        })
-        .collect()
+        message,
+    })
 }
 
 /// Distributions of the combined score and each scorer over `rows`.
