@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::{pipe_bin, strs, Ws};
+use support::{strs, tiny_workspace, Ws};
 
 const PIPELINE: &str = r#"
 [project]
@@ -52,22 +52,8 @@ r = 4
 alpha = 8
 "#;
 
-fn csv() -> String {
-    let tools = [
-        "ls", "cat", "grep", "sed", "awk", "cp", "mv", "rm", "tar", "ssh", "df", "du",
-    ];
-    let mut text = String::from("question,answer\n");
-    for (i, t) in tools.iter().enumerate() {
-        text.push_str(&format!("What does {t} do?,{t} is tool number {i}.\n"));
-    }
-    text
-}
-
 fn workspace() -> Ws {
-    let ws = Ws::new(pipe_bin(), PIPELINE);
-    pipe_stages::testkit::write_tiny_model(&ws.path("tiny"), 1).expect("tiny model");
-    ws.write("data/qa.csv", csv());
-    ws
+    tiny_workspace(PIPELINE)
 }
 
 const UPSTREAM: [&str; 5] = ["ingest", "model", "sft", "generate", "score"];

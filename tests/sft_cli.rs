@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{pipe_bin, strs, Ws};
+use support::{strs, tiny_workspace, Ws};
 
 const PIPELINE: &str = r#"
 [project]
@@ -34,26 +34,8 @@ r = 4
 alpha = 8
 "#;
 
-fn csv() -> String {
-    let tools = [
-        "ls", "cat", "grep", "sed", "awk", "cp", "mv", "rm", "tar", "ssh", "df", "du",
-    ];
-    let mut text = String::from("question,answer\n");
-    for (i, t) in tools.iter().enumerate() {
-        text.push_str(&format!("What does {t} do?,{t} is tool number {i}.\n"));
-    }
-    text
-}
-
 fn workspace() -> Ws {
-    workspace_with(PIPELINE)
-}
-
-fn workspace_with(pipeline: &str) -> Ws {
-    let ws = Ws::new(pipe_bin(), pipeline);
-    pipe_stages::testkit::write_tiny_model(&ws.path("tiny"), 1).expect("tiny model");
-    ws.write("data/qa.csv", csv());
-    ws
+    tiny_workspace(PIPELINE)
 }
 
 #[test]
@@ -159,10 +141,10 @@ fn checkpoint_step(ws: &Ws) -> Option<u64> {
 
 #[test]
 fn a_sigkilled_sft_run_resumes_from_its_checkpoint_to_the_same_adapter() {
-    let whole = workspace_with(&killable_pipeline());
+    let whole = tiny_workspace(&killable_pipeline());
     whole.ok(&["run"]);
 
-    let ws = workspace_with(&killable_pipeline());
+    let ws = tiny_workspace(&killable_pipeline());
     let mut child = ws
         .command(&["run"])
         .stdout(std::process::Stdio::null())

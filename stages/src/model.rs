@@ -359,13 +359,17 @@ impl BaseModel {
     pub fn open(model_dir: &Path, workspace: &Path) -> Result<(Self, Device), ModelError> {
         let info = read_info(&model_dir.join(MODEL_FILE))?;
         let device = info.device.open().map_err(ModelError::Device)?;
-        Ok((Self::load(model_dir, workspace, &device)?, device))
+        Ok((Self::from_info(info, workspace, &device)?, device))
     }
 
     /// Loads the model of the committed `model` artifact `model_dir`, resolving its spec
     /// against `workspace` again (the artifact stores no weights).
     pub fn load(model_dir: &Path, workspace: &Path, device: &Device) -> Result<Self, ModelError> {
-        let info = read_info(&model_dir.join(MODEL_FILE))?;
+        Self::from_info(read_info(&model_dir.join(MODEL_FILE))?, workspace, device)
+    }
+
+    /// Loads the model `info` describes on `device`.
+    fn from_info(info: ModelInfo, workspace: &Path, device: &Device) -> Result<Self, ModelError> {
         let spec = ModelSpec::parse(&info.spec).map_err(ModelError::Load)?;
         let loaded = load_model(&spec, workspace, device).map_err(ModelError::Load)?;
         let template = ChatTemplate::new(

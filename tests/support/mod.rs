@@ -134,3 +134,24 @@ impl Ws {
 pub fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
+
+/// A small Q&A CSV (12 Unix tools, a templated answer each) for the tiny-model workspaces.
+pub fn tools_csv() -> String {
+    let tools = [
+        "ls", "cat", "grep", "sed", "awk", "cp", "mv", "rm", "tar", "ssh", "df", "du",
+    ];
+    let mut text = String::from("question,answer\n");
+    for (i, t) in tools.iter().enumerate() {
+        text.push_str(&format!("What does {t} do?,{t} is tool number {i}.\n"));
+    }
+    text
+}
+
+/// The real `pipe` binary in a workspace with `pipeline`, a tiny generated model at `tiny/`
+/// and [`tools_csv`] at `data/qa.csv`.
+pub fn tiny_workspace(pipeline: &str) -> Ws {
+    let ws = Ws::new(pipe_bin(), pipeline);
+    pipe_stages::testkit::write_tiny_model(&ws.path("tiny"), 1).expect("tiny model");
+    ws.write("data/qa.csv", tools_csv());
+    ws
+}
