@@ -25,7 +25,8 @@ pub fn main_with(registry: Vec<Box<dyn DynStage>>) -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    match dispatch(&cli, &registry, true) {
+    let outcome = pipe_stages::llm::runtime::on_pool(|| dispatch(&cli, &registry, true));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
