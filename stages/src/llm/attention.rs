@@ -69,7 +69,8 @@ impl Attention {
         let merged = if fused {
             attention_fused(&q, &k, &v, cx.mask)?
         } else {
-            self.attend(&q, &k, &v, cx.mask)?
+            // Cached keys are views into larger buffers, which not every matmul takes.
+            self.attend(&q, &k.contiguous()?, &v.contiguous()?, cx.mask)?
                 .transpose(1, 2)?
                 .reshape((batch, seq, self.num_heads * self.head_dim))?
         };

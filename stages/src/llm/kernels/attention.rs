@@ -8,10 +8,13 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::matmul::{matmul, MatMut, MatRef, Threads};
-use super::{contiguous_slice, dispatch_real, into_storage, larger, with_slice, Real};
+use super::{
+    contiguous_slice, dispatch_real, into_storage, larger, slab_slice, slabbed, with_slice, Real,
+};
 
 /// `q` `[b, heads, t, d]`, `k`/`v` `[b, kv_heads, keys, d]` (rope applied), `mask` additive
-/// `[b, 1, 1, t, keys]` → `[b, t, heads·d]`. The query heads of kv head `j` are
+/// `[b, 1, 1, t, keys]` → `[b, t, heads·d]`. `k` and `v` may be views of the first slots of
+/// KV-cache buffers (see [`slabbed`]); they are read in place. The query heads of kv head `j` are
 /// `j·group .. (j+1)·group` (HF's `repeat_kv` order).
 pub fn attention_fused(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
@@ -42,8 +45,14 @@ pub fn attention_fused(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Res
             d,
         },
     };
-    q.contiguous()?
-        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+    let in_place = |t: &Tensor| {
+        if slabbed(t) {
+            Ok(t.clone())
+        } else {
+            t.contiguous()
+        }
+    };
+    q.contiguous()?.apply_op3(&in_place(k)?, &in_place(v)?, op)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +81,14 @@ struct Attention {
     dims: Dims,
 }
 
+/// `k` and `v` with the distance between the starts of two heads' rows (`keys·d` when
+/// contiguous, more in a KV-cache buffer).
+struct KeysValues<'a, T> {
+    k: &'a [T],
+    v: &'a [T],
+    head_stride: usize,
+}
+
 /// The inputs of one (sequence, kv head) task.
 struct Task<'a, T> {
     q: &'a [T],
@@ -84,17 +101,16 @@ fn task<'a, T: Real>(
     n: &Dims,
     i: usize,
     q: &'a [T],
-    k: &'a [T],
-    v: &'a [T],
+    kv: &KeysValues<'a, T>,
     mask: &'a [T],
 ) -> Task<'a, T> {
     let (bi, _) = (i / n.hkv, i % n.hkv);
     let qs = n.rows() * n.d;
-    let kvs = n.keys * n.d;
+    let (start, kvs) = (i * kv.head_stride, n.keys * n.d);
     Task {
         q: &q[i * qs..(i + 1) * qs],
-        k: &k[i * kvs..(i + 1) * kvs],
-        v: &v[i * kvs..(i + 1) * kvs],
+        k: &kv.k[start..start + kvs],
+        v: &kv.v[start..start + kvs],
         mask: &mask[bi * n.t * n.keys..(bi + 1) * n.t * n.keys],
     }
 }
@@ -139,13 +155,19 @@ fn exp_shifted<T: Real>(x: T) -> T {
     }
 }
 
-fn forward<T: Real>(n: Dims, q: &[T], k: &[T], v: &[T], mask: &[T], scale: f64) -> Result<Vec<T>> {
+fn forward<T: Real>(
+    n: Dims,
+    q: &[T],
+    kv: &KeysValues<'_, T>,
+    mask: &[T],
+    scale: f64,
+) -> Result<Vec<T>> {
     let scale = T::from_f64(scale);
     // Per task: the group's context rows `[group, t, d]`.
     let blocks = (0..n.b * n.hkv)
         .into_par_iter()
         .map(|i| {
-            let x = task(&n, i, q, k, v, mask);
+            let x = task(&n, i, q, kv, mask);
             let p = probabilities(&n, &x, scale)?;
             let mut ctx = vec![T::zero(); n.rows() * n.d];
             matmul(
@@ -190,10 +212,14 @@ impl CustomOp3 for Attention {
         let n = self.dims;
         let out = dispatch_real!(qs, "attention", |s: T| {
             let q = contiguous_slice::<T>(s, ql, "attention q")?;
-            let k = contiguous_slice::<T>(ks, kl, "attention k")?;
-            let v = contiguous_slice::<T>(vs, vl, "attention v")?;
+            let (k, head_stride) = slab_slice::<T>(ks, kl, "attention k")?;
+            let (v, v_stride) = slab_slice::<T>(vs, vl, "attention v")?;
+            if v_stride != head_stride {
+                candle_core::bail!("attention: k and v are laid out differently")
+            }
+            let kv = KeysValues { k, v, head_stride };
             with_slice::<T, _>(&self.mask, "attention mask", |mask| {
-                Ok(into_storage(forward(n, q, k, v, mask, self.scale)?))
+                Ok(into_storage(forward(n, q, &kv, mask, self.scale)?))
             })?
         });
         Ok((out, Shape::from((n.b, n.t, n.h * n.d))))
@@ -215,7 +241,10 @@ impl CustomOp3 for Attention {
             q: q.clone(),
             out: res.clone(),
         };
-        let packed = k.apply_op3_no_bwd(v, &grad.contiguous()?, &back)?;
+        // Training never reads a KV cache, but a view of one would need copying here.
+        let packed =
+            k.contiguous()?
+                .apply_op3_no_bwd(&v.contiguous()?, &grad.contiguous()?, &back)?;
         let (qn, kn) = (n.b * n.h * n.t * n.d, n.b * n.hkv * n.keys * n.d);
         let dq = packed.narrow(0, 0, qn)?.reshape(q.shape())?;
         let dk = packed.narrow(0, qn, kn)?.reshape(k.shape())?;
@@ -337,7 +366,12 @@ impl AttentionBackward {
                         .zip(dv.par_chunks_mut(n.keys * n.d))
                         .enumerate()
                         .try_for_each(|(i, ((dq, dk), dv))| {
-                            let x = task(&n, i, q, k, v, mask);
+                            let kv = KeysValues {
+                                k,
+                                v,
+                                head_stride: n.keys * n.d,
+                            };
+                            let x = task(&n, i, q, &kv, mask);
                             backward_task(&n, i, &x, out, d_out, scale, Grads { dq, dk, dv })
                         })
                 })
@@ -428,6 +462,33 @@ mod tests {
                 1e-12,
             )?;
         }
+        Ok(())
+    }
+
+    /// Keys and values read in place from the first slots of larger buffers (a KV cache)
+    /// give exactly what their contiguous copies give; the backward copies them and agrees.
+    #[test]
+    fn reads_views_of_cache_buffers_in_place() -> Result<()> {
+        let (b, h, hkv, t, d, keys, capacity) = (2, 6, 2, 3, 8, 9, 16);
+        let q = randn(&[b, h, t, d], 1.5, 1)?;
+        let k = randn(&[b, hkv, capacity, d], 1.5, 2)?.narrow(2, 0, keys)?;
+        let v = randn(&[b, hkv, capacity, d], 1.0, 3)?.narrow(2, 0, keys)?;
+        assert!(slabbed(&k) && !k.is_contiguous());
+        let m = mask(b, t, keys)?;
+        let viewed = attention_fused(&q, &k, &v, &m)?;
+        let copied = attention_fused(&q, &k.contiguous()?, &v.contiguous()?, &m)?;
+        let diff = (viewed - copied)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert_eq!(diff, 0.0);
+        // A transposed view is not a cache layout: it is copied, not misread.
+        let kt = randn(&[b, keys, hkv, d], 1.5, 2)?.transpose(1, 2)?;
+        assert!(!slabbed(&kt));
+        let plain_out = plain(&q, &kt.contiguous()?, &kt.contiguous()?, &m)?;
+        let fused_out = attention_fused(&q, &kt, &kt, &m)?;
+        let diff = (plain_out - fused_out)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?;
+        assert!(diff < 1e-12, "{diff}");
         Ok(())
     }
 

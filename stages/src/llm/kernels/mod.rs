@@ -102,6 +102,44 @@ pub(crate) fn contiguous_slice<'a, T: Real>(
     Ok(&storage.as_slice::<T>()?[start..end])
 }
 
+/// Whether `t` is `[b, h, n, d]` with each `[n, d]` block contiguous and the blocks equally
+/// spaced, as the first `n` slots of a `[b, h, capacity, d]` KV-cache buffer are.
+pub(crate) fn slabbed(t: &Tensor) -> bool {
+    slab_stride(t.layout()).is_some()
+}
+
+/// The distance between the `[n, d]` blocks of a [`slabbed`] layout.
+fn slab_stride(layout: &Layout) -> Option<usize> {
+    let (dims, stride) = (layout.dims(), layout.stride());
+    let [b, h, n, d] = *dims else { return None };
+    let inner = stride[3] == 1 && (n <= 1 || stride[2] == d);
+    let heads = stride[1] >= n * d && (b <= 1 || stride[0] == stride[1] * h);
+    (inner && heads).then_some(stride[1])
+}
+
+/// The elements a [`slabbed`] (or contiguous) CPU layout spans, and its block stride.
+pub(crate) fn slab_slice<'a, T: Real>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<(&'a [T], usize)> {
+    let Some(block) = slab_stride(layout) else {
+        candle_core::bail!("{what}: input must be [b, h, n, d] with contiguous [n, d] blocks")
+    };
+    let dims = layout.dims();
+    let blocks = dims[0] * dims[1];
+    let span = match blocks {
+        0 => 0,
+        _ => (blocks - 1) * block + dims[2] * dims[3],
+    };
+    let start = layout.start_offset();
+    let data = storage.as_slice::<T>()?;
+    match data.get(start..start + span) {
+        Some(slice) => Ok((slice, block)),
+        None => candle_core::bail!("{what}: layout reaches past its storage"),
+    }
+}
+
 /// The elements of a (contiguous) CPU tensor held by an op, e.g. a frozen weight.
 pub(crate) fn with_slice<T: Real, R>(
     t: &Tensor,
