@@ -1,9 +1,10 @@
 //! The `merge` stage: folds the sft adapter and then the orpo adapter into the base weights
 //! and exports the final model as an HF directory (`model/`, loadable by transformers and by
 //! `pipe chat --stage merge`), both adapters as portable PEFT directories (`adapters/`), and
-//! optionally a llama.cpp GGUF (`model.gguf`). Every export is loaded back and its logits on a
-//! probe prompt compared with the in-memory merged model; the differences are in the summary.
+//! optionally a llama.cpp GGUF (`model.gguf`). Every export is loaded back and run on a probe
+//! prompt against the in-memory merged model (see `fidelity`); the figures are in the summary.
 
+pub mod fidelity;
 pub mod gguf;
 #[cfg(test)]
 mod tests;
@@ -16,12 +17,13 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+pub use fidelity::{Fidelity, ProbeRun};
 pub use gguf::{GgufExport, GgufType, TokenizerSource};
 
 use crate::contract::{Stage, StageContext, StageResult};
 use crate::llm::{
     load_model_path, merge_adapters, portable_base_reference, ExportDtype, GgufFile, HfExport,
-    LlamaModel, LlmError, Mode, ModelFormat, ModelWeights, PeftAdapter,
+    LlamaModel, LlmError, ModelFormat, ModelWeights, PeftAdapter,
 };
 use crate::model::{BaseModel, ModelError, ModelInfo};
 use crate::tools::session::{STAGE_ADAPTER_DIR, STAGE_MODEL_DIR};
@@ -101,10 +103,9 @@ pub struct ExportCheck {
     pub path: String,
     pub format: String,
     pub bytes: u64,
-    /// Largest |logit difference| on the probe prompt against the in-memory merged model.
-    pub max_logit_diff: f64,
-    /// Whether the next token after the probe prompt is the same.
-    pub same_argmax: bool,
+    /// Against the in-memory merged model, on the probe prompt.
+    #[serde(flatten)]
+    pub fidelity: Fidelity,
 }
 
 /// `summary.json`.
@@ -121,7 +122,7 @@ pub struct MergeSummary {
 
 impl Stage for Merge {
     const NAME: &'static str = "merge";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "folds the sft and orpo adapters into the base: HF directory, PEFT adapters, optional GGUF";
     const DEPS: &'static [&'static str] = &["model", "sft", "orpo"];
@@ -156,10 +157,12 @@ impl Stage for Merge {
         summary.seconds = started.elapsed().as_secs_f64();
         write_json(&cx.out_dir().join(SUMMARY_FILE), &summary)?;
         for check in &summary.exports {
+            let f = &check.fidelity;
             cx.set_metric(
                 &format!("{}_max_logit_diff", check.format),
-                check.max_logit_diff,
+                f.max_logit_diff,
             );
+            cx.set_metric(&format!("{}_nll_diff", check.format), f.nll_diff);
         }
         cx.set_metric("seconds", summary.seconds);
         Ok(())
@@ -233,7 +236,7 @@ pub fn merge(
             .join(" + ")
     ));
     let probe = probe_ids(&base)?;
-    let reference = logits_at_end(&merged, &probe)?;
+    let reference = ProbeRun::of(&merged, &probe).map_err(llm("cannot run the probe"))?;
     let mut exports = Vec::new();
 
     let model_out = out.join(MODEL_DIR);
@@ -255,9 +258,9 @@ pub fn merge(
         &reference,
     )?);
     progress.info(&format!(
-        "merge: wrote {MODEL_DIR}/ ({}), max logit difference {:.2e}",
+        "merge: wrote {MODEL_DIR}/ ({}), {}",
         dtype_name(cfg.dtype),
-        exports[0].max_logit_diff
+        describe(&exports[0].fidelity)
     ));
 
     if cfg.gguf != GgufType::None {
@@ -271,9 +274,9 @@ pub fn merge(
             &reference,
         )?;
         progress.info(&format!(
-            "merge: wrote {GGUF_FILE} ({}), max logit difference {:.2e}",
+            "merge: wrote {GGUF_FILE} ({}), {}",
             cfg.gguf.name(),
-            check.max_logit_diff
+            describe(&check.fidelity)
         ));
         exports.push(check);
     }
@@ -374,28 +377,13 @@ fn probe_ids(base: &BaseModel) -> Result<Vec<u32>, MergeError> {
     Ok(ids)
 }
 
-/// The logits of every position of `ids`, as a flat f32 vector.
-pub(crate) fn logits_at_end(model: &LlamaModel, ids: &[u32]) -> Result<Vec<f32>, MergeError> {
-    let input = Tensor::new(ids, model.device())
-        .and_then(|t| t.unsqueeze(0))
-        .map_err(|e| llm("probe")(e.into()))?;
-    let logits = model
-        .forward(&input, None, Mode::Eval)
-        .map_err(llm("cannot run the probe"))?;
-    logits
-        .to_dtype(candle_core::DType::F32)
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1::<f32>())
-        .map_err(|e| llm("probe")(e.into()))
-}
-
-/// Loads an export back with pipe's own loader and compares its logits with the reference.
+/// Loads an export back with pipe's own loader and runs the probe on it.
 fn check_export(
     path: &Path,
     format: &str,
     out: &Path,
     probe: &[u32],
-    reference: &[f32],
+    reference: &ProbeRun,
 ) -> Result<ExportCheck, MergeError> {
     let loaded = load_model_path(path, &Device::Cpu).map_err(llm(format!(
         "cannot load the export {} back",
@@ -403,14 +391,7 @@ fn check_export(
     )))?;
     let model = LlamaModel::from_tensors(&loaded.config, loaded.weights.into_map())
         .map_err(llm("cannot build the exported model"))?;
-    let got = logits_at_end(&model, probe)?;
-    let vocab = model.config().vocab_size;
-    let max_logit_diff = got
-        .iter()
-        .zip(reference)
-        .map(|(a, b)| f64::from((a - b).abs()))
-        .fold(0.0, f64::max);
-    let last = |v: &[f32]| argmax(&v[v.len() - vocab..]);
+    let run = ProbeRun::of(&model, probe).map_err(llm("cannot run the probe on the export"))?;
     Ok(ExportCheck {
         path: path
             .strip_prefix(out)
@@ -419,22 +400,16 @@ fn check_export(
             .into_owned(),
         format: format.to_string(),
         bytes: size_of(path),
-        max_logit_diff,
-        same_argmax: last(&got) == last(reference),
+        fidelity: run.against(reference),
     })
 }
 
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
-            if x > best.1 {
-                (i, x)
-            } else {
-                best
-            }
-        })
-        .0
+/// One line of an export's figures.
+fn describe(f: &Fidelity) -> String {
+    format!(
+        "probe NLL within {:.1e}, top-10 logits within {:.1e} (all logits {:.1e}), greedy {}/{} tokens the same",
+        f.nll_diff, f.top10_logit_diff, f.max_logit_diff, f.greedy_agree, f.greedy_tokens
+    )
 }
 
 /// Bytes of a file, or of every file under a directory.
@@ -487,18 +462,28 @@ fn write_summary(s: &MergeSummary, out: &mut dyn Write) -> std::io::Result<()> {
     }
     writeln!(
         out,
-        "exports (logits on a {}-token probe vs the merged f32 model):",
+        "exports, run on a {}-token probe against the merged f32 model:",
         s.probe_tokens
     )?;
+    writeln!(
+        out,
+        "  {:<16} {:<10} {:>8}  {:>8}  {:>8}  {:>8}  greedy",
+        "path", "format", "MB", "|ΔNLL|", "top-10 Δ", "max Δ"
+    )?;
     for e in &s.exports {
+        let f = &e.fidelity;
         writeln!(
             out,
-            "  {:<22} {:<10} {:>8.1} MB   max |Δlogit| {:.2e}{}",
+            "  {:<16} {:<10} {:>8.1}  {:>8.1e}  {:>8.1e}  {:>8.1e}  {}/{}{}",
             e.path,
             e.format,
             e.bytes as f64 / 1e6,
-            e.max_logit_diff,
-            if e.same_argmax {
+            f.nll_diff,
+            f.top10_logit_diff,
+            f.max_logit_diff,
+            f.greedy_agree,
+            f.greedy_tokens,
+            if f.same_argmax {
                 ""
             } else {
                 "  (next token differs!)"
