@@ -17,7 +17,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use fidelity::{Fidelity, ProbeRun};
+pub use fidelity::{Fidelity, ProbeFigures, ProbeRun};
 pub use gguf::{GgufExport, GgufType, TokenizerSource};
 
 use crate::contract::{Stage, StageContext, StageResult};
@@ -117,12 +117,14 @@ pub struct MergeSummary {
     pub gguf: GgufType,
     pub exports: Vec<ExportCheck>,
     pub probe_tokens: usize,
+    /// The merged model's own figures on the probe (what other runtimes are checked against).
+    pub probe: ProbeFigures,
     pub seconds: f64,
 }
 
 impl Stage for Merge {
     const NAME: &'static str = "merge";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const ABOUT: &'static str =
         "folds the sft and orpo adapters into the base: HF directory, PEFT adapters, optional GGUF";
     const DEPS: &'static [&'static str] = &["model", "sft", "orpo"];
@@ -299,6 +301,7 @@ pub fn merge(
         gguf: cfg.gguf,
         exports,
         probe_tokens: probe.len(),
+        probe: reference.figures(&probe),
         seconds: 0.0,
     })
 }

@@ -367,7 +367,7 @@ mod tests {
     }
 
     /// Writes the real SmolLM2 as an HF directory to `$PIPE_EXPORT_TO`, for
-    /// `scripts/verify-hf-export.py` (transformers + a numpy forward against forward.json).
+    /// `scripts/verify-export.py fixture` (transformers + a numpy forward against forward.json).
     #[test]
     #[ignore = "writes 540 MB; run by hand with PIPE_EXPORT_TO set"]
     fn export_smollm2_for_external_check() {

@@ -24,6 +24,20 @@ pub struct ProbeRun {
     greedy: Vec<u32>,
 }
 
+/// The merged model's figures on the probe, written to the summary so that other runtimes
+/// (transformers, llama.cpp: `scripts/verify-export.py`) can be checked against them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeFigures {
+    /// The probe's token ids.
+    pub ids: Vec<u32>,
+    /// Mean next-token NLL over the probe.
+    pub nll: f64,
+    /// The 10 highest logits at the last position, `[token id, logit]`, highest first.
+    pub top10: Vec<(u32, f32)>,
+    /// Greedy tokens after the probe.
+    pub greedy: Vec<u32>,
+}
+
 /// An export against the merged model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fidelity {
@@ -64,6 +78,20 @@ impl ProbeRun {
     /// The logits of every position, flat.
     pub fn logits(&self) -> &[f32] {
         &self.logits
+    }
+
+    /// What the summary records of this run on `probe`.
+    pub fn figures(&self, probe: &[u32]) -> ProbeFigures {
+        let last = self.last_row();
+        ProbeFigures {
+            ids: probe.to_vec(),
+            nll: self.nll,
+            top10: top_indices(last, TOP_K)
+                .into_iter()
+                .map(|i| (i as u32, last[i]))
+                .collect(),
+            greedy: self.greedy.clone(),
+        }
     }
 
     /// The figures of `self` (an export) against `reference` (the merged model).
@@ -201,5 +229,8 @@ mod tests {
         assert_eq!((f.greedy_agree, f.greedy_tokens), (2, 3));
         assert!(f.same_argmax);
         assert!(f.nll_diff > 0.0 && want.against(&want).nll_diff == 0.0);
+        let figures = want.figures(&probe);
+        assert_eq!(figures.top10, vec![(2, 5.0), (3, 3.0), (1, 1.0), (0, 0.0)]);
+        assert_eq!((figures.ids, figures.greedy), (vec![0, 1], vec![2, 3, 1]));
     }
 }
