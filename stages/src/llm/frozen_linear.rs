@@ -89,8 +89,12 @@ impl FrozenLinear {
             return Ok(false);
         }
         let (rows, cols) = self.weight.dims2()?;
-        let values = self.weight.flatten_all()?.to_vec1::<f32>()?;
-        self.packed = Q8Matrix::quantize(&values, rows, cols).map(Arc::new);
+        // Read in place: a copy of every weight would cost a fresh, zeroed allocation each.
+        let weight = self.weight.contiguous()?;
+        let packed = super::kernels::with_slice::<f32, _>(&weight, "pack for decode", |w| {
+            Ok(Q8Matrix::quantize(w, rows, cols))
+        })?;
+        self.packed = packed.map(Arc::new);
         Ok(self.packed.is_some())
     }
 
