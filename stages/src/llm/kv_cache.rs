@@ -8,8 +8,9 @@ use candle_core::{Result, Tensor};
 
 use super::slots::TokenSlots;
 
-/// The cache of one generation batch; create it with `LlamaModel::new_cache`.
-#[derive(Debug, Clone)]
+/// The cache of one generation batch; create it with `LlamaModel::new_cache`. Not `Clone`: a
+/// clone would share the buffers that steps write in place.
+#[derive(Debug)]
 pub struct KvCache {
     layers: Vec<Option<LayerCache>>,
     slots: TokenSlots,
@@ -18,7 +19,7 @@ pub struct KvCache {
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
         Self {
-            layers: vec![None; num_layers],
+            layers: (0..num_layers).map(|_| None).collect(),
             slots: TokenSlots::new(),
         }
     }
@@ -87,7 +88,7 @@ impl KvCache {
 
 /// One layer's buffers `[batch, kv_heads, capacity, head_dim]`, of which the first `len`
 /// slots are filled.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct LayerCache {
     k: Tensor,
     v: Tensor,
