@@ -433,3 +433,17 @@ fn real_model_merges_and_exports() {
         b.tokenizer.encode(text, false).unwrap()
     );
 }
+
+/// A summary written by an earlier merge version is named as such, not shown as an I/O error.
+#[test]
+fn show_names_a_summary_of_an_older_format() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(SUMMARY_FILE), r#"{"base_model": "x"}"#).unwrap();
+    let mut out = Vec::new();
+    Merge::show(dir.path(), &mut out).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains("older format") && out.contains("--from merge"),
+        "{out}"
+    );
+}
