@@ -28,8 +28,8 @@ pub use results::{
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
 use crate::ingest::{self, IngestError, VAL_FILE};
 use crate::llm::{
-    load_model_path, merge_adapters_into_model, Example, GenerationConfig, Generator, LlamaModel,
-    LlmError, PeftAdapter, SamplingParams, TokenBatch,
+    load_model_path, Example, GenerationConfig, Generator, LlamaModel, LlmError, PeftAdapter,
+    SamplingParams, TokenBatch,
 };
 use crate::model::{BaseModel, ModelError};
 use crate::progress::Progress;
@@ -140,7 +140,7 @@ fn llm(context: impl Into<String>) -> impl FnOnce(LlmError) -> EvalError {
 
 impl Stage for Eval {
     const NAME: &'static str = "eval";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "base vs sft vs final on the val split: scores, NLL, win rates, report.html";
     const DEPS: &'static [&'static str] = &["ingest", "model", "sft", "orpo", "merge", "score"];
@@ -352,13 +352,15 @@ pub fn evaluate(
     Ok(results)
 }
 
-/// The base with a PEFT adapter merged into a copy of its weights.
+/// A copy of the base with a PEFT adapter attached (unmerged, so the 8-bit decode copies hold
+/// the base exactly and the adapter is added in f32).
 fn with_adapter(base: &LlamaModel, dir: &Path) -> Result<LlamaModel, EvalError> {
     let adapter = PeftAdapter::load(dir, base.device())
         .map_err(llm(format!("cannot load {}", dir.display())))?;
     let mut model = base.clone();
-    merge_adapters_into_model(&mut model, &[adapter])
-        .map_err(llm(format!("cannot merge {}", dir.display())))?;
+    adapter
+        .attach_to(&mut model)
+        .map_err(llm(format!("cannot attach {}", dir.display())))?;
     Ok(model)
 }
 

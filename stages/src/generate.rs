@@ -1,5 +1,5 @@
 //! The `generate` stage: samples several candidate answers per prompt from the base model with
-//! the sft adapter merged in, for `score` to rank into preference pairs.
+//! the sft adapter, for `score` to rank into preference pairs.
 //!
 //! A run is a pure function of its settings and seed: candidate `j` of the prompt with id `id`
 //! samples from a stream derived from (seed, id, j), whatever batch it lands in, and prompts
@@ -29,9 +29,7 @@ pub(crate) fn report_one_line(text: &str, max: usize) -> String {
 
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
 use crate::ingest::{self, IngestError, TRAIN_FILE, VAL_FILE};
-use crate::llm::{
-    merge_adapters_into_model, FinishReason, GenerationConfig, Generator, LlmError, PeftAdapter,
-};
+use crate::llm::{FinishReason, GenerationConfig, Generator, LlmError, PeftAdapter};
 use crate::model::{BaseModel, ModelError};
 use crate::progress::Bar;
 use crate::sft::ADAPTER_DIR;
@@ -94,7 +92,7 @@ fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> GenerateError + '_
 
 impl Stage for Generate {
     const NAME: &'static str = "generate";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "sample candidate answers per prompt from base + sft adapter, seeded and resumable";
     const DEPS: &'static [&'static str] = &["ingest", "model", "sft"];
@@ -177,9 +175,11 @@ pub(crate) fn run_generate(
     } = base;
     let adapter = PeftAdapter::load(&adapter_dir, &device)
         .map_err(llm(format!("cannot load {}", adapter_dir.display())))?;
-    merge_adapters_into_model(&mut model, &[adapter])
-        .map_err(llm("cannot merge the sft adapter into the base model"))?;
-    // Packed after merging, so the 8-bit decode copies hold the adapted weights.
+    // Attached, not merged: the 8-bit decode copies then hold the base's weights exactly and
+    // the adapter's factors are added in f32 (merged weights would be rounded to 8 bits).
+    adapter
+        .attach_to(&mut model)
+        .map_err(llm("cannot attach the sft adapter to the base model"))?;
     if !cfg.exact {
         model
             .pack_for_decode()

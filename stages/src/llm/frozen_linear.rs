@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::error::{LlmError, LlmResult};
 use super::kernels::gemv::Q8Matrix;
-use super::kernels::skinny_linear::SkinnyLinear;
+use super::kernels::skinny_linear::{LowRank, SkinnyLinear};
 
 /// `y = x·Wᵀ (+ b)` with `W` `[out, in]` held as a constant.
 #[derive(Debug, Clone)]
@@ -21,6 +21,9 @@ pub struct FrozenLinear {
     bias: Option<Tensor>,
     /// An 8-bit copy of the weight for decode steps ([`FrozenLinear::pack_for_decode`]).
     packed: Option<Arc<Q8Matrix>>,
+    /// A LoRA's factors that decode steps add to the packed product
+    /// ([`FrozenLinear::forward_with_low_rank`]).
+    low_rank: Option<Arc<LowRank>>,
 }
 
 impl FrozenLinear {
@@ -47,6 +50,7 @@ impl FrozenLinear {
             weight: weight.detach(),
             bias: bias.map(|b| b.detach()),
             packed: None,
+            low_rank: None,
         })
     }
 
@@ -78,6 +82,7 @@ impl FrozenLinear {
         self.weight = weight.detach();
         // A packed copy of the old weight would be stale.
         self.packed = None;
+        self.low_rank = None;
         Ok(())
     }
 
@@ -101,6 +106,42 @@ impl FrozenLinear {
     /// Drops the 8-bit copy: decode steps use the exact weight again.
     pub fn unpack(&mut self) {
         self.packed = None;
+        self.low_rank = None;
+    }
+
+    /// Keeps (or with `None` drops) a LoRA's factors for [`FrozenLinear::forward_with_low_rank`].
+    pub fn set_low_rank(&mut self, low_rank: Option<LowRank>) {
+        self.low_rank = low_rank.map(Arc::new);
+    }
+
+    /// `x·Wᵀ (+ b) + scale·x·Aᵀ·Bᵀ` from the 8-bit copy and the kept factors, for a decode-sized
+    /// input; `None` when there is no such copy or factors, or `x` is not decode-sized.
+    pub fn forward_with_low_rank(&self, x: &Tensor) -> Option<Result<Tensor>> {
+        let low_rank = self.low_rank.as_ref()?;
+        if self.packed.is_none() || !self.skinny_takes(x) {
+            return None;
+        }
+        Some(self.skinny(x, Some(low_rank.clone())))
+    }
+
+    fn skinny_takes(&self, x: &Tensor) -> bool {
+        SkinnyLinear::takes(x)
+            && self.weight.dtype() == candle_core::DType::F32
+            && x.dim(D::Minus1).ok() == Some(self.in_features())
+    }
+
+    /// The skinny kernels' product plus the bias.
+    fn skinny(&self, x: &Tensor, low_rank: Option<Arc<LowRank>>) -> Result<Tensor> {
+        let y = SkinnyLinear {
+            weight: self.weight.clone(),
+            packed: self.packed.clone(),
+            low_rank,
+        }
+        .forward(x)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
     }
 
     /// Bytes of the 8-bit copy, if any.
@@ -122,17 +163,12 @@ impl FrozenLinear {
         if bench::plain_matmul() {
             return self.plain_forward(x);
         }
-        let y = if SkinnyLinear::takes(x) && self.weight.dtype() == candle_core::DType::F32 {
-            SkinnyLinear {
-                weight: self.weight.clone(),
-                packed: self.packed.clone(),
-            }
-            .forward(x)?
-        } else {
-            x.contiguous()?.apply_op1(FrozenMatmul {
-                weight: self.weight.clone(),
-            })?
-        };
+        if self.skinny_takes(x) {
+            return self.skinny(x, None);
+        }
+        let y = x.contiguous()?.apply_op1(FrozenMatmul {
+            weight: self.weight.clone(),
+        })?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),

@@ -3,7 +3,7 @@
 use candle_core::{DType, Result, Tensor};
 
 use super::frozen_linear::FrozenLinear;
-use super::kernels::{self, lora_linear::LoraLinear};
+use super::kernels::{self, lora_linear::LoraLinear, skinny_linear::LowRank};
 use super::lora::{LoraLayer, Mode};
 
 /// `y = x·Wᵀ (+ b) + lora(x)`.
@@ -34,10 +34,30 @@ impl Projection {
     /// Attaches (or replaces) the LoRA of this projection; the caller checked its shapes.
     pub fn set_lora(&mut self, lora: LoraLayer) {
         self.lora = Some(lora);
+        // Factors kept for decoding belong to the LoRA they were copied from.
+        self.base.set_low_rank(None);
     }
 
     pub fn take_lora(&mut self) -> Option<LoraLayer> {
+        self.base.set_low_rank(None);
         self.lora.take()
+    }
+
+    /// Packs the base weight for decode steps (see `FrozenLinear::pack_for_decode`) and keeps
+    /// the attached LoRA's factors beside it, so decoding rounds only the base. Returns the
+    /// bytes of the packed copy.
+    pub fn pack_for_decode(&mut self) -> Result<usize> {
+        self.base.pack_for_decode()?;
+        let low_rank = match &self.lora {
+            Some(lora) => Some(LowRank::new(
+                lora.a().as_tensor(),
+                lora.b().as_tensor(),
+                lora.scale(),
+            )?),
+            None => None,
+        };
+        self.base.set_low_rank(low_rank);
+        Ok(self.base.packed_bytes())
     }
 
     /// The frozen base linear, mutably (packing it for decoding).
@@ -54,9 +74,17 @@ impl Projection {
         self.base.set_weight(merged)
     }
 
-    /// With a LoRA on the CPU, one fused kernel (see `kernels::lora_linear`); otherwise the
+    /// A decode step of a packed projection with a LoRA: the 8-bit product plus the LoRA's
+    /// factors. Otherwise, with a LoRA on the CPU, one fused kernel (see `kernels::lora_linear`); otherwise the
     /// frozen linear plus the LoRA's own forward.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if let Some(lora) = &self.lora {
+            if lora.dropout_for(mode).is_none() {
+                if let Some(y) = self.base.forward_with_low_rank(x) {
+                    return y;
+                }
+            }
+        }
         match &self.lora {
             Some(lora) if kernels::applies(x) && x.dtype() == self.base.weight().dtype() => {
                 let fused = LoraLinear {

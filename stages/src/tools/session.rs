@@ -1,7 +1,7 @@
-//! The model a tool talks to: a base model (path or hub spec), adapters merged into it in
-//! order, or a pipeline stage's artifact (its `adapter/` on top of the base, or its merged
-//! `model/`), with its tokenizer and chat template. Adapters are merged, not attached, so
-//! inference pays nothing for them.
+//! The model a tool talks to: a base model (path or hub spec) with adapters, or a pipeline
+//! stage's artifact (its `adapter/` on top of the base, or its merged `model/`), with its
+//! tokenizer and chat template. One adapter stays attached beside the 8-bit decode copies
+//! (which then hold a GGUF base exactly); several are merged in order.
 
 use std::path::PathBuf;
 
@@ -48,7 +48,7 @@ pub struct ModelSession {
 }
 
 impl ModelSession {
-    /// Loads the base model, then merges the adapters (`--adapter` ones, then the stage's).
+    /// Loads the base model, then applies the adapters (`--adapter` ones, then the stage's).
     pub fn open(options: &ModelOptions) -> LlmResult<Self> {
         let device = options.device.open()?;
         let (spec, stage_adapter) = base_and_stage_adapter(options)?;
@@ -61,8 +61,12 @@ impl ModelSession {
             .iter()
             .map(|dir| PeftAdapter::load(dir, &device))
             .collect::<LlmResult<Vec<_>>>()?;
-        merge_adapters_into_model(&mut model, &adapters)?;
-        // Packed after merging, so the copies hold the adapted weights.
+        // One adapter stays attached (decoding then rounds only the base, whose GGUF weights
+        // the 8-bit copies hold exactly); several are merged in order.
+        match adapters.as_slice() {
+            [one] => one.attach_to(&mut model)?,
+            many => merge_adapters_into_model(&mut model, many)?,
+        }
         if !options.exact {
             model.pack_for_decode()?;
         }
