@@ -130,7 +130,7 @@ pub struct ModelArgs {
     #[arg(long, value_name = "NAME")]
     pub template: Option<String>,
     /// Decode with the exact f32 weights instead of 8-bit copies (about 2x slower on a CPU;
-    /// the copies are exact for a GGUF's weights, within ~0.1 on logits with an adapter merged).
+    /// the copies are exact for a GGUF's weights and one adapter, within ~0.1 on merged weights).
     #[arg(long)]
     pub exact: bool,
 }

@@ -202,7 +202,12 @@ fn eval_json_answers_and_report_on_the_tiny_model() {
         .unwrap()
         .model;
     let sft = with_adapter(&base, &fx.inputs.sft.join(STAGE_ADAPTER_DIR)).unwrap();
-    let fin = with_adapter(&sft, &fx.inputs.orpo.join(STAGE_ADAPTER_DIR)).unwrap();
+    // The final model: sft merged, orpo on top (what merge exports).
+    let mut sft_merged = base.clone();
+    let sft_adapter =
+        PeftAdapter::load(&fx.inputs.sft.join(STAGE_ADAPTER_DIR), &Device::Cpu).unwrap();
+    crate::llm::merge_adapters_into_model(&mut sft_merged, &[sft_adapter]).unwrap();
+    let fin = with_adapter(&sft_merged, &fx.inputs.orpo.join(STAGE_ADAPTER_DIR)).unwrap();
     for (m, model) in json.models.iter().zip([&base, &sft, &fin]) {
         let want = nll_of(&fx, model, &cfg, 4);
         assert!(
