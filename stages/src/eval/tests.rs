@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 
 use super::*;
 use crate::contract::pick_table;
-use crate::llm::{LoraConfig, TargetModule};
+use crate::llm::TargetModule;
 use crate::merge::{self, MergeConfig};
 use crate::model::Model;
 use crate::progress::NullProgress;
@@ -38,25 +38,8 @@ fn stage_dir(ws: &Path, name: &str) -> PathBuf {
 }
 
 fn random_adapter(model: &LlamaModel, seed: u64, modules: Vec<TargetModule>, dir: &Path) {
-    let mut model = model.clone();
-    model
-        .attach_lora(&LoraConfig {
-            r: 4,
-            alpha: 8.0,
-            dropout: 0.0,
-            target_modules: modules,
-            use_rslora: false,
-            seed,
-        })
-        .unwrap();
-    for (_, _, l) in model.lora_layers() {
-        let noise = Tensor::randn(0f32, 0.2, l.b().shape(), &Device::Cpu).unwrap();
-        l.b().set(&noise.to_dtype(l.b().dtype()).unwrap()).unwrap();
-    }
-    PeftAdapter::from_model(&model, "tiny")
-        .unwrap()
-        .save(&dir.join(STAGE_ADAPTER_DIR))
-        .unwrap();
+    let dir = dir.join(STAGE_ADAPTER_DIR);
+    crate::llm::testing::write_random_adapter(model, seed, 0.2, modules, &dir);
 }
 
 const SFT_METRICS: &str = r#"{"step":0,"epoch":0.0,"eval_loss":5.1,"eval_perplexity":164.0}

@@ -397,7 +397,7 @@ pub fn gguf_tensor_name(hf_name: &str) -> Option<String> {
 
 /// How many heads a permuted tensor is grouped in: q_proj by the attention heads, k_proj by
 /// the key/value heads (as llama.cpp's `permute(w, n_head, n_head_kv)`); `None` otherwise.
-fn permuted_heads(hf_name: &str, config: &ModelConfig) -> Option<usize> {
+pub fn permuted_heads(hf_name: &str, config: &ModelConfig) -> Option<usize> {
     if hf_name.contains(".self_attn.q_proj.") {
         Some(config.num_attention_heads)
     } else if hf_name.contains(".self_attn.k_proj.") {

@@ -228,16 +228,9 @@ fn arch_name(architecture: Architecture) -> &'static str {
 
 /// llama.cpp's converter permutes q/k rows for the `llama` architecture only.
 fn permuted_heads(arch: &str, hf_name: &str, config: &ModelConfig) -> Option<usize> {
-    if arch != "llama" {
-        return None;
-    }
-    if hf_name.contains(".self_attn.q_proj.") {
-        Some(config.num_attention_heads)
-    } else if hf_name.contains(".self_attn.k_proj.") {
-        Some(config.num_key_value_heads)
-    } else {
-        None
-    }
+    (arch == "llama")
+        .then(|| crate::llm::gguf::permuted_heads(hf_name, config))
+        .flatten()
 }
 
 /// Matrices in the chosen type; vectors (norms, biases) in f32; a matrix whose rows do not

@@ -10,11 +10,8 @@ use candle_core::{Device, Tensor};
 
 use super::*;
 use crate::contract::pick_table;
-use crate::llm::kernels::testing::randn;
 use crate::llm::testing::{self, random_weights, tiny_config, TinyVocab};
-use crate::llm::{
-    load_model_path, merge_adapters_into_model, Architecture, LoraConfig, TargetModule,
-};
+use crate::llm::{load_model_path, merge_adapters_into_model, Architecture, TargetModule};
 use crate::model::Model;
 use crate::progress::NullProgress;
 
@@ -69,27 +66,8 @@ fn base(fx: &Fixture) -> BaseModel {
 
 /// A LoRA adapter with random (non-zero) B on `modules`, saved as `<ws>/<stage>/adapter`.
 fn random_adapter(fx: &Fixture, stage: &str, seed: u64, modules: Vec<TargetModule>) -> PathBuf {
-    let mut model = base(fx).model;
-    model
-        .attach_lora(&LoraConfig {
-            r: 4,
-            alpha: 8.0,
-            dropout: 0.0,
-            target_modules: modules,
-            use_rslora: false,
-            seed,
-        })
-        .unwrap();
-    for (i, (_, _, l)) in model.lora_layers().into_iter().enumerate() {
-        // Seeded, and different per projection and adapter (uniform, standard deviation 0.05).
-        let noise = randn(l.b().dims(), 0.0866, seed * 1000 + i as u64).unwrap();
-        l.b().set(&noise.to_dtype(l.b().dtype()).unwrap()).unwrap();
-    }
     let dir = fx.ws.path().join(stage).join(STAGE_ADAPTER_DIR);
-    PeftAdapter::from_model(&model, "tiny")
-        .unwrap()
-        .save(&dir)
-        .unwrap();
+    testing::write_random_adapter(&base(fx).model, seed, 0.05, modules, &dir);
     if stage == "orpo" {
         orpo_applies_to(fx, "base+sft");
     }

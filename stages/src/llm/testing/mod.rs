@@ -57,3 +57,41 @@ pub fn smollm2_tokenizer() -> &'static super::TextTokenizer {
 pub mod micro;
 mod tiny;
 pub use tiny::{random_weights, tiny_config, tiny_tokenizer, write_gguf, TinyVocab};
+
+/// Saves a PEFT adapter (r 4, alpha 8) on `modules` of `model` with seeded uniform random B
+/// of standard deviation `b_std` (so it changes the model) to `dir`: for tests of the stages
+/// that read adapters.
+#[cfg(test)]
+pub fn write_random_adapter(
+    model: &super::LlamaModel,
+    seed: u64,
+    b_std: f64,
+    modules: Vec<super::TargetModule>,
+    dir: &std::path::Path,
+) {
+    let mut model = model.clone();
+    model
+        .attach_lora(&super::LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: modules,
+            use_rslora: false,
+            seed,
+        })
+        .unwrap();
+    for (i, (_, _, l)) in model.lora_layers().into_iter().enumerate() {
+        // Different per projection and adapter; uniform on ±√3·std.
+        let noise = super::kernels::testing::randn(
+            l.b().dims(),
+            b_std * 3f64.sqrt(),
+            seed * 1000 + i as u64,
+        )
+        .unwrap();
+        l.b().set(&noise.to_dtype(l.b().dtype()).unwrap()).unwrap();
+    }
+    super::PeftAdapter::from_model(&model, "tiny")
+        .unwrap()
+        .save(dir)
+        .unwrap();
+}
