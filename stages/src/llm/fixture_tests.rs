@@ -7,14 +7,14 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use serde_json::Value;
 
-use super::batch::{Example, TargetMask, TokenBatch};
-use super::lora::Mode;
-use super::loss::{TargetLogProbs, DEFAULT_CHUNK};
-use super::merge::merge_adapters;
-use super::model::LlamaModel;
-use super::orpo::{orpo_loss, OrpoConfig, OrpoNll, PreferencePair};
-use super::peft::PeftAdapter;
 use super::testing::{smollm2_fixture, smollm2_model};
+use crate::llm::io::merge::merge_adapters;
+use crate::llm::io::peft::PeftAdapter;
+use crate::llm::model::decoder::LlamaModel;
+use crate::llm::model::lora::Mode;
+use crate::llm::objectives::batch::{Example, TargetMask, TokenBatch};
+use crate::llm::objectives::loss::{TargetLogProbs, DEFAULT_CHUNK};
+use crate::llm::objectives::orpo::{orpo_loss, OrpoConfig, OrpoNll, PreferencePair};
 
 const NLL_TOL: f64 = 1e-3;
 const LOGIT_TOL: f64 = 1e-2;

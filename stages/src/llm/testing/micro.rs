@@ -7,9 +7,9 @@ use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::llm::config::{Architecture, ModelConfig};
-use crate::llm::lora::TargetModule;
-use crate::llm::model::LlamaModel;
+use crate::llm::model::config::{Architecture, ModelConfig};
+use crate::llm::model::decoder::LlamaModel;
+use crate::llm::model::lora::TargetModule;
 
 /// 2 layers, hidden 16, 4 heads over 2 kv heads, vocab 32.
 pub fn micro_config(architecture: Architecture) -> ModelConfig {

@@ -82,7 +82,7 @@ pub fn write_random_adapter(
         .unwrap();
     for (i, (_, _, l)) in model.lora_layers().into_iter().enumerate() {
         // Different per projection and adapter; uniform on ±√3·std.
-        let noise = super::kernels::testing::randn(
+        let noise = crate::llm::model::kernels::testing::randn(
             l.b().dims(),
             b_std * 3f64.sqrt(),
             seed * 1000 + i as u64,

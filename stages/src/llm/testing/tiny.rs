@@ -10,9 +10,9 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
-use crate::llm::config::{Architecture, ModelConfig};
-use crate::llm::gguf::{gguf_tensor_name, permute_rows};
-use crate::llm::weights::{expected_shapes, ModelWeights};
+use crate::llm::io::gguf::{gguf_tensor_name, permute_rows};
+use crate::llm::io::weights::{expected_shapes, ModelWeights};
+use crate::llm::model::config::{Architecture, ModelConfig};
 
 /// A two-layer model: hidden 256, 4 heads of 64 (2 key/value heads), MLP 512. The
 /// dimensions are multiples of 256 so every GGML quantization (K-quants included) applies.

@@ -1,0 +1,500 @@
+//! The model's tokenizer, from an HF `tokenizer.json` or rebuilt from GGUF metadata so that it
+//! tokenizes exactly as llama.cpp does (pre-tokenizer regexes per `tokenizer.ggml.pre`,
+//! control tokens parsed as single special tokens in templated text).
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use candle_core::quantized::gguf_file::Value;
+use serde_json::Value as Json;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::unicode::NFC;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{
+    AddedToken, DecodeStream, DecoderWrapper, ModelWrapper, NormalizerWrapper,
+    PostProcessorWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
+};
+
+use crate::llm::error::{LlmError, LlmResult};
+use crate::llm::io::gguf::{value_as_usize, GgufFile};
+
+/// The special tokens a chat template and a sampler need, by their text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpecialTokens {
+    pub bos: Option<String>,
+    pub eos: Option<String>,
+    pub pad: Option<String>,
+    pub unk: Option<String>,
+    /// The tokenizer prepends `bos` when encoding with `add_special_tokens`.
+    pub add_bos: bool,
+}
+
+impl SpecialTokens {
+    /// Reads `bos_token`, `eos_token`, `pad_token`, `unk_token` (a string or an
+    /// `{"content": ...}` object) and `add_bos_token` from an HF `tokenizer_config.json`.
+    pub fn from_tokenizer_config(config: &Json) -> Self {
+        let token = |key: &str| -> Option<String> {
+            match config.get(key)? {
+                Json::String(s) => Some(s.clone()),
+                Json::Object(o) => o.get("content")?.as_str().map(str::to_string),
+                _ => None,
+            }
+        };
+        SpecialTokens {
+            bos: token("bos_token"),
+            eos: token("eos_token"),
+            pad: token("pad_token"),
+            unk: token("unk_token"),
+            add_bos: config
+                .get("add_bos_token")
+                .and_then(Json::as_bool)
+                .unwrap_or(false),
+        }
+    }
+}
+
+/// A `tokenizers::Tokenizer` with the model's special tokens, encoding and decoding text the
+/// way the model was trained.
+#[derive(Debug)]
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    /// The same tokenizer with special-token parsing disabled, built on first use.
+    literal: OnceLock<Tokenizer>,
+    special: SpecialTokens,
+}
+
+impl Clone for TextTokenizer {
+    fn clone(&self) -> Self {
+        TextTokenizer::new(self.inner.clone(), self.special.clone())
+    }
+}
+
+/// The decoder of a token stream, yielding text as soon as it is complete UTF-8.
+pub type TokenDecodeStream<'a> = DecodeStream<
+    'a,
+    ModelWrapper,
+    NormalizerWrapper,
+    PreTokenizerWrapper,
+    PostProcessorWrapper,
+    DecoderWrapper,
+>;
+
+impl TextTokenizer {
+    /// Wraps a tokenizer and the special tokens that go with it.
+    pub fn new(inner: Tokenizer, special: SpecialTokens) -> Self {
+        TextTokenizer {
+            inner,
+            literal: OnceLock::new(),
+            special,
+        }
+    }
+
+    /// Reads an HF `tokenizer.json`.
+    pub fn from_file(path: &Path, special: SpecialTokens) -> LlmResult<Self> {
+        let bytes = std::fs::read(path).map_err(|e| LlmError::io(path, e))?;
+        let inner = Tokenizer::from_bytes(&bytes)
+            .map_err(|e| LlmError::bad_file(path, format!("not a valid tokenizer.json: {e}")))?;
+        Ok(TextTokenizer::new(inner, special))
+    }
+
+    /// Rebuilds the tokenizer llama.cpp uses from the GGUF's `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(gguf: &GgufFile) -> LlmResult<Self> {
+        GgufTokenizerBuilder { gguf }.build()
+    }
+
+    /// The wrapped `tokenizers::Tokenizer`.
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    /// The special tokens by text.
+    pub fn special(&self) -> &SpecialTokens {
+        &self.special
+    }
+
+    /// Encodes `text`, parsing special tokens written in it (`<|im_start|>` is one token) as
+    /// HF does for rendered chat templates; `add_special_tokens` adds BOS/EOS as the
+    /// tokenizer's post-processor says (off for text rendered by a chat template, which
+    /// writes its own BOS).
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> LlmResult<Vec<u32>> {
+        encode_with(&self.inner, text, add_special_tokens)
+    }
+
+    /// Encodes `text` treating special-token strings as plain text: for user content that
+    /// must not be able to inject `<|im_end|>`.
+    pub fn encode_literal(&self, text: &str, add_special_tokens: bool) -> LlmResult<Vec<u32>> {
+        let literal = self.literal.get_or_init(|| {
+            let mut t = self.inner.clone();
+            t.set_encode_special_tokens(true);
+            t
+        });
+        encode_with(literal, text, add_special_tokens)
+    }
+
+    /// Decodes ids to text; `skip_special_tokens` drops control tokens such as `<|im_end|>`.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> LlmResult<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| LlmError::Tokenizer(format!("cannot decode {} ids: {e}", ids.len())))
+    }
+
+    /// A decoder for generation: feed ids one by one with `step`, get text as soon as it is
+    /// complete (multi-byte characters split over several tokens come out whole).
+    pub fn decode_stream(&self, skip_special_tokens: bool) -> TokenDecodeStream<'_> {
+        self.inner.decode_stream(skip_special_tokens)
+    }
+
+    /// One more than the largest token id, added tokens included: the embedding matrix must
+    /// have at least this many rows.
+    pub fn vocab_size(&self) -> usize {
+        let vocab = self.inner.get_vocab(true);
+        vocab.values().max().map_or(0, |max| *max as usize + 1)
+    }
+
+    /// The id of a token given by its text.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The text of a token id.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// The BOS id, if the model has one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.special
+            .bos
+            .as_deref()
+            .and_then(|t| self.token_to_id(t))
+    }
+
+    /// The EOS id, if the model has one.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.special
+            .eos
+            .as_deref()
+            .and_then(|t| self.token_to_id(t))
+    }
+
+    /// The padding id, if the model has one.
+    pub fn pad_id(&self) -> Option<u32> {
+        self.special
+            .pad
+            .as_deref()
+            .and_then(|t| self.token_to_id(t))
+    }
+
+    /// The tokenizer serialised as an HF `tokenizer.json`.
+    pub fn to_json(&self) -> LlmResult<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| LlmError::Tokenizer(format!("cannot serialise: {e}")))
+    }
+}
+
+fn encode_with(tokenizer: &Tokenizer, text: &str, add_special_tokens: bool) -> LlmResult<Vec<u32>> {
+    tokenizer
+        .encode(text, add_special_tokens)
+        .map(|e| e.get_ids().to_vec())
+        .map_err(|e| LlmError::Tokenizer(format!("cannot encode text ({} bytes): {e}", text.len())))
+}
+
+/// llama.cpp's token types (`llama_token_type`).
+const TOKEN_TYPE_UNKNOWN: usize = 2;
+const TOKEN_TYPE_CONTROL: usize = 3;
+const TOKEN_TYPE_USER_DEFINED: usize = 4;
+
+/// Builds a byte-level BPE tokenizer from `tokenizer.ggml.*` metadata.
+struct GgufTokenizerBuilder<'a> {
+    gguf: &'a GgufFile,
+}
+
+impl GgufTokenizerBuilder<'_> {
+    fn build(&self) -> LlmResult<TextTokenizer> {
+        let model = self.gguf.string("tokenizer.ggml.model")?.unwrap_or("");
+        if model != "gpt2" {
+            return Err(self.error(format!(
+                "tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`); use the model's HF directory instead"
+            )));
+        }
+        let tokens = self.strings("tokenizer.ggml.tokens")?;
+        let merges = self.merges()?;
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(id, token)| (token.clone(), id as u32))
+            .collect();
+        let mut bpe = BPE::builder().vocab_and_merges(vocab, merges);
+        let special = self.special_tokens(&tokens)?;
+        if let Some(unk) = &special.unk {
+            bpe = bpe.unk_token(unk.clone());
+        }
+        let bpe = bpe
+            .build()
+            .map_err(|e| self.error(format!("cannot build the BPE model: {e}")))?;
+        let mut tokenizer = Tokenizer::new(bpe);
+        let pre = self.gguf.string("tokenizer.ggml.pre")?.unwrap_or("default");
+        let pipeline = pre_tokenizer_for(pre).map_err(|m| self.error(m))?;
+        if pipeline.nfc {
+            tokenizer
+                .with_normalizer(Some(NFC))
+                .map_err(|e| self.error(format!("cannot set the NFC normalizer: {e}")))?;
+        }
+        tokenizer.with_pre_tokenizer(Some(pipeline.pre_tokenizer));
+        tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+        tokenizer
+            .add_special_tokens(self.added_tokens(&tokens)?)
+            .map_err(|e| self.error(format!("cannot add special tokens: {e}")))?;
+        if special.add_bos {
+            let processor =
+                bos_processor(&tokenizer, special.bos.as_deref()).map_err(|m| self.error(m))?;
+            tokenizer.with_post_processor(Some(processor));
+        }
+        Ok(TextTokenizer::new(tokenizer, special))
+    }
+
+    /// Control and user-defined tokens become added tokens so the tokenizer matches them
+    /// whole in text (as llama.cpp's `special=True`) and never splits them into bytes.
+    fn added_tokens(&self, tokens: &[String]) -> LlmResult<Vec<AddedToken>> {
+        let Some(types) = self.gguf.metadata("tokenizer.ggml.token_type") else {
+            return Ok(Vec::new());
+        };
+        let types = types
+            .to_vec()
+            .map_err(|_| self.error("`tokenizer.ggml.token_type` must be an array"))?;
+        if types.len() != tokens.len() {
+            return Err(self.error(format!(
+                "`tokenizer.ggml.token_type` has {} entries for {} tokens",
+                types.len(),
+                tokens.len()
+            )));
+        }
+        let mut added = Vec::new();
+        for (token, kind) in tokens.iter().zip(types) {
+            match value_as_usize(kind) {
+                Some(TOKEN_TYPE_CONTROL | TOKEN_TYPE_UNKNOWN) => {
+                    added.push(AddedToken::from(token.clone(), true));
+                }
+                Some(TOKEN_TYPE_USER_DEFINED) => {
+                    added.push(AddedToken::from(token.clone(), false).normalized(false));
+                }
+                _ => {}
+            }
+        }
+        Ok(added)
+    }
+
+    fn special_tokens(&self, tokens: &[String]) -> LlmResult<SpecialTokens> {
+        let token = |key: &str| -> LlmResult<Option<String>> {
+            let Some(id) = self.gguf.usize(key)? else {
+                return Ok(None);
+            };
+            tokens
+                .get(id)
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| self.error(format!("`{key}` = {id} is not a token id")))
+        };
+        Ok(SpecialTokens {
+            bos: token("tokenizer.ggml.bos_token_id")?,
+            eos: token("tokenizer.ggml.eos_token_id")?,
+            pad: token("tokenizer.ggml.padding_token_id")?,
+            unk: token("tokenizer.ggml.unknown_token_id")?,
+            add_bos: self
+                .gguf
+                .bool("tokenizer.ggml.add_bos_token")?
+                .unwrap_or(false),
+        })
+    }
+
+    fn strings(&self, key: &str) -> LlmResult<Vec<String>> {
+        let value = self
+            .gguf
+            .metadata(key)
+            .ok_or_else(|| LlmError::MissingField {
+                path: self.gguf.path().to_path_buf(),
+                field: key.to_string(),
+            })?;
+        let items = value
+            .to_vec()
+            .map_err(|_| self.error(format!("`{key}` must be an array of strings")))?;
+        items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                _ => Err(self.error(format!("`{key}` must be an array of strings"))),
+            })
+            .collect()
+    }
+
+    fn merges(&self) -> LlmResult<Vec<(String, String)>> {
+        self.strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| {
+                        self.error(format!(
+                            "merge `{m}` is not two tokens separated by a space"
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    fn error(&self, message: impl std::fmt::Display) -> LlmError {
+        LlmError::bad_file(self.gguf.path(), format!("tokenizer: {message}"))
+    }
+}
+
+/// The normalizer flag and pre-tokenizer of one `tokenizer.ggml.pre` value.
+struct PrePipeline {
+    nfc: bool,
+    pre_tokenizer: PreTokenizerWrapper,
+}
+
+const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The pre-tokenizer llama.cpp applies for `pre` (llama-vocab.cpp), written as the HF
+/// `tokenizer.json` of the same model writes it.
+fn pre_tokenizer_for(pre: &str) -> Result<PrePipeline, String> {
+    let byte_level_regex = ByteLevel::new(false, true, true);
+    let byte_level_plain = ByteLevel::new(false, true, false);
+    let split = |regex: &str| -> Result<PreTokenizerWrapper, String> {
+        Split::new(
+            SplitPattern::Regex(regex.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map(Into::into)
+        .map_err(|e| format!("bad pre-tokenizer regex: {e}"))
+    };
+    let pipeline = match pre {
+        // GPT-2's regex alone, which `ByteLevel(use_regex = true)` applies itself:
+        // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+        "gpt2" | "gpt-2" | "default" | "phi-2" | "roberta-bpe" | "jina-es" | "jina-de" => PrePipeline {
+            nfc: false,
+            pre_tokenizer: byte_level_regex.into(),
+        },
+        // Digits one by one, then GPT-2's regex: llama.cpp's `\p{N}` split before the GPT-2
+        // expression; HF's SmolLM2 tokenizer.json is Digits(individual) + ByteLevel.
+        "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" | "exaone" | "minerva" => PrePipeline {
+            nfc: false,
+            pre_tokenizer: Sequence::new(vec![Digits::new(true).into(), byte_level_regex.into()]).into(),
+        },
+        "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "falcon3" => PrePipeline {
+            nfc: false,
+            pre_tokenizer: Sequence::new(vec![split(LLAMA3_REGEX)?, byte_level_plain.into()]).into(),
+        },
+        "qwen2" | "deepseek-r1-qwen" => PrePipeline {
+            nfc: true,
+            pre_tokenizer: Sequence::new(vec![split(QWEN2_REGEX)?, byte_level_plain.into()]).into(),
+        },
+        other => {
+            return Err(format!(
+                "pre-tokenizer `{other}` is not supported (known: gpt2, smollm, starcoder, llama3/llama-bpe, qwen2); use the model's HF directory instead"
+            ))
+        }
+    };
+    Ok(pipeline)
+}
+
+/// A post-processor that prepends BOS, for GGUFs with `tokenizer.ggml.add_bos_token`.
+fn bos_processor(tokenizer: &Tokenizer, bos: Option<&str>) -> Result<TemplateProcessing, String> {
+    let bos = bos.ok_or("`add_bos_token` is set but there is no `bos_token_id`")?;
+    let id = tokenizer
+        .token_to_id(bos)
+        .ok_or_else(|| format!("BOS token `{bos}` is not in the vocabulary"))?;
+    TemplateProcessing::builder()
+        .try_single(format!("{bos} $A"))
+        .and_then(|b| b.try_pair(format!("{bos} $A {bos} $B")))
+        .map_err(|e| format!("cannot build the BOS template: {e}"))?
+        .special_tokens(vec![(bos.to_string(), id)])
+        .build()
+        .map_err(|e| format!("cannot build the BOS template: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::llm::testing;
+
+    #[derive(serde::Deserialize)]
+    struct Case {
+        text: String,
+        ids: Vec<u32>,
+        decoded: String,
+    }
+
+    fn cases() -> Vec<Case> {
+        #[derive(serde::Deserialize)]
+        struct File {
+            cases: Vec<Case>,
+        }
+        let path = testing::smollm2_fixture("tokenizer_cases.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        serde_json::from_str::<File>(&text).unwrap().cases
+    }
+
+    #[test]
+    fn gguf_tokenizer_matches_llama_cpp() {
+        let tokenizer = testing::smollm2_tokenizer();
+        let cases = cases();
+        assert!(cases.len() >= 5);
+        for case in &cases {
+            let ids = tokenizer.encode(&case.text, false).unwrap();
+            assert_eq!(ids, case.ids, "encoding {:?}", case.text);
+            // llama.cpp's detokenizer (the fixture's peer) renders no control tokens.
+            let decoded = tokenizer.decode(&ids, true).unwrap();
+            assert_eq!(decoded, case.decoded, "decoding {:?}", case.text);
+            let round_trip = tokenizer.decode(&ids, false).unwrap();
+            assert_eq!(
+                round_trip, case.text,
+                "decoding {:?} with special tokens",
+                case.text
+            );
+        }
+    }
+
+    #[test]
+    fn special_tokens_parse_whole_or_literally() {
+        let tokenizer = testing::smollm2_tokenizer();
+        let ids = tokenizer
+            .encode("<|im_start|>user\nhi<|im_end|>", false)
+            .unwrap();
+        assert_eq!(ids.first(), Some(&1));
+        assert_eq!(ids.last(), Some(&2));
+        let literal = tokenizer.encode_literal("<|im_start|>", false).unwrap();
+        assert!(literal.len() > 1 && !literal.contains(&1), "{literal:?}");
+        assert_eq!(tokenizer.decode(&ids, true).unwrap(), "user\nhi");
+        assert_eq!(tokenizer.bos_id(), Some(1));
+        assert_eq!(tokenizer.pad_id(), Some(2));
+        assert_eq!(tokenizer.vocab_size(), 49152);
+        // SmolLM2's GGUF does not ask for BOS: add_special_tokens changes nothing.
+        assert_eq!(
+            tokenizer.encode("hi", true).unwrap(),
+            tokenizer.encode("hi", false).unwrap()
+        );
+    }
+
+    #[test]
+    fn stream_decoding_yields_whole_characters() {
+        let tokenizer = testing::smollm2_tokenizer();
+        let text = "naïve café 😀 résumé";
+        let ids = tokenizer.encode(text, false).unwrap();
+        let mut stream = tokenizer.decode_stream(false);
+        let mut out = String::new();
+        for id in ids {
+            if let Some(chunk) = stream.step(id).unwrap() {
+                out.push_str(&chunk);
+            }
+        }
+        assert_eq!(out, text);
+    }
+}
