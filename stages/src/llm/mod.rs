@@ -34,6 +34,7 @@ pub mod slots;
 pub mod softmax;
 pub mod spec;
 pub mod template;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testing;
 pub mod text_stream;
 pub mod tokenizer;
