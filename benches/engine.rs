@@ -93,7 +93,7 @@ fn bench_noop_run(dir: &Path) {
         "run",
     ];
     let start = Instant::now();
-    pipe::app::run_args(args, &registry).expect("first run");
+    pipe::app::run_args(args, &registry, &[]).expect("first run");
     println!(
         "first run (digest + copy 1 GiB):  {:>8.1} ms",
         start.elapsed().as_secs_f64() * 1e3
@@ -101,7 +101,7 @@ fn bench_noop_run(dir: &Path) {
     let mut times: Vec<f64> = (0..30)
         .map(|_| {
             let start = Instant::now();
-            pipe::app::run_args(args, &registry).expect("no-op run");
+            pipe::app::run_args(args, &registry, &[]).expect("no-op run");
             start.elapsed().as_secs_f64() * 1e3
         })
         .collect();

@@ -8,13 +8,14 @@ use pipe_stages::{erase, ConfigIssue, Stage, StageContext, StageResult};
 use serde::{Deserialize, Serialize};
 
 fn main() -> std::process::ExitCode {
-    pipe::main_with(vec![
+    let stages = vec![
         erase::<Source>(),
         erase::<Upper>(),
         erase::<Count>(),
         erase::<Side>(),
         erase::<Sleep>(),
-    ])
+    ];
+    pipe::main_with(stages, Vec::new())
 }
 
 fn read(path: &Path) -> StageResult<String> {

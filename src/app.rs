@@ -3,30 +3,30 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use pipe_stages::DynStage;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use pipe_stages::{DynStage, Tool};
 
-use crate::cli::{Cli, Command, DagArgs, InitArgs, RunArgs};
+use crate::cli::{Cli, Command, DagArgs, Globals, InitArgs, RunArgs};
 use crate::config::{Override, PipelineConfig};
 use crate::digest::DigestCache;
 use crate::error::{PipeError, Result};
 use crate::lock::WorkspaceLock;
 use crate::runner::{execute, plan, RunOptions, Workspace};
+use crate::tool_host::{tool_error, Host};
 use crate::ui::{TerminalUi, Verbosity};
-use crate::{gc, model_commands, show, status};
+use crate::{gc, show, status};
 
-/// Parses the command line and runs it against `registry`; the binary's whole `main`.
-pub fn main_with(registry: Vec<Box<dyn DynStage>>) -> ExitCode {
-    pipe_stages::llm::runtime::configure_process();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+/// Parses the command line and runs it against `registry` and `tools`; the binary's whole
+/// `main` (inside whatever process setup the binary does first).
+pub fn main_with(registry: Vec<Box<dyn DynStage>>, tools: Vec<Box<dyn Tool>>) -> ExitCode {
+    let invocation = match parse(std::env::args_os(), &tools) {
+        Ok(invocation) => invocation,
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let outcome = pipe_stages::llm::runtime::on_pool(|| dispatch(&cli, &registry, true));
-    match outcome {
+    match dispatch(&invocation, &registry, true) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -36,50 +36,100 @@ pub fn main_with(registry: Vec<Box<dyn DynStage>>) -> ExitCode {
 }
 
 /// Runs one command line in-process (benchmarks, embedding); `args[0]` is the program name.
-pub fn run_args<I, T>(args: I, registry: &[Box<dyn DynStage>]) -> Result<()>
+pub fn run_args<I, T>(
+    args: I,
+    registry: &[Box<dyn DynStage>],
+    tools: &[Box<dyn Tool>],
+) -> Result<()>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = Cli::try_parse_from(args).map_err(|e| PipeError::Usage(e.to_string()))?;
-    dispatch(&cli, registry, false)
+    let invocation = parse(args, tools).map_err(|e| PipeError::Usage(e.to_string()))?;
+    dispatch(&invocation, registry, false)
 }
 
-fn verbosity(cli: &Cli) -> Verbosity {
-    match (cli.quiet, cli.verbose) {
+/// A parsed command line: an engine command, or a registered tool's with its arguments.
+enum Invocation<'t> {
+    Engine(Cli),
+    Tool {
+        globals: Globals,
+        tool: &'t dyn Tool,
+        args: ArgMatches,
+    },
+}
+
+/// Parses the engine's commands and every tool's subcommand in one clap command, so help,
+/// errors and the global options cover them all.
+fn parse<'t, I, T>(
+    args: I,
+    tools: &'t [Box<dyn Tool>],
+) -> std::result::Result<Invocation<'t>, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let command = Cli::command().subcommands(tools.iter().map(|t| t.command()));
+    let matches = command.try_get_matches_from(args)?;
+    let tool = matches.subcommand().and_then(|(name, args)| {
+        let tool = tools.iter().find(|t| t.command().get_name() == name)?;
+        Some((tool.as_ref(), args.clone()))
+    });
+    Ok(match tool {
+        Some((tool, args)) => Invocation::Tool {
+            globals: Globals::from_arg_matches(&matches)?,
+            tool,
+            args,
+        },
+        None => Invocation::Engine(Cli::from_arg_matches(&matches)?),
+    })
+}
+
+fn verbosity(globals: &Globals) -> Verbosity {
+    match (globals.quiet, globals.verbose) {
         (true, _) => Verbosity::Quiet,
         (_, true) => Verbosity::Verbose,
         _ => Verbosity::Normal,
     }
 }
 
-/// `own_argv`: `cli` was parsed from this process's own command line.
-fn dispatch(cli: &Cli, registry: &[Box<dyn DynStage>], own_argv: bool) -> Result<()> {
-    // Commands that may run without a pipeline.toml.
-    match &cli.command {
-        Command::Init(args) => return init(cli, args, registry),
-        Command::Generate(args) => return model_commands::generate(cli, args, registry),
-        Command::Chat(args) => return model_commands::chat(cli, args, registry),
-        Command::Bench(args) => return model_commands::bench(cli, args, registry, own_argv),
-        _ => {}
+/// `own_argv`: the command line is this process's own.
+fn dispatch(
+    invocation: &Invocation<'_>,
+    registry: &[Box<dyn DynStage>],
+    own_argv: bool,
+) -> Result<()> {
+    let cli = match invocation {
+        Invocation::Tool {
+            globals,
+            tool,
+            args,
+        } => {
+            let host = Host::new(globals, registry, own_argv);
+            return tool.run(args, &host).map_err(tool_error);
+        }
+        Invocation::Engine(cli) => cli,
+    };
+    let globals = &cli.globals;
+    // `init` runs without a pipeline.toml.
+    if let Command::Init(args) = &cli.command {
+        return init(globals, args, registry);
     }
-    let overrides = cli
+    let overrides = globals
         .set
         .iter()
         .map(|raw| Override::parse(raw))
         .collect::<Result<Vec<_>>>()?;
-    let config = PipelineConfig::load(&cli.config, &overrides, registry)?;
+    let config = PipelineConfig::load(&globals.config, &overrides, registry)?;
     let ws = Workspace::new(config, registry)?;
-    let ui = TerminalUi::new(verbosity(cli));
+    let ui = TerminalUi::new(verbosity(globals));
     match &cli.command {
         Command::Run(args) => run(&ws, args, &ui),
         Command::Status => status::print(&ws),
         Command::Show(args) => show::print(&ws, args),
         Command::Dag(args) => dag(&ws, args),
         Command::Gc(args) => gc::collect(&ws, args),
-        Command::Init(_) | Command::Generate(_) | Command::Chat(_) | Command::Bench(_) => {
-            unreachable!("handled above")
-        }
+        Command::Init(_) => unreachable!("handled above"),
     }
 }
 
@@ -124,8 +174,8 @@ fn dag(ws: &Workspace, args: &DagArgs) -> Result<()> {
     Ok(())
 }
 
-fn init(cli: &Cli, args: &InitArgs, registry: &[Box<dyn DynStage>]) -> Result<()> {
-    let path = &cli.config;
+fn init(globals: &Globals, args: &InitArgs, registry: &[Box<dyn DynStage>]) -> Result<()> {
+    let path = &globals.config;
     if path.exists() && !args.force {
         return Err(PipeError::Usage(format!(
             "{} already exists; pass --force to overwrite it",

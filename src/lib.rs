@@ -10,12 +10,12 @@ pub mod error;
 pub mod fingerprint;
 pub mod gc;
 pub mod lock;
-pub mod model_commands;
 pub mod report;
 pub mod runner;
 pub mod show;
 pub mod status;
 pub mod store;
+pub mod tool_host;
 pub mod ui;
 
 pub use app::main_with;

@@ -1,5 +1,6 @@
-//! The `pipe` binary: everything lives in the library; this only hands over the stage registry.
+//! The `pipe` binary: everything lives in the libraries; this sets the process up for model work
+//! and hands the stage and tool registries of pipe-stages to the engine.
 
 fn main() -> std::process::ExitCode {
-    pipe::main_with(pipe_stages::registry())
+    pipe_stages::run_process(|| pipe::main_with(pipe_stages::registry(), pipe_stages::tools()))
 }

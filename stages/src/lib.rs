@@ -1,21 +1,31 @@
 //! The stages of pipe and the LLM engine they share; the engine crate (`pipe`) drives them
-//! through the [`Stage`] contract and the [`registry`] without knowing any ML.
+//! through the [`Stage`] contract and the [`registry`], and carries the model tools through
+//! the [`Tool`] contract and [`tools`], without knowing any ML.
+//!
+//! Floors, from the bottom: the LLM engine (`llm`); shared machinery (`contract`, `tool`,
+//! `progress`, `tabular`, `jsonl`, `text`, `base`, `train`, `scoring`); then the stages, one
+//! folder per kind, side by side. A stage reads another only through that kind's `artifact`
+//! module (file names, record types, readers); the tools read artifacts the same way.
 
+pub mod base;
 pub mod contract;
-pub mod eval;
-pub mod generate;
-pub mod ingest;
+mod eval;
+mod generate;
+mod ingest;
 pub mod jsonl;
 pub mod llm;
-pub mod merge;
-pub mod model;
-pub mod orpo;
+mod merge;
+mod model;
+mod orpo;
 pub mod progress;
-pub mod score;
+mod score;
 pub mod scoring;
-pub mod sft;
+mod sft;
 pub mod tabular;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod text;
+pub mod tool;
 pub mod tools;
 pub mod train;
 
@@ -24,8 +34,10 @@ pub use contract::{
     StageResult,
 };
 pub use progress::{Bar, NullProgress, Progress};
+pub use tool::{HostError, Tool, ToolError, ToolHost};
 
-/// Every fully implemented stage, in pipeline order. Adding a stage: one file plus one line here.
+/// Every fully implemented stage, in pipeline order. Adding a stage: one folder plus one line
+/// here.
 pub fn registry() -> Vec<Box<dyn DynStage>> {
     vec![
         erase::<ingest::Ingest>(),
@@ -37,4 +49,21 @@ pub fn registry() -> Vec<Box<dyn DynStage>> {
         erase::<merge::Merge>(),
         erase::<eval::Eval>(),
     ]
+}
+
+/// The subcommands of `pipe` that are not stages: the model tools, in help order.
+pub fn tools() -> Vec<Box<dyn Tool>> {
+    vec![
+        Box::new(tools::commands::Generate),
+        Box::new(tools::commands::Chat),
+        Box::new(tools::commands::Bench),
+    ]
+}
+
+/// Sets the process up for model work (thread counts, allocator; see
+/// [`llm::runtime::configure_process`]) and runs `main` on a worker of the global thread pool
+/// ([`llm::runtime::on_pool`]). The binary's `main` is this around the engine.
+pub fn run_process<R: Send>(main: impl FnOnce() -> R + Send) -> R {
+    llm::runtime::configure_process();
+    llm::runtime::on_pool(main)
 }

@@ -1,16 +1,20 @@
-//! Tiny but complete models on disk for the ML stages' tests and the CLI integration tests:
-//! an HF directory (config.json, model.safetensors, a byte-level BPE tokenizer.json and a
-//! chatml template in tokenizer_config.json) that loads through the same code path as a real
-//! checkpoint, yet trains in milliseconds. Not used by the pipeline itself.
+//! Test kit for the stages' tests and the CLI integration tests (the `testkit` feature, which
+//! only dev-dependencies enable): tiny but complete models on disk — an HF directory
+//! (config.json, model.safetensors, a byte-level BPE tokenizer.json and a chatml template in
+//! tokenizer_config.json) that loads through the same code path as a real checkpoint, yet
+//! trains in milliseconds — and a way to run any registered stage on committed upstream
+//! artifacts, so a stage's tests build their inputs without importing other stages.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 use candle_core::DType;
 use serde_json::{json, Value};
 
+use crate::contract::{StageContext, StageResult};
 use crate::llm::testing::micro::random_tensors;
 use crate::llm::{Architecture, LlmError, LlmResult, ModelConfig};
+use crate::progress::NullProgress;
 
 /// `<|endoftext|>`: padding.
 pub const TINY_PAD: u32 = 0;
@@ -124,6 +128,67 @@ fn tokenizer_json() -> Value {
             "ignore_merges": false, "vocab": vocab, "merges": []
         }
     })
+}
+
+/// Where a stage run by [`run_stage`] works and what it reads.
+pub struct StageRun<'a> {
+    /// The workspace root (relative paths in configs are relative to it).
+    pub workspace: &'a Path,
+    /// The artifact directory the stage writes (created).
+    pub out: &'a Path,
+    /// The checkpoint directory.
+    pub partial: &'a Path,
+    /// Upstream stage name → its committed artifact directory.
+    pub inputs: BTreeMap<String, PathBuf>,
+    pub seed: u64,
+}
+
+/// Runs the registered stage `name` as the engine does: its table loaded from `toml` (a
+/// pipeline.toml text; an absent table takes the defaults) and validated, then run.
+pub fn run_stage(name: &str, toml: &str, run: StageRun<'_>) -> StageResult {
+    let stage = crate::registry()
+        .into_iter()
+        .find(|s| s.name() == name)
+        .ok_or_else(|| format!("no stage `{name}` in the registry"))?;
+    let config = stage
+        .load_config(toml)
+        .map_err(|e| format!("[{name}]: {e:?}"))?;
+    std::fs::create_dir_all(run.out).map_err(|e| format!("{}: {e}", run.out.display()))?;
+    let mut cx = StageContext::new(
+        run.workspace.to_path_buf(),
+        run.out.to_path_buf(),
+        run.partial.to_path_buf(),
+        run.inputs,
+        run.seed,
+        &NullProgress,
+    );
+    stage.run(&config, &mut cx)
+}
+
+/// Runs the registered stage `name` (its table in `toml`) into `<workspace>/<name>-out`, on
+/// the committed upstream artifacts `inputs`, with project seed 7; returns the artifact
+/// directory. Panics with the stage's error: this is for tests.
+pub fn stage_artifact(
+    name: &str,
+    toml: &str,
+    workspace: &Path,
+    inputs: &[(&str, &Path)],
+) -> PathBuf {
+    let out = workspace.join(format!("{name}-out"));
+    let run = StageRun {
+        workspace,
+        out: &out,
+        partial: &workspace.join(format!("{name}-partial")),
+        inputs: inputs
+            .iter()
+            .map(|(dep, dir)| (dep.to_string(), dir.to_path_buf()))
+            .collect(),
+        seed: 7,
+    };
+    if let Err(e) = run_stage(name, toml, run) {
+        panic!("stage `{name}` failed in the test fixture: {e}");
+    }
+    out
 }
 
 fn write_json(path: &Path, value: &Value) -> LlmResult<()> {

@@ -9,10 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::scoring::Scores;
 
-pub const EVAL_FILE: &str = "eval.json";
-pub const ANSWERS_FILE: &str = "answers.jsonl";
-pub const REPORT_FILE: &str = "report.html";
-
 /// The models compared, in report order.
 pub const MODELS: [&str; 3] = ["base", "sft", "final"];
 

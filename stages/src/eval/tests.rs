@@ -2,18 +2,18 @@
 //! of base, base + sft and the merged model, answers.jsonl one line per prompt with every
 //! model's scored answer, and report.html is self-contained, escaped and has its charts.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
+use super::report::{esc, line_chart, series, Series};
 use super::*;
 use crate::contract::pick_table;
 use crate::llm::TargetModule;
-use crate::merge::{self, MergeConfig};
-use crate::model::Model;
+use crate::orpo::artifact as orpo_artifact;
 use crate::progress::NullProgress;
 use crate::scoring::ScorersConfig;
+use crate::testkit::stage_artifact;
 
 struct Fixture {
     ws: tempfile::TempDir,
@@ -38,8 +38,7 @@ fn stage_dir(ws: &Path, name: &str) -> PathBuf {
 }
 
 fn random_adapter(model: &LlamaModel, seed: u64, modules: Vec<TargetModule>, dir: &Path) {
-    let dir = dir.join(STAGE_ADAPTER_DIR);
-    crate::llm::testing::write_random_adapter(model, seed, 0.2, modules, &dir);
+    crate::llm::testing::write_random_adapter(model, seed, 0.2, modules, dir);
 }
 
 const SFT_METRICS: &str = r#"{"step":0,"epoch":0.0,"eval_loss":5.1,"eval_perplexity":164.0}
@@ -55,17 +54,7 @@ fn fixture() -> Fixture {
     let ws = tempfile::tempdir().unwrap();
     let root = ws.path();
     crate::testkit::write_tiny_model(&root.join("tiny"), 5).unwrap();
-    let model = stage_dir(root, "model-out");
-    let cfg = pick_table("[model]\npath = \"tiny\"\n", "model").unwrap();
-    let mut cx = StageContext::new(
-        root.to_path_buf(),
-        model.clone(),
-        root.join("unused"),
-        BTreeMap::new(),
-        1,
-        &NullProgress,
-    );
-    Model::run(&cfg, &mut cx).unwrap();
+    let model = stage_artifact("model", "[model]\npath = \"tiny\"\n", root, &[]);
 
     let ingest = stage_dir(root, "ingest-out");
     let val = [
@@ -83,40 +72,42 @@ fn fixture() -> Fixture {
 
     let base = BaseModel::load(&model, root, &Device::Cpu).unwrap().model;
     let sft = stage_dir(root, "sft-out");
-    random_adapter(&base, 1, TargetModule::ALL.to_vec(), &sft);
-    std::fs::write(sft.join("metrics.jsonl"), SFT_METRICS).unwrap();
+    random_adapter(
+        &base,
+        1,
+        TargetModule::ALL.to_vec(),
+        &sft.join(SFT_ADAPTER_DIR),
+    );
+    std::fs::write(sft.join(SFT_METRICS_FILE), SFT_METRICS).unwrap();
     let orpo = stage_dir(root, "orpo-out");
     random_adapter(
         &base,
         2,
         vec![TargetModule::VProj, TargetModule::UpProj],
-        &orpo,
+        &orpo.join(orpo_artifact::ADAPTER_DIR),
     );
-    std::fs::write(orpo.join("metrics.jsonl"), ORPO_METRICS).unwrap();
-
-    let merged = stage_dir(root, "merge-out");
-    let merge_cfg = MergeConfig {
-        dtype: crate::llm::ExportDtype::F32,
-        ..MergeConfig::default()
-    };
-    merge::merge(
-        &merge_cfg,
-        &model,
-        root,
-        &[
-            ("sft".into(), sft.join(STAGE_ADAPTER_DIR)),
-            ("orpo".into(), orpo.join(STAGE_ADAPTER_DIR)),
-        ],
-        &[],
-        &merged,
-        &NullProgress,
+    std::fs::write(orpo.join(ORPO_METRICS_FILE), ORPO_METRICS).unwrap();
+    let applies_to = serde_json::json!({
+        orpo_artifact::APPLIES_TO_KEY: orpo_artifact::APPLIES_TO_BASE_SFT
+    });
+    std::fs::write(
+        orpo.join(orpo_artifact::SUMMARY_FILE),
+        applies_to.to_string(),
     )
     .unwrap();
+
+    // Merged as the engine runs merge: sft's adapter, then orpo's, exported in f32.
+    let merged = stage_artifact(
+        "merge",
+        "[merge]\ndtype = \"f32\"\n",
+        root,
+        &[("model", &model), ("sft", &sft), ("orpo", &orpo)],
+    );
 
     let score = stage_dir(root, "score-out");
     let scorers = ScorersConfig::default().effective();
     std::fs::write(
-        score.join(crate::score::SCORERS_FILE),
+        score.join(SCORERS_FILE),
         serde_json::to_string(&scorers).unwrap(),
     )
     .unwrap();
@@ -184,13 +175,17 @@ fn eval_json_answers_and_report_on_the_tiny_model() {
     let base = BaseModel::load(&fx.inputs.model, fx.ws.path(), &Device::Cpu)
         .unwrap()
         .model;
-    let sft = with_adapter(&base, &fx.inputs.sft.join(STAGE_ADAPTER_DIR)).unwrap();
+    let sft = with_adapter(&base, &fx.inputs.sft.join(SFT_ADAPTER_DIR)).unwrap();
     // The final model: sft merged, orpo on top (what merge exports).
     let mut sft_merged = base.clone();
     let sft_adapter =
-        PeftAdapter::load(&fx.inputs.sft.join(STAGE_ADAPTER_DIR), &Device::Cpu).unwrap();
+        PeftAdapter::load(&fx.inputs.sft.join(SFT_ADAPTER_DIR), &Device::Cpu).unwrap();
     crate::llm::merge_adapters_into_model(&mut sft_merged, &[sft_adapter]).unwrap();
-    let fin = with_adapter(&sft_merged, &fx.inputs.orpo.join(STAGE_ADAPTER_DIR)).unwrap();
+    let fin = with_adapter(
+        &sft_merged,
+        &fx.inputs.orpo.join(orpo_artifact::ADAPTER_DIR),
+    )
+    .unwrap();
     for (m, model) in json.models.iter().zip([&base, &sft, &fin]) {
         let want = nll_of(&fx, model, &cfg, 4);
         assert!(

@@ -7,34 +7,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::artifact::{read_candidates, CANDIDATES_FILE, SUMMARY_FILE};
 use super::config::{GenerateConfig, Split};
-use super::{read_candidates, CANDIDATES_FILE, SUMMARY_FILE};
-use crate::llm::FinishReason;
-
-/// One sampled answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GeneratedCandidate {
-    /// The answer, special tokens skipped, cut before a stop text, trimmed.
-    pub text: String,
-    /// Tokens generated (the end token included).
-    pub tokens: usize,
-    /// Mean log-probability of those tokens under the model (before sampling transforms).
-    pub mean_logprob: f64,
-    pub finish_reason: FinishReason,
-}
-
-/// One line of `candidates.jsonl`: a prompt, its reference answer and its candidates.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CandidateRecord {
-    /// The ingest id of the prompt's row.
-    pub id: String,
-    pub prompt: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system: Option<String>,
-    /// The dataset's answer.
-    pub reference: String,
-    pub candidates: Vec<GeneratedCandidate>,
-}
+use crate::text::one_line;
 
 /// `summary.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,15 +102,4 @@ pub fn show(dir: &Path, out: &mut dyn Write) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The text on one line, cut at `max` characters.
-pub(crate) fn one_line(text: &str, max: usize) -> String {
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > max {
-        let cut: String = flat.chars().take(max).collect();
-        format!("{cut}…")
-    } else {
-        flat
-    }
 }

@@ -8,10 +8,9 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::contract::pick_table;
-use crate::ingest::Example as Row;
-use crate::model::Model;
+use crate::ingest::artifact::Example as Row;
 use crate::progress::NullProgress;
-use crate::sft::Sft;
+use crate::testkit::stage_artifact;
 
 fn row(i: usize, prompt: &str, response: &str) -> Row {
     Row {
@@ -73,27 +72,14 @@ fn fixture() -> Fixture {
     let all = rows(9);
     write_rows(&ingest.join(TRAIN_FILE), &all[..7]);
     write_rows(&ingest.join(VAL_FILE), &all[7..]);
-    let model = root.join("model-out");
-    std::fs::create_dir_all(&model).unwrap();
-    let cfg = pick_table("[model]\npath = \"tiny\"\n", "model").unwrap();
-    Model::run(
-        &cfg,
-        &mut context(root, &model, &root.join("unused"), BTreeMap::new()),
-    )
-    .unwrap();
-    let sft = root.join("sft-out");
-    std::fs::create_dir_all(&sft).unwrap();
-    let mut inputs = BTreeMap::from([("ingest".to_string(), ingest), ("model".to_string(), model)]);
-    let cfg = pick_table(
-        "[sft]\nmax_steps = 1\nbatch_size = 2\nmax_seq_len = 96\nsamples = 0\n[sft.lora]\nr = 2\nalpha = 4\n",
+    let model = stage_artifact("model", "[model]\npath = \"tiny\"\n", root, &[]);
+    let sft = stage_artifact(
         "sft",
-    )
-    .unwrap();
-    Sft::run(
-        &cfg,
-        &mut context(root, &sft, &root.join("sft-partial"), inputs.clone()),
-    )
-    .unwrap();
+        "[sft]\nmax_steps = 1\nbatch_size = 2\nmax_seq_len = 96\nsamples = 0\n[sft.lora]\nr = 2\nalpha = 4\n",
+        root,
+        &[("ingest", &ingest), ("model", &model)],
+    );
+    let mut inputs = BTreeMap::from([("ingest".to_string(), ingest), ("model".to_string(), model)]);
     inputs.insert("sft".to_string(), sft);
     Fixture { ws, inputs }
 }

@@ -9,6 +9,7 @@ pub mod io;
 pub mod model;
 pub mod objectives;
 pub mod runtime;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testing;
 pub mod text;
 

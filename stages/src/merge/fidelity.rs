@@ -75,11 +75,6 @@ impl ProbeRun {
         })
     }
 
-    /// The logits of every position, flat.
-    pub fn logits(&self) -> &[f32] {
-        &self.logits
-    }
-
     /// What the summary records of this run on `probe`.
     pub fn figures(&self, probe: &[u32]) -> ProbeFigures {
         let last = self.last_row();

@@ -12,8 +12,8 @@ use super::*;
 use crate::contract::pick_table;
 use crate::llm::testing::{self, random_weights, tiny_config, TinyVocab};
 use crate::llm::{load_model_path, merge_adapters_into_model, Architecture, TargetModule};
-use crate::model::Model;
 use crate::progress::NullProgress;
+use crate::testkit::stage_artifact;
 
 /// A workspace with a committed `model` artifact for the model at `model_path`.
 struct Fixture {
@@ -22,18 +22,12 @@ struct Fixture {
 }
 
 fn fixture_for(ws: tempfile::TempDir, model_path: &str) -> Fixture {
-    let model = ws.path().join("model-out");
-    std::fs::create_dir_all(&model).unwrap();
-    let cfg = pick_table(&format!("[model]\npath = {model_path:?}\n"), "model").unwrap();
-    let mut cx = StageContext::new(
-        ws.path().to_path_buf(),
-        model.clone(),
-        ws.path().join("unused"),
-        BTreeMap::new(),
-        1,
-        &NullProgress,
+    let model = stage_artifact(
+        "model",
+        &format!("[model]\npath = {model_path:?}\n"),
+        ws.path(),
+        &[],
     );
-    Model::run(&cfg, &mut cx).unwrap();
     Fixture { ws, model }
 }
 
@@ -66,7 +60,12 @@ fn base(fx: &Fixture) -> BaseModel {
 
 /// A LoRA adapter with random (non-zero) B on `modules`, saved as `<ws>/<stage>/adapter`.
 fn random_adapter(fx: &Fixture, stage: &str, seed: u64, modules: Vec<TargetModule>) -> PathBuf {
-    let dir = fx.ws.path().join(stage).join(STAGE_ADAPTER_DIR);
+    let adapter_dir = if stage == "orpo" {
+        orpo::ADAPTER_DIR
+    } else {
+        sft::ADAPTER_DIR
+    };
+    let dir = fx.ws.path().join(stage).join(adapter_dir);
     testing::write_random_adapter(&base(fx).model, seed, 0.05, modules, &dir);
     if stage == "orpo" {
         orpo_applies_to(fx, "base+sft");
@@ -76,9 +75,9 @@ fn random_adapter(fx: &Fixture, stage: &str, seed: u64, modules: Vec<TargetModul
 
 /// Writes the orpo summary's `adapter_applies_to` (what merge reads to pick the adapters).
 fn orpo_applies_to(fx: &Fixture, what: &str) {
-    let summary = serde_json::json!({ "adapter_applies_to": what });
+    let summary = serde_json::json!({ orpo::APPLIES_TO_KEY: what });
     std::fs::write(
-        fx.ws.path().join("orpo").join(SUMMARY_FILE),
+        fx.ws.path().join("orpo").join(orpo::SUMMARY_FILE),
         summary.to_string(),
     )
     .unwrap();
@@ -129,8 +128,8 @@ fn run_merge_as(
 /// The reference: base with the sft adapter merged and the orpo adapter attached unmerged.
 fn reference_logits(fx: &Fixture, sft: &Path, orpo: &Path, ids: &[u32]) -> Vec<f32> {
     let mut model = base(fx).model;
-    let first = PeftAdapter::load(&sft.join(STAGE_ADAPTER_DIR), &Device::Cpu).unwrap();
-    let second = PeftAdapter::load(&orpo.join(STAGE_ADAPTER_DIR), &Device::Cpu).unwrap();
+    let first = PeftAdapter::load(&sft.join(sft::ADAPTER_DIR), &Device::Cpu).unwrap();
+    let second = PeftAdapter::load(&orpo.join(orpo::ADAPTER_DIR), &Device::Cpu).unwrap();
     merge_adapters_into_model(&mut model, &[first]).unwrap();
     second.attach_to(&mut model).unwrap();
     logits_at_end(&model, ids).unwrap()
@@ -140,8 +139,8 @@ fn reference_logits(fx: &Fixture, sft: &Path, orpo: &Path, ids: &[u32]) -> Vec<f
 fn reference_logits_f64(fx: &Fixture, sft: &Path, orpo: &Path, ids: &[u32]) -> Vec<f32> {
     let b = base(fx);
     let mut model = in_f64(b.model.config(), b.model.weights());
-    let first = PeftAdapter::load(&sft.join(STAGE_ADAPTER_DIR), &Device::Cpu).unwrap();
-    let second = PeftAdapter::load(&orpo.join(STAGE_ADAPTER_DIR), &Device::Cpu).unwrap();
+    let first = PeftAdapter::load(&sft.join(sft::ADAPTER_DIR), &Device::Cpu).unwrap();
+    let second = PeftAdapter::load(&orpo.join(orpo::ADAPTER_DIR), &Device::Cpu).unwrap();
     merge_adapters_into_model(&mut model, &[first]).unwrap();
     second.attach_to(&mut model).unwrap();
     logits_at_end(&model, ids).unwrap()
@@ -265,7 +264,7 @@ fn exported_directory_has_the_hf_files_and_portable_adapters() {
         Some(crate::testkit::TINY_TEMPLATE)
     );
     assert!(!out.path().join(GGUF_FILE).exists());
-    for stage in MERGED_STAGES {
+    for (stage, _) in MERGED_STAGES {
         let adapter = out.path().join(ADAPTERS_DIR).join(stage);
         let loaded = PeftAdapter::load(&adapter, &Device::Cpu).unwrap();
         let reference = loaded.config.base_model_name_or_path.unwrap();
@@ -334,7 +333,7 @@ fn an_orpo_adapter_that_continued_sft_is_merged_alone() {
     let (out, _, orpo) = run_merge_as(&fx, "dtype = \"f32\"\n", "base");
     let ids = base(&fx).tokenizer.encode(PROBE, false).unwrap();
     let mut model = base(&fx).model;
-    PeftAdapter::load(&orpo.join(STAGE_ADAPTER_DIR), &Device::Cpu)
+    PeftAdapter::load(&orpo.join(orpo::ADAPTER_DIR), &Device::Cpu)
         .unwrap()
         .attach_to(&mut model)
         .unwrap();

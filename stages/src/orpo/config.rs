@@ -6,10 +6,8 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::contract::ConfigIssue;
 use crate::llm::{OrpoConfig as OrpoLoss, OrpoNll};
-use crate::sft::config::{
-    at_least, non_negative_finite, positive_finite, validate_lora, validate_run_length, LoraKeys,
-};
-use crate::sft::LoraSettings;
+use crate::train::lora_settings::{validate_lora, LoraKeys, LoraSettings, ALL_LINEAR};
+use crate::train::validate::{at_least, non_negative_finite, positive_finite, validate_run_length};
 use crate::train::{LrScheduler, RunLength};
 
 /// Which adapter ORPO trains.
@@ -158,7 +156,7 @@ impl OrpoStageConfig {
             max_eval_pairs: self.max_eval_pairs,
             lora: self
                 .lora
-                .resolve(LORA_R, LORA_ALPHA, &["all-linear".to_string()]),
+                .resolve(LORA_R, LORA_ALPHA, &[ALL_LINEAR.to_string()]),
         }
     }
 }

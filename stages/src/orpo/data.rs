@@ -7,14 +7,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::OrpoError;
+use crate::base::BaseModel;
 use crate::llm::{Example, PreferencePair};
-use crate::model::BaseModel;
-use crate::scoring::pairs::Pair;
-use crate::sft::data::{fit, Fit};
-use crate::sft::{FitCounts, Overlength};
-
-/// The file the score stage writes.
-pub const PAIRS_FILE: &str = "pairs.jsonl";
+use crate::score::artifact::{Pair, PAIRS_FILE};
+use crate::train::fit::{fit, Fit, FitCounts, Overlength};
 
 /// A pair as token ids, with what identifies it to a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,10 +25,6 @@ impl PairRow {
     /// Tokens of the longer of its two sequences (prompt + completion).
     pub fn len(&self) -> usize {
         self.pair.prompt.len() + self.pair.chosen.len().max(self.pair.rejected.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Tokens through the model for this pair: both sequences, no padding.

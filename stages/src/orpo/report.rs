@@ -7,14 +7,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::artifact::{APPLIES_TO_BASE, APPLIES_TO_BASE_SFT, METRICS_FILE, SUMMARY_FILE};
 use super::config::{Init, OrpoSettings};
 use super::data::PairCounts;
 use crate::train::chart::write_chart;
 use crate::train::metrics::{self, MetricRecord};
-
-pub const SUMMARY_FILE: &str = "summary.json";
-pub const METRICS_FILE: &str = "metrics.jsonl";
-pub const ADAPTER_DIR: &str = "adapter";
 
 /// ORPO metrics by TRL's names (`loss`, `nll_loss`, `rewards/margins`, ...).
 pub type OrpoValues = BTreeMap<String, f64>;
@@ -55,8 +52,8 @@ pub struct OrpoSummary {
 impl OrpoSummary {
     pub fn applies_to(init: Init) -> &'static str {
         match init {
-            Init::New => "base+sft",
-            Init::ContinueSft => "base",
+            Init::New => APPLIES_TO_BASE_SFT,
+            Init::ContinueSft => APPLIES_TO_BASE,
         }
     }
 }

@@ -10,13 +10,13 @@ use serde_json::Value;
 
 use super::*;
 use crate::contract::pick_table;
-use crate::ingest::{Example as Row, TRAIN_FILE, VAL_FILE};
+use crate::ingest::artifact::{Example as Row, TRAIN_FILE, VAL_FILE};
 use crate::llm::testing::micro::max_abs_diff;
 use crate::llm::testing::{smollm2_fixture, smollm2_model, TEST_MODEL_ENV};
-use crate::model::Model;
 use crate::progress::NullProgress;
-use crate::scoring::pairs::{Pair, TextSource};
-use crate::sft::Sft;
+use crate::score::artifact::Pair;
+use crate::scoring::pairs::TextSource;
+use crate::testkit::stage_artifact;
 
 /// A workspace with the tiny model and committed `model`, `sft` and `score` artifacts.
 struct Fixture {
@@ -95,34 +95,17 @@ fn fixture(pairs: &[Pair]) -> Fixture {
     let ws = tempfile::tempdir().unwrap();
     let root = ws.path();
     crate::testkit::write_tiny_model(&root.join("tiny"), 5).unwrap();
-    let model = root.join("model-out");
-    std::fs::create_dir_all(&model).unwrap();
-    let cfg = pick_table("[model]\npath = \"tiny\"\n", "model").unwrap();
-    Model::run(
-        &cfg,
-        &mut context(root, &model, &root.join("unused"), BTreeMap::new()),
-    )
-    .unwrap();
+    let model = stage_artifact("model", "[model]\npath = \"tiny\"\n", root, &[]);
     let ingest = root.join("ingest-out");
     std::fs::create_dir_all(&ingest).unwrap();
     write_rows(&ingest.join(TRAIN_FILE), 4);
     write_rows(&ingest.join(VAL_FILE), 2);
-    let sft = root.join("sft-out");
-    std::fs::create_dir_all(&sft).unwrap();
-    let sft_cfg = pick_table(
-        "[sft]\nmax_steps = 2\nbatch_size = 2\nlearning_rate = 1e-2\nsamples = 0\n[sft.lora]\nr = 4\nalpha = 8\n",
+    let sft = stage_artifact(
         "sft",
-    )
-    .unwrap();
-    let inputs = BTreeMap::from([
-        ("ingest".to_string(), ingest.clone()),
-        ("model".to_string(), model.clone()),
-    ]);
-    Sft::run(
-        &sft_cfg,
-        &mut context(root, &sft, &root.join("sft-partial"), inputs),
-    )
-    .unwrap();
+        "[sft]\nmax_steps = 2\nbatch_size = 2\nlearning_rate = 1e-2\nsamples = 0\n[sft.lora]\nr = 4\nalpha = 8\n",
+        root,
+        &[("ingest", &ingest), ("model", &model)],
+    );
     let score = root.join("score-out");
     write_pairs(&score, pairs);
     Fixture {

@@ -8,11 +8,13 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::{distributions_of, read_pairs, PAIRS_FILE, STATS_FILE};
+use super::artifact::{read_pairs, PAIRS_FILE, STATS_FILE};
+use super::distributions_of;
 use crate::scoring::{
     render_distributions, Distribution, Pair, PairDrops, PairSet, ScoreConfig, Scorers, Scores,
     TextSource,
 };
+use crate::text::{one_line, wrap};
 
 /// A text with its scores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,12 +178,7 @@ const COLUMN: usize = 48;
 
 /// A pair's prompt, then chosen and rejected in two columns.
 fn write_pair(p: &Pair, out: &mut dyn Write) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "[{}] {}",
-        p.id,
-        crate::generate::report_one_line(&p.prompt, 150)
-    )?;
+    writeln!(out, "[{}] {}", p.id, one_line(&p.prompt, 150))?;
     let head = |label: &str, score: Option<f64>, source: TextSource| {
         let score = score.map(|s| format!(" {s:.3}")).unwrap_or_default();
         format!("{label}{score} ({})", source_name(source))
@@ -209,43 +206,4 @@ fn source_name(s: TextSource) -> &'static str {
         TextSource::Reference => "reference",
         TextSource::Extra => "extra",
     }
-}
-
-/// Word-wraps `text` to `width` characters, at most `max_lines` lines (the last ends in `…`
-/// when cut). Words longer than a line are split.
-pub(crate) fn wrap(text: &str, width: usize, max_lines: usize) -> Vec<String> {
-    let mut lines: Vec<String> = Vec::new();
-    let mut line = String::new();
-    for word in text.split_whitespace() {
-        let mut word: String = word.to_string();
-        loop {
-            let used = line.chars().count();
-            let need = word.chars().count() + usize::from(used > 0);
-            if used + need <= width {
-                if used > 0 {
-                    line.push(' ');
-                }
-                line.push_str(&word);
-                break;
-            }
-            if used > 0 {
-                lines.push(std::mem::take(&mut line));
-                continue;
-            }
-            let head: String = word.chars().take(width).collect();
-            word = word.chars().skip(width).collect();
-            lines.push(head);
-        }
-    }
-    if !line.is_empty() {
-        lines.push(line);
-    }
-    if lines.len() > max_lines {
-        lines.truncate(max_lines);
-        if let Some(last) = lines.last_mut() {
-            let cut: String = last.chars().take(width.saturating_sub(1)).collect();
-            *last = format!("{cut}…");
-        }
-    }
-    lines
 }

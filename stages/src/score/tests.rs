@@ -4,12 +4,15 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::artifact::read_pairs;
+use super::report::ScoreStats;
 use super::*;
 use crate::contract::pick_table;
-use crate::generate::GeneratedCandidate;
+use crate::generate::artifact::GeneratedCandidate;
 use crate::llm::FinishReason;
 use crate::progress::NullProgress;
 use crate::scoring::TextSource;
+use crate::scoring::{load_scorers, score_answers, Answer};
 
 fn candidate(text: &str) -> GeneratedCandidate {
     GeneratedCandidate {
@@ -152,7 +155,7 @@ fn scores_pairs_stats_and_scorers_files_agree() {
         "{argv:?}"
     );
     let elsewhere = tempfile::tempdir().unwrap();
-    let scorers = load_scorers(out.path(), elsewhere.path()).unwrap();
+    let scorers = load_scorers(&out.path().join(SCORERS_FILE), elsewhere.path()).unwrap();
     let answers: Vec<Answer> = ls
         .candidates
         .iter()
@@ -231,4 +234,12 @@ fn external_inputs_hold_the_judge_script_and_declared_files() {
     )
     .unwrap();
     assert!(Score::external_inputs(&cfg).is_empty());
+}
+
+/// Reads `scores.jsonl`.
+fn read_scores(path: &Path) -> Result<Vec<ScoredPrompt>, ScoreError> {
+    crate::jsonl::read(path, "a scored prompt").map_err(|message| ScoreError::Read {
+        path: path.to_path_buf(),
+        message,
+    })
 }

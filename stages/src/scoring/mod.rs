@@ -77,6 +77,11 @@
 //! `reference` and `candidate` to [`Scorers::score`]): the similarity scorers give it exactly
 //! 1, the best possible, and the rules and the command judge it like any answer.
 //! [`read_extra_pairs`] reads `extra_pairs` with ingest's CSV reader.
+//!
+//! # Saved scorers
+//!
+//! The score stage saves its effective scorers; [`load_scorers`] rebuilds them from that file
+//! and [`score_answers`] scores other answers (eval's) on the same scale.
 
 pub mod chrf;
 pub mod command;
@@ -89,6 +94,7 @@ pub mod pairs;
 pub mod reference;
 pub mod rouge;
 pub mod rules;
+pub mod saved;
 pub mod scorers;
 pub mod stats;
 pub mod tokens;
@@ -113,6 +119,7 @@ pub use pairs::{
 pub use reference::{ReferenceConfig, ReferenceScore, ReferenceScorer};
 pub use rouge::RougeL;
 pub use rules::{RuleConfig, RulesConfig, RulesOutcome, RulesScorer};
+pub use saved::{load_scorers, score_answers, Answer, SavedScorersError};
 pub use scorers::{ScorerKind, Scorers};
 pub use stats::{distributions, render_distributions, Distribution};
 

@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::contract::ConfigIssue;
-use crate::llm::TargetModule;
+use crate::train::fit::Overlength;
+use crate::train::lora_settings::{validate_lora, LoraKeys, LoraSettings, ALL_LINEAR};
+use crate::train::validate::{at_least, non_negative_finite, validate_run_length};
 use crate::train::{LrScheduler, RunLength};
 
 /// Named sets of defaults for the keys a user leaves out.
@@ -22,39 +24,6 @@ pub enum Preset {
     Quality,
     /// Batch 1 with 8-step accumulation, rank 8, short sequences: the least memory.
     MemoryEfficient,
-}
-
-/// What to do with a row longer than `max_seq_len` tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Overlength {
-    /// Drop prompt tokens from the left and keep the whole completion (a row whose completion
-    /// alone does not fit is dropped).
-    #[default]
-    TruncatePrompt,
-    /// Drop the row.
-    Drop,
-}
-
-impl Overlength {
-    pub fn name(self) -> &'static str {
-        match self {
-            Overlength::TruncatePrompt => "truncate_prompt",
-            Overlength::Drop => "drop",
-        }
-    }
-}
-
-/// The `[sft.lora]` table as written.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoraKeys {
-    pub r: Option<usize>,
-    pub alpha: Option<f64>,
-    pub dropout: Option<f64>,
-    /// HF module names (`q_proj`, ...) or `all-linear`.
-    pub target_modules: Option<Vec<String>>,
-    pub use_rslora: Option<bool>,
 }
 
 /// The `[sft]` table as written; [`SftConfig::resolve`] gives the effective settings.
@@ -85,17 +54,6 @@ pub struct SftConfig {
     pub sample_max_new_tokens: Option<usize>,
     #[serde(default)]
     pub lora: LoraKeys,
-}
-
-/// The effective LoRA settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LoraSettings {
-    pub r: usize,
-    pub alpha: f64,
-    pub dropout: f64,
-    /// HF module names in layer order, `all-linear` expanded.
-    pub target_modules: Vec<String>,
-    pub use_rslora: bool,
 }
 
 /// The effective settings of a run: the preset's defaults under the explicit keys.
@@ -150,8 +108,6 @@ struct Defaults {
     alpha: f64,
     target_modules: &'static [&'static str],
 }
-
-const ALL_LINEAR: &str = "all-linear";
 
 impl Preset {
     fn defaults(self) -> Defaults {
@@ -213,7 +169,6 @@ impl Preset {
 }
 
 /// Defaults no preset changes.
-const LORA_DROPOUT: f64 = 0.05;
 const MAX_GRAD_NORM: f64 = 1.0;
 const SAVE_EVERY: usize = 50;
 const SAMPLES: usize = 3;
@@ -263,48 +218,6 @@ impl SftConfig {
     }
 }
 
-impl LoraKeys {
-    /// The effective LoRA settings: the keys written over the given defaults (`targets`
-    /// applies when `target_modules` is left out).
-    pub(crate) fn resolve(&self, r: usize, alpha: f64, targets: &[String]) -> LoraSettings {
-        let targets = self.target_modules.as_deref().unwrap_or(targets);
-        LoraSettings {
-            r: self.r.unwrap_or(r),
-            alpha: self.alpha.unwrap_or(alpha),
-            dropout: self.dropout.unwrap_or(LORA_DROPOUT),
-            target_modules: canonical_targets(targets),
-            use_rslora: self.use_rslora.unwrap_or(false),
-        }
-    }
-
-    /// Whether the table sets any key.
-    pub(crate) fn is_empty(&self) -> bool {
-        self == &LoraKeys::default()
-    }
-}
-
-impl LoraSettings {
-    /// The target modules as the engine's enum (validated names).
-    pub fn target_modules(&self) -> Vec<TargetModule> {
-        self.target_modules
-            .iter()
-            .filter_map(|n| TargetModule::from_hf_name(n))
-            .collect()
-    }
-
-    /// The engine's LoRA configuration, its A matrices initialised from the run's seed.
-    pub fn engine_config(&self, seed: u64) -> crate::llm::LoraConfig {
-        crate::llm::LoraConfig {
-            r: self.r,
-            alpha: self.alpha,
-            dropout: self.dropout,
-            target_modules: self.target_modules(),
-            use_rslora: self.use_rslora,
-            seed: crate::train::rng::derive(seed, crate::train::rng::Stream::LoraInit, 0, 0),
-        }
-    }
-}
-
 /// The cache key hashes the effective settings (see the module doc).
 impl Serialize for SftConfig {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -320,35 +233,6 @@ impl SftSettings {
             (None, None) => RunLength::Epochs(1.0),
         }
     }
-
-    /// The target modules as the engine's enum (validated names).
-    pub fn target_modules(&self) -> Vec<TargetModule> {
-        self.lora.target_modules()
-    }
-}
-
-/// `all-linear` expanded, duplicates removed, known names in layer order (unknown names are
-/// kept so validation can name them).
-fn canonical_targets(names: &[String]) -> Vec<String> {
-    let mut known: Vec<TargetModule> = Vec::new();
-    let mut unknown: Vec<String> = Vec::new();
-    for name in names {
-        let name = name.trim();
-        if name == ALL_LINEAR {
-            known.extend(TargetModule::ALL);
-        } else if let Some(m) = TargetModule::from_hf_name(name) {
-            known.push(m);
-        } else if !unknown.iter().any(|u| u == name) {
-            unknown.push(name.to_string());
-        }
-    }
-    known.sort();
-    known.dedup();
-    known
-        .iter()
-        .map(|m| m.hf_name().to_string())
-        .chain(unknown)
-        .collect()
 }
 
 /// Checks what serde cannot: ranges, exclusive keys, module names. Keys are named as in the
@@ -371,123 +255,6 @@ pub fn validate(cfg: &SftConfig) -> Result<(), ConfigIssue> {
     at_least("max_eval_rows", s.max_eval_rows, 1)?;
     at_least("sample_max_new_tokens", Some(s.sample_max_new_tokens), 1)?;
     validate_lora(&s.lora)
-}
-
-/// The keys every trainer shares: `epochs` or `max_steps`, `warmup_ratio` or `warmup_steps`
-/// (each pair exclusive), and a positive `learning_rate`.
-pub(crate) fn validate_run_length(
-    (epochs, max_steps): (Option<f64>, Option<usize>),
-    (warmup_ratio, warmup_steps): (Option<f64>, Option<usize>),
-    learning_rate: f64,
-) -> Result<(), ConfigIssue> {
-    if epochs.is_some() && max_steps.is_some() {
-        return Err(ConfigIssue::new(
-            "max_steps",
-            "set either `epochs` or `max_steps`, not both (max_steps counts optimizer steps)",
-        ));
-    }
-    if warmup_ratio.is_some() && warmup_steps.is_some() {
-        return Err(ConfigIssue::new(
-            "warmup_steps",
-            "set either `warmup_ratio` or `warmup_steps`, not both",
-        ));
-    }
-    if let Some(e) = epochs {
-        positive_finite("epochs", e, "e.g. 1 or 0.5")?;
-    }
-    at_least("max_steps", max_steps, 1)?;
-    positive_finite("learning_rate", learning_rate, "e.g. 2e-4")?;
-    if let Some(r) = warmup_ratio {
-        if !(0.0..1.0).contains(&r) {
-            return Err(ConfigIssue::new(
-                "warmup_ratio",
-                format!("must be in [0, 1), got {r}; 0.03 warms up over the first 3% of steps"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn validate_lora(l: &LoraSettings) -> Result<(), ConfigIssue> {
-    at_least("lora.r", Some(l.r), 1)?;
-    positive_finite("lora.alpha", l.alpha, "usually twice `r`")?;
-    if !(0.0..1.0).contains(&l.dropout) {
-        return Err(ConfigIssue::new(
-            "lora.dropout",
-            format!("must be in [0, 1), got {}", l.dropout),
-        ));
-    }
-    if l.target_modules.is_empty() {
-        return Err(ConfigIssue::new(
-            "lora.target_modules",
-            format!(
-                "is empty; name at least one of {}, or \"{ALL_LINEAR}\"",
-                module_list()
-            ),
-        ));
-    }
-    if let Some(bad) = l
-        .target_modules
-        .iter()
-        .find(|n| TargetModule::from_hf_name(n).is_none())
-    {
-        let hint = nearest_module(bad)
-            .map(|m| format!("did you mean `{m}`? "))
-            .unwrap_or_default();
-        return Err(ConfigIssue::new(
-            "lora.target_modules",
-            format!(
-                "unknown module `{bad}`; {hint}choose from {}, or \"{ALL_LINEAR}\"",
-                module_list()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn module_list() -> String {
-    TargetModule::ALL.map(|m| m.hf_name()).join(" ")
-}
-
-fn nearest_module(name: &str) -> Option<&'static str> {
-    TargetModule::ALL
-        .iter()
-        .map(|m| (m.hf_name(), strsim::jaro_winkler(name, m.hf_name())))
-        .filter(|(_, score)| *score > 0.8)
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(n, _)| n)
-}
-
-pub(crate) fn positive_finite(key: &str, v: f64, example: &str) -> Result<(), ConfigIssue> {
-    if v.is_finite() && v > 0.0 {
-        Ok(())
-    } else {
-        Err(ConfigIssue::new(
-            key,
-            format!("must be a positive number, got {v} ({example})"),
-        ))
-    }
-}
-
-pub(crate) fn non_negative_finite(key: &str, v: f64) -> Result<(), ConfigIssue> {
-    if v.is_finite() && v >= 0.0 {
-        Ok(())
-    } else {
-        Err(ConfigIssue::new(
-            key,
-            format!("must be 0 or a positive number, got {v} (0 turns it off)"),
-        ))
-    }
-}
-
-pub(crate) fn at_least(key: &str, v: Option<usize>, min: usize) -> Result<(), ConfigIssue> {
-    match v {
-        Some(n) if n < min => Err(ConfigIssue::new(
-            key,
-            format!("must be at least {min}, got {n}"),
-        )),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]
@@ -593,7 +360,7 @@ mod tests {
         );
         let all = parse("[sft]\n[sft.lora]\ntarget_modules = [\"all-linear\"]\n");
         assert!(validate(&all).is_ok());
-        assert_eq!(all.resolve().target_modules().len(), 7);
+        assert_eq!(all.resolve().lora.target_modules().len(), 7);
     }
 
     #[test]

@@ -6,16 +6,12 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::artifact::{METRICS_FILE, SAMPLES_FILE, SUMMARY_FILE};
 use super::config::SftSettings;
-use super::data::FitCounts;
 use crate::train::chart;
+use crate::train::fit::FitCounts;
 use crate::train::metrics::{self, MetricRecord};
 use crate::train::EvalResult;
-
-pub const SUMMARY_FILE: &str = "summary.json";
-pub const SAMPLES_FILE: &str = "samples.jsonl";
-pub const METRICS_FILE: &str = "metrics.jsonl";
-pub const ADAPTER_DIR: &str = "adapter";
 
 /// `summary.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

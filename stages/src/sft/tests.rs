@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::contract::pick_table;
-use crate::ingest::Example as Row;
+use crate::ingest::artifact::Example as Row;
 use crate::llm::testing::micro::max_abs_diff;
 use crate::llm::PeftAdapter;
-use crate::model::Model;
 use crate::progress::NullProgress;
+use crate::testkit::stage_artifact;
 
 /// A workspace with the tiny model, a committed `model` artifact and an ingest artifact.
 struct Fixture {
@@ -57,18 +57,7 @@ fn fixture(train: &[Row], val: &[Row]) -> Fixture {
     std::fs::create_dir_all(&ingest).unwrap();
     write_rows(&ingest.join(TRAIN_FILE), train);
     write_rows(&ingest.join(VAL_FILE), val);
-    let model = ws.path().join("model-out");
-    std::fs::create_dir_all(&model).unwrap();
-    let cfg = pick_table("[model]\npath = \"tiny\"\n", "model").unwrap();
-    let mut cx = StageContext::new(
-        ws.path().to_path_buf(),
-        model.clone(),
-        ws.path().join("unused"),
-        BTreeMap::new(),
-        1,
-        &NullProgress,
-    );
-    Model::run(&cfg, &mut cx).unwrap();
+    let model = stage_artifact("model", "[model]\npath = \"tiny\"\n", ws.path(), &[]);
     Fixture { ws, ingest, model }
 }
 

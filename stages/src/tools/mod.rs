@@ -1,8 +1,11 @@
-//! The model tools behind `pipe generate`, `pipe chat` and `pipe bench`: plain option structs
-//! in, text and reports out, so the CLI crate only maps its arguments onto them.
+//! The model tools behind `pipe generate`, `pipe chat` and `pipe bench`: their clap arguments
+//! ([`args`]), the [`crate::tool::Tool`]s the binary registers ([`commands`]), and plain option
+//! structs in, text and reports out.
 
+pub mod args;
 pub mod bench;
 pub mod chat;
+pub mod commands;
 pub mod generate;
 pub mod session;
 

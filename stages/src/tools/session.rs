@@ -11,10 +11,10 @@ use crate::llm::{
     ModelSpec, PeftAdapter, TextTokenizer,
 };
 
-/// The adapter directory inside a stage's artifact.
-pub const STAGE_ADAPTER_DIR: &str = "adapter";
-/// The merged-model directory inside a stage's artifact.
-pub const STAGE_MODEL_DIR: &str = "model";
+/// The adapter directory inside a training stage's artifact (sft's; orpo names its own alike).
+const STAGE_ADAPTER_DIR: &str = crate::sft::artifact::ADAPTER_DIR;
+/// The merged-model directory inside merge's artifact.
+const STAGE_MODEL_DIR: &str = crate::merge::artifact::MODEL_DIR;
 
 /// Which model to open, as the command line gives it.
 #[derive(Debug, Clone, Default)]

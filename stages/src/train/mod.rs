@@ -1,4 +1,5 @@
-//! Training machinery shared by the trainer stages (sft now, orpo next): the learning-rate
+//! Training machinery shared by the trainer stages (sft, orpo): the settings and checks their
+//! tables share (LoRA, run length, fitting rows into `max_seq_len`), the learning-rate
 //! schedule, AdamW with savable state, gradient accumulation and clipping, length-grouped
 //! batching planned from the seed, atomic checkpoints, NEFTune noise, the metrics log,
 //! evaluation, greedy samples and the peak-memory probe.
@@ -7,8 +8,10 @@ pub mod batching;
 pub mod chart;
 pub mod checkpoint;
 pub mod eval;
+pub mod fit;
 pub mod grads;
 pub mod greedy;
+pub mod lora_settings;
 pub mod lora_state;
 pub mod memory;
 pub mod metrics;
@@ -19,6 +22,7 @@ pub mod resume;
 pub mod rng;
 pub mod schedule;
 pub mod step;
+pub mod validate;
 
 pub use batching::{Plan, PlannedStep, RunLength};
 pub use eval::EvalResult;

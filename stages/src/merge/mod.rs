@@ -4,8 +4,9 @@
 //! optionally a llama.cpp GGUF (`model.gguf`). Every export is loaded back and run on a probe
 //! prompt against the in-memory merged model (see `fidelity`); the figures are in the summary.
 
-pub mod fidelity;
-pub mod gguf;
+pub mod artifact;
+mod fidelity;
+mod gguf;
 #[cfg(test)]
 mod tests;
 
@@ -20,23 +21,22 @@ use serde::{Deserialize, Serialize};
 pub use fidelity::{Fidelity, ProbeFigures, ProbeRun};
 pub use gguf::{GgufExport, GgufType, TokenizerSource};
 
+use crate::base::{BaseModel, BaseModelError};
 use crate::contract::{Stage, StageContext, StageResult};
 use crate::llm::{
     load_model_path, merge_adapters, portable_base_reference, ExportDtype, GgufFile, HfExport,
     LlamaModel, LlmError, ModelFormat, ModelWeights, PeftAdapter,
 };
-use crate::model::{BaseModel, ModelError, ModelInfo};
-use crate::tools::session::{STAGE_ADAPTER_DIR, STAGE_MODEL_DIR};
+use crate::model::artifact::ModelInfo;
+use crate::orpo::artifact as orpo;
+use crate::sft::artifact as sft;
 
-/// The merged HF model directory (what `pipe chat --stage merge` opens).
-pub const MODEL_DIR: &str = STAGE_MODEL_DIR;
-/// The GGUF export, when `gguf` is not `none`.
-pub const GGUF_FILE: &str = "model.gguf";
-/// The adapters, one PEFT directory per training stage, in merge order.
-pub const ADAPTERS_DIR: &str = "adapters";
-pub const SUMMARY_FILE: &str = "summary.json";
-/// The training stages whose adapters are merged, in order.
-pub const MERGED_STAGES: [&str; 2] = ["sft", "orpo"];
+use artifact::{ADAPTERS_DIR, GGUF_FILE, MODEL_DIR, SUMMARY_FILE};
+
+/// The training stages whose adapters are merged, in order, with the adapter directory inside
+/// each one's artifact.
+pub const MERGED_STAGES: [(&str, &str); 2] =
+    [("sft", sft::ADAPTER_DIR), ("orpo", orpo::ADAPTER_DIR)];
 
 /// The `merge` stage.
 pub struct Merge;
@@ -60,7 +60,7 @@ pub struct MergeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Model(#[from] BaseModelError),
     #[error("merge: {context}: {source}")]
     Llm {
         context: String,
@@ -139,13 +139,13 @@ impl Stage for Merge {
         let stages = merged_stages(cx.input("orpo")?)?;
         let adapter_dirs: Vec<StageAdapter> = stages
             .iter()
-            .map(|s| Ok((s.to_string(), cx.input(s)?.join(STAGE_ADAPTER_DIR))))
+            .map(|(s, dir)| Ok((s.to_string(), cx.input(s)?.join(dir))))
             .collect::<StageResult<_>>()?;
         // When orpo continued the sft adapter, the sft one is kept for reference only.
-        let kept: Vec<StageAdapter> = if stages.contains(&"sft") {
+        let kept: Vec<StageAdapter> = if stages.iter().any(|(s, _)| *s == "sft") {
             Vec::new()
         } else {
-            vec![("sft".into(), cx.input("sft")?.join(STAGE_ADAPTER_DIR))]
+            vec![("sft".into(), cx.input("sft")?.join(sft::ADAPTER_DIR))]
         };
         let mut summary = merge(
             cfg,
@@ -185,8 +185,8 @@ impl Stage for Merge {
 
 /// The adapters that make the final model, from orpo's `summary.json`: sft then orpo, or
 /// orpo alone when it continued training the sft adapter (`adapter_applies_to = "base"`).
-fn merged_stages(orpo_dir: &Path) -> Result<Vec<&'static str>, MergeError> {
-    let path = orpo_dir.join(SUMMARY_FILE);
+fn merged_stages(orpo_dir: &Path) -> Result<Vec<(&'static str, &'static str)>, MergeError> {
+    let path = orpo_dir.join(orpo::SUMMARY_FILE);
     let text = std::fs::read_to_string(&path).map_err(|source| MergeError::Read {
         path: path.clone(),
         message: source.to_string(),
@@ -195,13 +195,16 @@ fn merged_stages(orpo_dir: &Path) -> Result<Vec<&'static str>, MergeError> {
         path: path.clone(),
         message: format!("not JSON: {e}"),
     })?;
-    match summary["adapter_applies_to"].as_str() {
-        Some("base+sft") | None => Ok(MERGED_STAGES.to_vec()),
-        Some("base") => Ok(vec!["orpo"]),
+    match summary[orpo::APPLIES_TO_KEY].as_str() {
+        Some(orpo::APPLIES_TO_BASE_SFT) | None => Ok(MERGED_STAGES.to_vec()),
+        Some(orpo::APPLIES_TO_BASE) => Ok(vec![MERGED_STAGES[1]]),
         Some(other) => Err(MergeError::Read {
             path,
             message: format!(
-                "`adapter_applies_to` = {other:?}: expected \"base+sft\" or \"base\"; re-run `pipe run --from orpo`"
+                "`{}` = {other:?}: expected {:?} or {:?}; re-run `pipe run --from orpo`",
+                orpo::APPLIES_TO_KEY,
+                orpo::APPLIES_TO_BASE_SFT,
+                orpo::APPLIES_TO_BASE
             ),
         }),
     }

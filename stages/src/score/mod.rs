@@ -1,8 +1,9 @@
 //! The `score` stage: rates generate's candidates (and each prompt's reference answer) with the
 //! configured scorers of [`crate::scoring`], turns them into chosen/rejected pairs for orpo,
 //! and records the effective scorers so that `eval` rebuilds exactly the same ones
-//! ([`load_scorers`], [`score_answers`]).
+//! ([`crate::scoring::load_scorers`], [`crate::scoring::score_answers`]).
 
+pub mod artifact;
 mod report;
 #[cfg(test)]
 mod tests;
@@ -14,24 +15,18 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-pub use report::{ScoreStats, ScoredCandidate, ScoredPrompt, SourceCounts};
+use artifact::{Pair, PAIRS_FILE, SCORERS_FILE, SCORES_FILE, STATS_FILE};
+use report::{ScoredCandidate, ScoredPrompt};
 
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
-use crate::generate::{self, CandidateRecord, GenerateError, CANDIDATES_FILE};
+use crate::generate::artifact::{
+    read_candidates, CandidateRecord, CandidatesError, CANDIDATES_FILE,
+};
 use crate::progress::Progress;
 use crate::scoring::{
-    distributions, read_extra_pairs, Pair, PairBuilder, PromptCandidates, ScoreConfig, ScoreInput,
+    distributions, read_extra_pairs, PairBuilder, PromptCandidates, ScoreConfig, ScoreInput,
     ScoredText, Scorers, ScorersConfig, Scores, ScoringError,
 };
-
-/// One [`ScoredPrompt`] per line.
-pub const SCORES_FILE: &str = "scores.jsonl";
-/// One [`Pair`] per line: generated pairs, then the extra pairs. What orpo trains on.
-pub const PAIRS_FILE: &str = "pairs.jsonl";
-/// [`ScoreStats`].
-pub const STATS_FILE: &str = "stats.json";
-/// The effective [`ScorersConfig`], paths absolute: what [`load_scorers`] rebuilds.
-pub const SCORERS_FILE: &str = "scorers.json";
 
 /// Script extensions: an `argv` entry with one of them is a file the command runs, hashed
 /// into the key like `inputs`.
@@ -44,7 +39,7 @@ pub struct Score;
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreError {
     #[error(transparent)]
-    Generate(#[from] GenerateError),
+    Generate(#[from] CandidatesError),
     #[error(transparent)]
     Scoring(#[from] ScoringError),
     #[error("{}: {message}", path.display())]
@@ -148,8 +143,7 @@ fn command_scripts(cfg: &ScorersConfig) -> Vec<PathBuf> {
 fn run_score(cfg: &ScoreConfig, cx: &mut StageContext) -> Result<(), ScoreError> {
     let started = Instant::now();
     let workspace = cx.workspace().to_path_buf();
-    let records =
-        generate::read_candidates(&cx.input("generate").map_err(read)?.join(CANDIDATES_FILE))?;
+    let records = read_candidates(&cx.input("generate").map_err(read)?.join(CANDIDATES_FILE))?;
     let effective = resolved_scorers(&cfg.scorers(), &workspace);
     let scorers = Scorers::new(&effective, &workspace)?;
     let names: Vec<String> = scorers
@@ -309,66 +303,6 @@ pub fn resolved_scorers(cfg: &ScorersConfig, workspace: &Path) -> ScorersConfig 
         }
     }
     cfg
-}
-
-/// The scorers a score artifact used, rebuilt from its `scorers.json` (for `eval`). The
-/// command scorer, if any, runs in `workspace`.
-pub fn load_scorers(score_dir: &Path, workspace: &Path) -> Result<Scorers, ScoreError> {
-    let path = score_dir.join(SCORERS_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| ScoreError::Read {
-        path: path.clone(),
-        message: format!("cannot read it: {e}; re-run `pipe run --from score`"),
-    })?;
-    let cfg: ScorersConfig = serde_json::from_str(&text).map_err(|e| ScoreError::Read {
-        path: path.clone(),
-        message: format!("not a scorer configuration: {e}; re-run `pipe run --from score`"),
-    })?;
-    Ok(Scorers::new(&cfg, workspace)?)
-}
-
-/// One answer to score, as `eval` has it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Answer<'a> {
-    /// Names the row in a command scorer's input and in errors (e.g. `<example id>/sft`).
-    pub id: &'a str,
-    pub prompt: &'a str,
-    pub reference: &'a str,
-    pub answer: &'a str,
-}
-
-/// Scores answers with [`load_scorers`]' scorers: one [`Scores`] per answer, in order, on the
-/// same scale as the score stage's (`combined` in [0, 1] plus each scorer's score).
-pub fn score_answers(
-    scorers: &Scorers,
-    answers: &[Answer<'_>],
-    progress: &dyn Progress,
-) -> Result<Vec<Scores>, ScoringError> {
-    let rows: Vec<ScoreInput<'_>> = answers
-        .iter()
-        .map(|a| ScoreInput {
-            id: a.id,
-            prompt: a.prompt,
-            reference: a.reference,
-            candidate: a.answer,
-        })
-        .collect();
-    scorers.score(&rows, progress)
-}
-
-/// Reads `pairs.jsonl` (for orpo): one [`Pair`] per line.
-pub fn read_pairs(path: &Path) -> Result<Vec<Pair>, ScoreError> {
-    crate::jsonl::read(path, "a pair").map_err(|message| ScoreError::Read {
-        path: path.to_path_buf(),
-        message,
-    })
-}
-
-/// Reads `scores.jsonl`.
-pub fn read_scores(path: &Path) -> Result<Vec<ScoredPrompt>, ScoreError> {
-    crate::jsonl::read(path, "a scored prompt").map_err(|message| ScoreError::Read {
-        path: path.to_path_buf(),
-        message,
-    })
 }
 
 /// Distributions of the combined score and each scorer over `rows`.

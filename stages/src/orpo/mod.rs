@@ -8,6 +8,7 @@
 //! uninterrupted one. The chosen and rejected answers of a pair go through the model in one
 //! batch, and the loss is the LLM engine's [`orpo_loss`].
 
+pub mod artifact;
 mod config;
 mod data;
 mod report;
@@ -22,18 +23,23 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-pub use config::{Init, Nll, OrpoSettings, OrpoStageConfig};
-pub use data::{PairCounts, PairRow, PAIRS_FILE};
-pub use report::{OrpoSummary, OrpoValues, ADAPTER_DIR, METRICS_FILE, SUMMARY_FILE};
+pub use config::OrpoStageConfig;
 
+use artifact::{ADAPTER_DIR, METRICS_FILE, SUMMARY_FILE};
+use config::{Init, OrpoSettings};
+use data::{PairCounts, PairRow};
+use report::{OrpoSummary, OrpoValues};
+
+use crate::base::{BaseModel, BaseModelError};
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
 use crate::llm::loss::DEFAULT_CHUNK;
 use crate::llm::{
     merge_adapters_into_model, orpo_loss, LlamaModel, LlmError, Mode, OrpoConfig, OrpoOutput,
     PeftAdapter, PreferencePair,
 };
-use crate::model::{BaseModel, ModelError};
 use crate::progress::{Bar, Progress};
+use crate::score::artifact::PAIRS_FILE;
+use crate::sft::artifact::ADAPTER_DIR as SFT_ADAPTER_DIR;
 use crate::train::checkpoint::{self, CheckpointError};
 use crate::train::memory::{peak_rss_mb, reset_peak};
 use crate::train::metrics::MetricsError;
@@ -51,13 +57,7 @@ pub struct Orpo;
 #[derive(Debug, thiserror::Error)]
 pub enum OrpoError {
     #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error("cannot read {}: {source}; re-run `pipe run --from score`", path.display())]
-    ReadPairs {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    Model(#[from] BaseModelError),
     #[error("{}:{line}: {message}", path.display())]
     Pairs {
         path: PathBuf,
@@ -230,7 +230,7 @@ pub(crate) fn run_orpo(cfg: &OrpoStageConfig, cx: &mut StageContext, hooks: Hook
     let settings = cfg.resolve();
     let seed = settings.seed.unwrap_or(cx.seed());
     let pairs_path = cx.input("score")?.join(PAIRS_FILE);
-    let sft_dir = cx.input("sft")?.join(crate::sft::ADAPTER_DIR);
+    let sft_dir = cx.input("sft")?.join(SFT_ADAPTER_DIR);
     let (base, device) =
         BaseModel::open(cx.input("model")?, cx.workspace()).map_err(OrpoError::from)?;
     let pairs = prepare_pairs(&base, &pairs_path, &settings, seed)?;

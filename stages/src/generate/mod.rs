@@ -7,6 +7,7 @@
 //! in the partial directory. A run killed at any point continues after its last complete chunk
 //! and ends with the same file as an uninterrupted one.
 
+pub mod artifact;
 mod config;
 mod report;
 #[cfg(test)]
@@ -19,25 +20,20 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-pub use config::{GenerateConfig, Split};
-pub use report::{CandidateRecord, GenerateSummary, GeneratedCandidate};
+pub use config::GenerateConfig;
 
-/// A text on one line, cut at `max` characters (for `show`).
-pub(crate) fn report_one_line(text: &str, max: usize) -> String {
-    report::one_line(text, max)
-}
+use artifact::{
+    read_candidates, CandidateRecord, GeneratedCandidate, CANDIDATES_FILE, SUMMARY_FILE,
+};
+use config::Split;
+use report::GenerateSummary;
 
+use crate::base::{BaseModel, BaseModelError};
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
-use crate::ingest::{self, IngestError, TRAIN_FILE, VAL_FILE};
+use crate::ingest::artifact::{self as ingest, ExamplesError, TRAIN_FILE, VAL_FILE};
 use crate::llm::{FinishReason, GenerationConfig, Generator, LlmError, PeftAdapter};
-use crate::model::{BaseModel, ModelError};
 use crate::progress::Bar;
-use crate::sft::ADAPTER_DIR;
-
-/// The stage's main output: one [`CandidateRecord`] per line.
-pub const CANDIDATES_FILE: &str = "candidates.jsonl";
-/// [`GenerateSummary`] as JSON.
-pub const SUMMARY_FILE: &str = "summary.json";
+use crate::sft::artifact::ADAPTER_DIR;
 /// What the partial directory records besides the candidates: [`RunState`].
 const STATE_FILE: &str = "run.json";
 /// Bumped when the partial layout or meaning changes: older partial files are ignored.
@@ -50,9 +46,9 @@ pub struct Generate;
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Model(#[from] BaseModelError),
     #[error(transparent)]
-    Ingest(#[from] IngestError),
+    Ingest(#[from] ExamplesError),
     #[error("generate: {context}: {source}")]
     Llm {
         context: String,
@@ -530,14 +526,6 @@ pub(crate) fn truncate_to_chunks(file: &Path, chunk: usize) -> Result<usize, Gen
         .map_err(write_error(file))?;
     f.set_len(keep as u64).map_err(write_error(file))?;
     Ok(done)
-}
-
-/// Reads a candidates file (the stage's output or its partial one).
-pub fn read_candidates(path: &Path) -> Result<Vec<CandidateRecord>, GenerateError> {
-    crate::jsonl::read(path, "a candidates record").map_err(|message| GenerateError::Read {
-        path: path.to_path_buf(),
-        message,
-    })
 }
 
 fn summarize(

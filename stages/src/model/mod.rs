@@ -1,23 +1,25 @@
 //! The `model` stage: names the base model once for the whole pipeline, checks that it loads
 //! (architecture, weights, tokenizer, chat template) and records what every ML stage needs
-//! in `model.json`. Downstream stages load the base through [`BaseModel`], so they all use
-//! the same weights, tokenizer, chat template and default system prompt.
+//! in `model.json` ([`artifact`]). Downstream stages load the base through
+//! [`crate::base::BaseModel`], so they all use the same weights, tokenizer, chat template and
+//! default system prompt.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+pub mod artifact;
+
+use artifact::{read_info, ModelInfo, TemplateInfo, MODEL_FILE};
+
+use crate::base::{chat_messages, BaseModelError};
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
 use crate::llm::template::{MODEL_TEMPLATE, NAMED_TEMPLATES};
 use crate::llm::{
-    load_model, ChatMessage, ChatTemplate, DeviceChoice, LlamaModel, LlmError, LoadedModel,
-    ModelConfig, ModelFormat, ModelSpec, PromptCompletion, TextTokenizer,
+    load_model, ChatTemplate, DeviceChoice, LlamaModel, LoadedModel, ModelConfig, ModelSpec,
+    TextTokenizer,
 };
-
-/// What the stage writes: [`ModelInfo`] as JSON.
-pub const MODEL_FILE: &str = "model.json";
 
 /// The `model` stage.
 pub struct Model;
@@ -45,59 +47,17 @@ fn is_auto(d: &DeviceChoice) -> bool {
     *d == DeviceChoice::Auto
 }
 
-/// Where the chat template came from and its text.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TemplateInfo {
-    /// `model`, a fallback name (`chatml`, ...), or `file:<path as written>`.
-    pub source: String,
-    pub text: String,
-}
-
-/// `model.json`: everything downstream stages need to load the same base and render the same
-/// conversations.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelInfo {
-    /// The spec as written in pipeline.toml.
-    pub spec: String,
-    /// The file or directory read, absolute (for humans; stages re-resolve `spec`).
-    pub path: PathBuf,
-    /// The portable name for outputs (PEFT's `base_model_name_or_path`): the hub repository
-    /// id, or the path as written, relative to the workspace root.
-    pub name: String,
-    pub format: ModelFormat,
-    pub config: ModelConfig,
-    /// Ids the tokenizer can produce (at most the embedding rows, `config.vocab_size`).
-    pub tokenizer_vocab_size: usize,
-    /// Generation stops at any of these.
-    pub eos_token_ids: Vec<u32>,
-    /// The id right-padding uses (never a target).
-    pub pad_token_id: u32,
-    pub chat_template: TemplateInfo,
-    pub system_prompt: Option<String>,
-    /// Parameters of the base model.
-    pub parameters: u64,
-    /// The device downstream stages run on (`[model] device`).
-    #[serde(default)]
-    pub device: DeviceChoice,
-}
-
 /// Why the model stage (or a stage loading its output) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("[model] `path`: {0}")]
-    Load(#[source] LlmError),
+    #[error(transparent)]
+    Base(#[from] BaseModelError),
     #[error("[model] `chat_template`: cannot read {}: {source}", path.display())]
     TemplateFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("[model] `chat_template`: {0}")]
-    Template(#[source] LlmError),
-    #[error("[model] `device`: {0}")]
-    Device(#[source] LlmError),
-    #[error("{}: {message}; re-run `pipe run --from model`", path.display())]
-    Info { path: PathBuf, message: String },
     #[error("cannot write {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -208,19 +168,19 @@ fn validate_config(cfg: &ModelStageConfig) -> Result<(), ConfigIssue> {
 }
 
 fn run_model(cfg: &ModelStageConfig, cx: &mut StageContext) -> StageResult {
-    let spec = ModelSpec::parse(&cfg.path).map_err(ModelError::Load)?;
+    let spec = ModelSpec::parse(&cfg.path).map_err(BaseModelError::Load)?;
     cx.progress().info(&format!("model: loading {spec}"));
-    let device = cfg.device.open().map_err(ModelError::Device)?;
-    let loaded = load_model(&spec, cx.workspace(), &device).map_err(ModelError::Load)?;
+    let device = cfg.device.open().map_err(BaseModelError::Device)?;
+    let loaded = load_model(&spec, cx.workspace(), &device).map_err(BaseModelError::Load)?;
     let template = resolve_template(cfg, &loaded, cx.workspace())?;
     let compiled = ChatTemplate::new(&template.source, &template.text, loaded.tokenizer.special())
-        .map_err(ModelError::Template)?;
+        .map_err(BaseModelError::Template)?;
     // A render now catches a template that cannot render a plain exchange (or the system
     // prompt) before any training starts.
     let messages = chat_messages(cfg.system_prompt.as_deref(), None, "ping");
     compiled
         .render_prompt_completion(&messages, "pong", &loaded.tokenizer)
-        .map_err(ModelError::Template)?;
+        .map_err(BaseModelError::Template)?;
     let parameters = loaded
         .weights
         .tensors()
@@ -243,7 +203,7 @@ fn run_model(cfg: &ModelStageConfig, cx: &mut StageContext) -> StageResult {
     };
     // Building the model checks every tensor against the architecture.
     LlamaModel::from_tensors(&loaded.config, loaded.weights.into_map())
-        .map_err(ModelError::Load)?;
+        .map_err(BaseModelError::Load)?;
     let path = cx.out_dir().join(MODEL_FILE);
     let text = serde_json::to_string_pretty(&info).map_err(|e| ModelError::Write {
         path: path.clone(),
@@ -276,14 +236,16 @@ fn resolve_template(
     let chosen = cfg.chat_template.as_deref().map(choice);
     match chosen.unwrap_or(TemplateChoice::Model) {
         TemplateChoice::Model => {
-            let compiled = loaded.template(None).map_err(ModelError::Template)?;
+            let compiled = loaded.template(None).map_err(BaseModelError::Template)?;
             Ok(TemplateInfo {
                 source: MODEL_TEMPLATE.to_string(),
                 text: compiled.source().to_string(),
             })
         }
         TemplateChoice::Named(name) => {
-            let compiled = loaded.template(Some(&name)).map_err(ModelError::Template)?;
+            let compiled = loaded
+                .template(Some(&name))
+                .map_err(BaseModelError::Template)?;
             Ok(TemplateInfo {
                 source: name,
                 text: compiled.source().to_string(),
@@ -320,99 +282,6 @@ fn pad_id(config: &ModelConfig, tokenizer: &TextTokenizer) -> u32 {
         .or_else(|| config.eos_token_ids.first().copied())
         .unwrap_or(0)
         .min(config.vocab_size.saturating_sub(1) as u32)
-}
-
-/// The conversation of one single-turn example: the row's system prompt, else the
-/// configured default, else none (the template's own default applies).
-fn chat_messages(
-    default_system: Option<&str>,
-    row_system: Option<&str>,
-    prompt: &str,
-) -> Vec<ChatMessage> {
-    let system = row_system
-        .filter(|s| !s.trim().is_empty())
-        .or(default_system);
-    ChatMessage::prompt(system, prompt)
-}
-
-/// Reads `model.json`.
-pub fn read_info(path: &Path) -> Result<ModelInfo, ModelError> {
-    let bad = |message: String| ModelError::Info {
-        path: path.to_path_buf(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    serde_json::from_str(&text).map_err(|e| bad(format!("not a model description: {e}")))
-}
-
-/// The base model as the `model` stage described it, loaded for a downstream stage.
-pub struct BaseModel {
-    pub info: ModelInfo,
-    pub model: LlamaModel,
-    pub tokenizer: TextTokenizer,
-    pub template: ChatTemplate,
-}
-
-impl BaseModel {
-    /// Loads the model of the committed `model` artifact on the device it names
-    /// (`[model] device`); returns the device too, for the stage's own tensors.
-    pub fn open(model_dir: &Path, workspace: &Path) -> Result<(Self, Device), ModelError> {
-        let info = read_info(&model_dir.join(MODEL_FILE))?;
-        let device = info.device.open().map_err(ModelError::Device)?;
-        Ok((Self::from_info(info, workspace, &device)?, device))
-    }
-
-    /// Loads the model of the committed `model` artifact `model_dir`, resolving its spec
-    /// against `workspace` again (the artifact stores no weights).
-    pub fn load(model_dir: &Path, workspace: &Path, device: &Device) -> Result<Self, ModelError> {
-        Self::from_info(read_info(&model_dir.join(MODEL_FILE))?, workspace, device)
-    }
-
-    /// Loads the model `info` describes on `device`.
-    fn from_info(info: ModelInfo, workspace: &Path, device: &Device) -> Result<Self, ModelError> {
-        let spec = ModelSpec::parse(&info.spec).map_err(ModelError::Load)?;
-        let loaded = load_model(&spec, workspace, device).map_err(ModelError::Load)?;
-        let template = ChatTemplate::new(
-            &info.chat_template.source,
-            &info.chat_template.text,
-            loaded.tokenizer.special(),
-        )
-        .map_err(ModelError::Template)?;
-        let model = LlamaModel::from_tensors(&loaded.config, loaded.weights.into_map())
-            .map_err(ModelError::Load)?;
-        Ok(Self {
-            info,
-            model,
-            tokenizer: loaded.tokenizer,
-            template,
-        })
-    }
-
-    /// The messages of a single-turn prompt (system: the row's, else the configured default).
-    pub fn messages(&self, system: Option<&str>, prompt: &str) -> Vec<ChatMessage> {
-        chat_messages(self.info.system_prompt.as_deref(), system, prompt)
-    }
-
-    /// The one rendering of a training example that every stage shares: prompt and
-    /// completion ids split where a completion-only loss masks.
-    pub fn render_example(
-        &self,
-        system: Option<&str>,
-        prompt: &str,
-        response: &str,
-    ) -> Result<PromptCompletion, LlmError> {
-        self.template.render_prompt_completion(
-            &self.messages(system, prompt),
-            response,
-            &self.tokenizer,
-        )
-    }
-
-    /// The prompt ids generation conditions on (the same as [`BaseModel::render_example`]'s).
-    pub fn render_prompt(&self, system: Option<&str>, prompt: &str) -> Result<Vec<u32>, LlmError> {
-        let text = self.template.render(&self.messages(system, prompt), true)?;
-        self.tokenizer.encode(&text, false)
-    }
 }
 
 /// `pipe show model`.
@@ -468,8 +337,11 @@ fn write_info(info: &ModelInfo, out: &mut dyn Write) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::BaseModel;
     use crate::contract::pick_table;
+    use crate::llm::ModelFormat;
     use crate::progress::NullProgress;
+    use candle_core::Device;
     use std::collections::BTreeMap;
 
     fn config(toml: &str) -> ModelStageConfig {

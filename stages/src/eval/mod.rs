@@ -6,6 +6,7 @@
 //! The final model is the merge stage's exported `model/` directory, loaded back as a user
 //! would load it, so the evaluation also covers the export.
 
+pub mod artifact;
 mod report;
 mod results;
 #[cfg(test)]
@@ -19,23 +20,27 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-pub use report::{esc, line_chart, read_metrics, render, series, Series, TrainingLogs};
-pub use results::{
-    mean_scores, win_rates, AnswerRecord, EvalResults, ModelAnswer, ModelResult, WinRate,
-    ANSWERS_FILE, EVAL_FILE, MODELS, REPORT_FILE,
+use artifact::{ANSWERS_FILE, EVAL_FILE, REPORT_FILE};
+use report::{read_metrics, render, TrainingLogs};
+use results::{
+    mean_scores, win_rates, AnswerRecord, EvalResults, ModelAnswer, ModelResult, MODELS,
 };
 
+use crate::base::{BaseModel, BaseModelError};
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
-use crate::ingest::{self, IngestError, VAL_FILE};
+use crate::ingest::artifact::{self as ingest, ExamplesError, VAL_FILE};
 use crate::llm::{
     load_model_path, Example, GenerationConfig, Generator, LlamaModel, LlmError, PeftAdapter,
     SamplingParams, TokenBatch,
 };
-use crate::model::{BaseModel, ModelError};
+use crate::merge::artifact::MODEL_DIR as MERGED_MODEL_DIR;
+use crate::orpo::artifact::METRICS_FILE as ORPO_METRICS_FILE;
 use crate::progress::Progress;
-use crate::score::{load_scorers, score_answers, Answer, ScoreError};
-use crate::scoring::{Scores, ScoringError};
-use crate::tools::session::{STAGE_ADAPTER_DIR, STAGE_MODEL_DIR};
+use crate::score::artifact::SCORERS_FILE;
+use crate::scoring::{
+    load_scorers, score_answers, Answer, SavedScorersError, Scores, ScoringError,
+};
+use crate::sft::artifact::{ADAPTER_DIR as SFT_ADAPTER_DIR, METRICS_FILE as SFT_METRICS_FILE};
 use crate::train::eval::completion_loss;
 
 /// The `eval` stage.
@@ -94,12 +99,12 @@ impl Default for EvalConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Model(#[from] BaseModelError),
     #[error(transparent)]
-    Ingest(#[from] IngestError),
+    Ingest(#[from] ExamplesError),
     /// Boxed: the largest variants, and `Result<_, EvalError>` is returned everywhere.
     #[error(transparent)]
-    Score(Box<ScoreError>),
+    Score(Box<SavedScorersError>),
     #[error(transparent)]
     Scoring(Box<ScoringError>),
     #[error("eval: {context}: {source}")]
@@ -118,8 +123,8 @@ pub enum EvalError {
     },
 }
 
-impl From<ScoreError> for EvalError {
-    fn from(e: ScoreError) -> Self {
+impl From<SavedScorersError> for EvalError {
+    fn from(e: SavedScorersError) -> Self {
         EvalError::Score(Box::new(e))
     }
 }
@@ -279,11 +284,11 @@ pub fn evaluate(
         let (model, description) = match name {
             "base" => (base_model.clone(), info.name.clone()),
             "sft" => (
-                with_adapter(&base_model, &inputs.sft.join(STAGE_ADAPTER_DIR))?,
+                with_adapter(&base_model, &inputs.sft.join(SFT_ADAPTER_DIR))?,
                 format!("{} + sft adapter", info.name),
             ),
             _ => {
-                let dir = inputs.merge.join(STAGE_MODEL_DIR);
+                let dir = inputs.merge.join(MERGED_MODEL_DIR);
                 let loaded = load_model_path(&dir, &device).map_err(llm(format!(
                     "cannot load the merged model {}",
                     dir.display()
@@ -307,7 +312,7 @@ pub fn evaluate(
         runs.push(run);
     }
 
-    let scorers = load_scorers(&inputs.score, workspace)?;
+    let scorers = load_scorers(&inputs.score.join(SCORERS_FILE), workspace)?;
     let ids: Vec<String> = MODELS
         .iter()
         .flat_map(|m| rows.iter().map(move |r| format!("{}/{m}", r.example.id)))
@@ -554,8 +559,8 @@ fn write_outputs(
     }
     write(ANSWERS_FILE, lines)?;
     let logs = TrainingLogs {
-        sft: read_metrics(&inputs.sft.join("metrics.jsonl")),
-        orpo: read_metrics(&inputs.orpo.join("metrics.jsonl")),
+        sft: read_metrics(&inputs.sft.join(SFT_METRICS_FILE)),
+        orpo: read_metrics(&inputs.orpo.join(ORPO_METRICS_FILE)),
     };
     write(
         REPORT_FILE,

@@ -6,8 +6,9 @@
 //! directory hold the LoRA weights, the AdamW moments and the step. A run killed at any point
 //! resumes from its last checkpoint and ends with the same adapter as an uninterrupted one.
 
-pub(crate) mod config;
-pub(crate) mod data;
+pub mod artifact;
+mod config;
+mod data;
 mod report;
 #[cfg(test)]
 mod tests;
@@ -20,18 +21,22 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use config::{LoraSettings, Overlength, Preset, SftConfig, SftSettings};
-pub use data::{FitCounts, TokenRow};
-pub use report::{Sample, SftSummary, ADAPTER_DIR, METRICS_FILE, SAMPLES_FILE, SUMMARY_FILE};
+pub use config::SftConfig;
 
+use artifact::{ADAPTER_DIR, METRICS_FILE, SAMPLES_FILE, SUMMARY_FILE};
+use config::SftSettings;
+use data::TokenRow;
+use report::{Sample, SftSummary};
+
+use crate::base::{BaseModel, BaseModelError};
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
-use crate::ingest::{self, IngestError, TRAIN_FILE, VAL_FILE};
+use crate::ingest::artifact::{self as ingest, ExamplesError, TRAIN_FILE, VAL_FILE};
 use crate::llm::loss::{TargetLogProbs, DEFAULT_CHUNK};
 use crate::llm::{LlamaModel, LlmError, Mode, TargetMask, TokenBatch};
-use crate::model::{BaseModel, ModelError};
 use crate::progress::{Bar, Progress};
 use crate::train::checkpoint::{self, CheckpointError};
 use crate::train::eval::completion_loss;
+use crate::train::fit::{FitCounts, Overlength};
 use crate::train::greedy::greedy;
 use crate::train::memory::{peak_rss_mb, reset_peak};
 use crate::train::metrics::MetricsError;
@@ -52,9 +57,9 @@ pub struct Sft;
 #[derive(Debug, thiserror::Error)]
 pub enum SftError {
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Model(#[from] BaseModelError),
     #[error(transparent)]
-    Ingest(#[from] IngestError),
+    Ingest(#[from] ExamplesError),
     #[error("{file}: row id {id} (source row {source_row}): cannot render it with the chat template: {source}")]
     Render {
         file: String,

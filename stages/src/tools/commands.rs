@@ -1,0 +1,181 @@
+//! `pipe generate`, `pipe chat` and `pipe bench` as [`Tool`]s: their arguments mapped onto the
+//! tools' options, the model found through the engine — the pipeline's `[model] path` by
+//! default, a stage's committed artifact for `--stage`.
+
+use std::io::IsTerminal;
+
+use clap::{CommandFactory, FromArgMatches};
+
+use super::args::{BenchArgs, ChatArgs, GenerateArgs, ModelArgs, SamplingArgs};
+use super::{
+    run_bench, run_chat, run_generate, BenchOptions, ChatOptions, GenerateOptions, ModelOptions,
+};
+use crate::llm::device::DeviceChoice;
+use crate::llm::{GenerationConfig, LlmError, SamplingParams};
+use crate::tool::{Tool, ToolError, ToolHost};
+
+/// The table and key holding the pipeline's base model.
+const MODEL_TABLE: &str = "model";
+const MODEL_PATH_KEY: &str = "path";
+
+/// `pipe generate`.
+pub struct Generate;
+/// `pipe chat`.
+pub struct Chat;
+/// `pipe bench`.
+pub struct Bench;
+
+impl Tool for Generate {
+    fn command(&self) -> clap::Command {
+        GenerateArgs::command()
+    }
+
+    fn run(&self, matches: &clap::ArgMatches, host: &dyn ToolHost) -> Result<(), ToolError> {
+        let args = parsed::<GenerateArgs>(matches)?;
+        let options = GenerateOptions {
+            model: model_options(&args.model, host)?,
+            prompt: args.prompt.clone(),
+            system: args.system.clone(),
+            raw: args.raw,
+            generation: generation_config(&args.sampling, 256, 0.0, 1.0),
+        };
+        let (mut out, mut log) = (std::io::stdout(), std::io::stderr());
+        run_generate(&options, &mut out, &mut log).map_err(failed)?;
+        Ok(())
+    }
+}
+
+impl Tool for Chat {
+    fn command(&self) -> clap::Command {
+        ChatArgs::command()
+    }
+
+    fn run(&self, matches: &clap::ArgMatches, host: &dyn ToolHost) -> Result<(), ToolError> {
+        let args = parsed::<ChatArgs>(matches)?;
+        let stdin = std::io::stdin();
+        let options = ChatOptions {
+            model: model_options(&args.model, host)?,
+            system: args.system.clone(),
+            generation: generation_config(&args.sampling, 512, 0.2, 0.9),
+            interactive: stdin.is_terminal(),
+        };
+        let (mut out, mut log) = (std::io::stdout(), std::io::stderr());
+        run_chat(&options, &mut stdin.lock(), &mut out, &mut log).map_err(failed)?;
+        Ok(())
+    }
+}
+
+impl Tool for Bench {
+    fn command(&self) -> clap::Command {
+        BenchArgs::command()
+    }
+
+    fn run(&self, matches: &clap::ArgMatches, host: &dyn ToolHost) -> Result<(), ToolError> {
+        let args = parsed::<BenchArgs>(matches)?;
+        let phase = args
+            .phase
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: LlmError| ToolError::Usage(format!("{e}")))?;
+        let options = BenchOptions {
+            model: model_options(&args.model, host)?,
+            batch: args.batch,
+            seq: args.seq,
+            steps: args.steps,
+            decode_tokens: args.decode_tokens,
+            json: args.json.clone(),
+            phase,
+            self_command: host.own_command(),
+        };
+        run_bench(&options, &mut std::io::stdout()).map_err(failed)?;
+        Ok(())
+    }
+}
+
+/// The arguments of a subcommand parsed by its own clap command.
+fn parsed<A: FromArgMatches>(matches: &clap::ArgMatches) -> Result<A, ToolError> {
+    A::from_arg_matches(matches).map_err(|e| ToolError::Usage(e.to_string()))
+}
+
+fn failed(e: LlmError) -> ToolError {
+    ToolError::Failed(e.to_string())
+}
+
+fn generation_config(
+    s: &SamplingArgs,
+    max_new_tokens: usize,
+    temperature: f64,
+    top_p: f64,
+) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens: s.max_new_tokens.unwrap_or(max_new_tokens),
+        sampling: SamplingParams {
+            temperature: s.temperature.unwrap_or(temperature),
+            top_k: s.top_k,
+            top_p: s.top_p.unwrap_or(top_p),
+            min_p: s.min_p,
+            repetition_penalty: s.repetition_penalty,
+        },
+        seed: s.seed,
+        stop_strings: s.stop.clone(),
+        ..GenerationConfig::default()
+    }
+}
+
+/// The model the command names, or the pipeline's; `--stage` resolved to an artifact dir.
+/// The pipeline is read when the command needs it, and whenever it exists (so a broken one is
+/// reported rather than silently ignored).
+fn model_options(args: &ModelArgs, host: &dyn ToolHost) -> Result<ModelOptions, ToolError> {
+    let device: DeviceChoice = args
+        .device
+        .parse()
+        .map_err(|e| ToolError::Usage(format!("--device: {e}")))?;
+    let cwd = std::env::current_dir().map_err(|e| ToolError::Failed(format!(".: {e}")))?;
+    let adapters = args.adapters.iter().map(|a| cwd.join(a)).collect();
+    let needs_pipeline = args.stage.is_some() || args.model.is_none();
+    let pipeline_model = if needs_pipeline || host.config_path().exists() {
+        pipeline_model(host)?
+    } else {
+        None
+    };
+    let (model, model_root) = match (&args.model, pipeline_model) {
+        (Some(m), _) => (Some(m.clone()), cwd),
+        (None, Some((m, root))) => (Some(m), root),
+        (None, None) => return Err(no_model(host)),
+    };
+    let stage_dir = match &args.stage {
+        Some(stage) => Some(
+            host.artifact_dir(stage, "--stage")
+                .map_err(ToolError::Host)?,
+        ),
+        None => None,
+    };
+    Ok(ModelOptions {
+        model,
+        model_root,
+        adapters,
+        stage_dir,
+        device,
+        template: args.template.clone(),
+        exact: args.exact,
+    })
+}
+
+/// `[model] path` and the workspace root, when the pipeline has a model table.
+fn pipeline_model(host: &dyn ToolHost) -> Result<Option<(String, std::path::PathBuf)>, ToolError> {
+    let table = host.table(MODEL_TABLE).map_err(ToolError::Host)?;
+    Ok(table.and_then(|(config, root)| {
+        config
+            .get(MODEL_PATH_KEY)?
+            .as_str()
+            .map(|path| (path.to_string(), root))
+    }))
+}
+
+fn no_model(host: &dyn ToolHost) -> ToolError {
+    ToolError::Usage(format!(
+        "no model: pass --model PATH (a GGUF file or an HF directory) or `hf:org/name`; {} has no `[{MODEL_TABLE}]` table with `{MODEL_PATH_KEY}`",
+        host.config_path().display()
+    ))
+}
