@@ -1,6 +1,7 @@
 //! Carries out the commands: loads the workspace, takes the lock where needed, and maps
 //! errors to exit codes (0 ok, 1 failure, 2 usage or config error).
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -13,7 +14,7 @@ use crate::error::{PipeError, Result};
 use crate::lock::WorkspaceLock;
 use crate::runner::{execute, plan, RunOptions, Workspace};
 use crate::ui::{TerminalUi, Verbosity};
-use crate::{gc, model_commands, show, status};
+use crate::{gc, model_commands, show, status, verify};
 
 /// Parses the command line and runs it against `registry`; the binary's whole `main`.
 pub fn main_with(registry: Vec<Box<dyn DynStage>>) -> ExitCode {
@@ -25,14 +26,38 @@ pub fn main_with(registry: Vec<Box<dyn DynStage>>) -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let outcome = pipe_stages::llm::runtime::on_pool(|| dispatch(&cli, &registry, true));
+    let outcome = pipe_stages::llm::runtime::on_pool(|| {
+        catch_unwind(AssertUnwindSafe(|| dispatch(&cli, &registry, true)))
+    });
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
         }
+        Err(panic) => {
+            eprintln!("error: {}", internal_error(&panic));
+            ExitCode::from(INTERNAL_ERROR)
+        }
     }
+}
+
+/// The exit code of a panic that reached the command line (a bug): as a failed stage's.
+const INTERNAL_ERROR: u8 = 1;
+
+/// What a panic that escaped a command says: a bug, with the command line to reproduce it.
+fn internal_error(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    let argv: Vec<String> = std::env::args().collect();
+    format!(
+        "internal error (a bug in pipe): {message}\n  command line: {}\n  please report it with \
+         the command line and the input that caused it",
+        argv.join(" ")
+    )
 }
 
 /// Runs one command line in-process (benchmarks, embedding); `args[0]` is the program name.
@@ -73,7 +98,8 @@ fn dispatch(cli: &Cli, registry: &[Box<dyn DynStage>], own_argv: bool) -> Result
     let ui = TerminalUi::new(verbosity(cli));
     match &cli.command {
         Command::Run(args) => run(&ws, args, &ui),
-        Command::Status => status::print(&ws),
+        Command::Status(args) => status::print(&ws, args.verify),
+        Command::Verify => verify::verify_store(&ws),
         Command::Show(args) => show::print(&ws, args),
         Command::Dag(args) => dag(&ws, args),
         Command::Gc(args) => gc::collect(&ws, args),
@@ -99,8 +125,9 @@ fn run(ws: &Workspace, args: &RunArgs, ui: &TerminalUi) -> Result<()> {
         Some(lock)
     };
     let mut digests = DigestCache::load(ws.store.digest_cache_path());
-    let plan = plan(ws, &opts, &mut digests)?;
+    let mut plan = plan(ws, &opts, &mut digests)?;
     digests.save()?;
+    verify::check_reads(ws, &mut plan, !args.dry_run)?;
     execute(ws, &plan, ui, args.dry_run).map(|_| ())
 }
 

@@ -71,6 +71,11 @@ impl<'r> Workspace<'r> {
             })?;
             out.insert(rel.to_string_lossy().into_owned(), digest);
         }
+        for rel in &cfg.optional_inputs {
+            if let Some(digest) = digests.digest_if_file(&self.config.root.join(rel))? {
+                out.insert(rel.to_string_lossy().into_owned(), digest);
+            }
+        }
         Ok(out)
     }
 

@@ -11,6 +11,7 @@ pub mod export;
 pub mod frozen_linear;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_header;
 pub mod hub;
 pub mod kernels;
 pub mod kv_cache;
