@@ -5,7 +5,7 @@
 //! every target must return (an error for what it refuses), never panic, and never allocate more
 //! than a bound proportional to its input, which a counting global allocator checks.
 //!
-//! The normal test suite runs a few hundred seeded cases per target. Run longer with
+//! The normal test suite runs 3000 seeded cases per target (about a second each). Run longer with
 //! `PIPE_FUZZ_CASES=100000 cargo test --release --test fuzz` (and `PIPE_FUZZ_SEED=N` for other
 //! cases); a failing case is written to `target/tmp/fuzz-failures/` with the command that
 //! replays it.
@@ -99,7 +99,7 @@ fn admit(size: usize) -> bool {
         return true;
     }
     REFUSED.store(true, Ordering::Relaxed);
-    let msg = b"\nfuzz: a target asked for one allocation beyond the hard limit; the case is in target/tmp/fuzz-failures/current.bin\n";
+    let msg = b"\nfuzz: a target asked for one allocation beyond the hard limit; with PIPE_FUZZ_CASES set, the case is in target/tmp/fuzz-failures/current.bin\n";
     // SAFETY: write(2) of a static buffer to stderr.
     unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
     false
@@ -117,7 +117,7 @@ const SLACK: usize = 32 << 20;
 const HARD: usize = 1 << 30;
 
 fn cases() -> usize {
-    env_number("PIPE_FUZZ_CASES").unwrap_or(300) as usize
+    env_number("PIPE_FUZZ_CASES").unwrap_or(3000) as usize
 }
 
 fn base_seed() -> u64 {
@@ -134,19 +134,33 @@ fn failures_dir() -> PathBuf {
     dir
 }
 
+/// What the mutator knows about a format: tokens worth splicing in, and where each seed keeps
+/// its binary integer fields (offset, width), so that lengths and counts get boundary values.
+#[derive(Default)]
+struct Format<'t> {
+    tokens: &'t [&'t [u8]],
+    int_fields: Vec<Vec<(usize, usize)>>,
+}
+
 /// Runs `target` on the seeds as they are and on `cases()` mutations of them.
-fn fuzz(name: &str, seeds: &[Vec<u8>], tokens: &[&[u8]], mut target: impl FnMut(&[u8])) {
+fn fuzz(name: &str, seeds: &[Vec<u8>], format: &Format<'_>, mut target: impl FnMut(&[u8])) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let seed = base_seed() ^ fnv(name.as_bytes());
     let mut rng = StdRng::seed_from_u64(seed);
     let total = cases();
+    let long_run = std::env::var_os("PIPE_FUZZ_CASES").is_some();
     let current = failures_dir().join("current.bin");
     for case in 0..seeds.len() + total {
         let input = match seeds.get(case) {
             Some(s) => s.clone(),
-            None => mutate(&mut rng, &seeds[case % seeds.len()], tokens),
+            None => {
+                let which = case % seeds.len();
+                let fields = format.int_fields.get(which).map_or(&[][..], Vec::as_slice);
+                mutate(&mut rng, &seeds[which], format.tokens, fields)
+            }
         };
-        if total > 1000 {
+        // A long run keeps the case at hand: an abort (a refused allocation) loses the stack.
+        if long_run {
             std::fs::write(&current, &input).unwrap();
         }
         let bound = FACTOR * input.len() + SLACK;
@@ -214,8 +228,31 @@ const INTERESTING: &[u64] = &[
     u64::MAX,
 ];
 
-/// One to four mutations of `seed`.
-fn mutate(rng: &mut StdRng, seed: &[u8], tokens: &[&[u8]]) -> Vec<u8> {
+/// Numbers as text: for JSON, TOML and CSV seeds, and safetensors' JSON header.
+const INTERESTING_TEXT: &[&str] = &[
+    "0",
+    "-1",
+    "1",
+    "4294967295",
+    "4294967296",
+    "18446744073709551615",
+    "18446744073709551616",
+    "9223372036854775807",
+    "1e308",
+    "1e999",
+    "-0",
+    "0.5",
+    "NaN",
+    "inf",
+];
+
+/// One to four mutations of `seed`; `int_fields` are where its binary integers are.
+fn mutate(
+    rng: &mut StdRng,
+    seed: &[u8],
+    tokens: &[&[u8]],
+    int_fields: &[(usize, usize)],
+) -> Vec<u8> {
     let mut data = seed.to_vec();
     for _ in 0..rng.random_range(1..=4) {
         let at = if data.is_empty() {
@@ -223,18 +260,12 @@ fn mutate(rng: &mut StdRng, seed: &[u8], tokens: &[&[u8]]) -> Vec<u8> {
         } else {
             rng.random_range(0..data.len())
         };
-        match rng.random_range(0..9) {
+        match rng.random_range(0..12) {
             0 if !data.is_empty() => data[at] ^= 1 << rng.random_range(0..8),
             1 if !data.is_empty() => data[at] = rng.random(),
             2 => {
-                let value = INTERESTING[rng.random_range(0..INTERESTING.len())];
                 let width = [1usize, 2, 4, 8][rng.random_range(0..4)];
-                let bytes = value.to_le_bytes();
-                for (i, b) in bytes[..width].iter().enumerate() {
-                    if let Some(slot) = data.get_mut(at + i) {
-                        *slot = *b;
-                    }
-                }
+                set_int(&mut data, rng, at, width);
             }
             3 => {
                 let end = (at + rng.random_range(0..64)).min(data.len());
@@ -256,6 +287,11 @@ fn mutate(rng: &mut StdRng, seed: &[u8], tokens: &[&[u8]]) -> Vec<u8> {
                 data.splice(at..end, token.iter().copied());
             }
             7 => data.truncate(at),
+            8 | 9 if !int_fields.is_empty() => {
+                let (pos, width) = int_fields[rng.random_range(0..int_fields.len())];
+                set_int(&mut data, rng, pos, width);
+            }
+            10 => replace_number(&mut data, rng),
             _ => {
                 let n = rng.random_range(1..16);
                 let noise: Vec<u8> = (0..n).map(|_| rng.random()).collect();
@@ -264,6 +300,42 @@ fn mutate(rng: &mut StdRng, seed: &[u8], tokens: &[&[u8]]) -> Vec<u8> {
         }
     }
     data
+}
+
+/// Overwrites `width` little-endian bytes at `at` with a boundary value.
+fn set_int(data: &mut [u8], rng: &mut StdRng, at: usize, width: usize) {
+    let value = INTERESTING[rng.random_range(0..INTERESTING.len())];
+    for (i, b) in value.to_le_bytes()[..width.min(8)].iter().enumerate() {
+        if let Some(slot) = data.get_mut(at + i) {
+            *slot = *b;
+        }
+    }
+}
+
+/// Replaces one run of ASCII digits with a boundary number written as text.
+fn replace_number(data: &mut Vec<u8>, rng: &mut StdRng) {
+    let runs: Vec<(usize, usize)> = {
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < data.len() {
+            if data[i].is_ascii_digit() {
+                let start = i;
+                while i < data.len() && data[i].is_ascii_digit() {
+                    i += 1;
+                }
+                runs.push((start, i));
+            } else {
+                i += 1;
+            }
+        }
+        runs
+    };
+    if runs.is_empty() {
+        return;
+    }
+    let (start, end) = runs[rng.random_range(0..runs.len())];
+    let text = INTERESTING_TEXT[rng.random_range(0..INTERESTING_TEXT.len())];
+    data.splice(start..end, text.bytes());
 }
 
 fn scratch() -> tempfile::TempDir {
@@ -309,7 +381,99 @@ fn gguf_seed(dir: &Path, dtype: GgmlDType) -> Vec<u8> {
         Some("{{ messages }}"),
     )
     .unwrap();
-    std::fs::read(path).unwrap()
+    with_alignment(&std::fs::read(path).unwrap())
+}
+
+/// The same GGUF with `general.alignment = 32` added, so mutations can reach that value.
+fn with_alignment(bytes: &[u8]) -> Vec<u8> {
+    use candle_core::quantized::gguf_file::{self, Content, Value};
+    let mut cursor = std::io::Cursor::new(bytes);
+    let content = Content::read(&mut cursor).unwrap();
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(&str, candle_core::quantized::QTensor)> = names
+        .iter()
+        .map(|n| (n.as_str(), content.tensor(&mut cursor, n, &Device::Cpu).unwrap()))
+        .collect();
+    let alignment = Value::U32(32);
+    let mut metadata: Vec<(&str, &Value)> = vec![("general.alignment", &alignment)];
+    let mut keys: Vec<&String> = content.metadata.keys().collect();
+    keys.sort();
+    metadata.extend(keys.iter().map(|k| (k.as_str(), &content.metadata[*k])));
+    let tensor_refs: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let mut out = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut out, &metadata, &tensor_refs).unwrap();
+    out.into_inner()
+}
+
+/// Where a GGUF (version 2 or 3, as candle writes it) keeps its integers: counts, lengths,
+/// value types and numeric values (the first few of each array), tensor dimensions, types and
+/// offsets. Walks the seed, which is known to be valid.
+fn gguf_int_fields(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+    let mut fields = vec![(8, 8), (16, 8)];
+    let (tensors, kvs) = (u64_at(8), u64_at(16));
+    let mut at = 24;
+    fn value(
+        bytes: &[u8],
+        kind: u32,
+        at: &mut usize,
+        fields: &mut Vec<(usize, usize)>,
+        record: bool,
+    ) {
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        let u64_at =
+            |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        let width = match kind {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            10..=12 => 8,
+            8 => {
+                fields.push((*at, 8));
+                *at += 8 + u64_at(*at);
+                return;
+            }
+            _ => {
+                let inner = u32_at(*at);
+                let len = u64_at(*at + 4);
+                fields.extend([(*at, 4), (*at + 4, 8)]);
+                *at += 12;
+                for i in 0..len {
+                    value(bytes, inner, at, fields, record && i < 4);
+                }
+                return;
+            }
+        };
+        if record {
+            fields.push((*at, width));
+        }
+        *at += width;
+    }
+    for _ in 0..kvs {
+        fields.push((at, 8));
+        at += 8 + u64_at(at);
+        let kind = u32_at(at);
+        fields.push((at, 4));
+        at += 4;
+        value(bytes, kind, &mut at, &mut fields, true);
+    }
+    for _ in 0..tensors {
+        fields.push((at, 8));
+        at += 8 + u64_at(at);
+        let dims = u32_at(at) as usize;
+        fields.push((at, 4));
+        at += 4;
+        for _ in 0..dims {
+            fields.push((at, 8));
+            at += 8;
+        }
+        fields.extend([(at, 4), (at + 4, 8)]);
+        at += 12;
+    }
+    fields
 }
 
 /// Issue 16: `general.alignment = 0` panicked in candle and `llama.block_count = 4294967295`
@@ -322,8 +486,12 @@ fn fuzz_gguf_header_and_metadata() {
         gguf_seed(dir.path(), GgmlDType::F32),
         gguf_seed(dir.path(), GgmlDType::Q8_0),
     ];
+    let format = Format {
+        tokens: &[b"GGUF", b"general.alignment"],
+        int_fields: seeds.iter().map(|s| gguf_int_fields(s)).collect(),
+    };
     let path = dir.path().join("case.gguf");
-    fuzz("gguf", &seeds, &[b"GGUF", b"general.alignment"], |bytes| {
+    fuzz("gguf", &seeds, &format, |bytes| {
         std::fs::write(&path, bytes).unwrap();
         let Ok(mut gguf) = GgufFile::open(&path) else {
             return;
@@ -338,38 +506,43 @@ fn fuzz_gguf_header_and_metadata() {
     });
 }
 
+/// Issue 16, through the binary: `general.alignment = 0` made `pipe generate` panic (exit 101)
+/// and `llama.block_count = 4294967295` made it allocate without bound. Both are clear errors
+/// naming the file now, before anything is allocated for them.
 #[test]
-fn gguf_regressions_of_issue_16() {
+fn crafted_gguf_headers_are_clear_errors_of_the_model_commands() {
     let dir = scratch();
     let seed = gguf_seed(dir.path(), GgmlDType::F32);
-    let path = dir.path().join("x.gguf");
-    // Rewrite one U32 metadata value in place (the value follows its key and type).
-    let set_u32 = |key: &str, value: u32| {
-        let mut bytes = seed.clone();
-        let at = find(&bytes, key.as_bytes()).expect("key in the seed") + key.len();
-        assert_eq!(&bytes[at..at + 4], &4u32.to_le_bytes(), "{key} is a U32");
-        bytes[at + 4..at + 8].copy_from_slice(&value.to_le_bytes());
-        std::fs::write(&path, bytes).unwrap();
-    };
-    set_u32("llama.block_count", u32::MAX);
-    let err = GgufFile::open(&path).unwrap().config().unwrap_err().to_string();
-    assert!(
-        err.contains("declares 4294967295 layers") && err.contains("x.gguf"),
-        "{err}"
-    );
-    let with_alignment = {
-        let mut bytes = seed.clone();
-        // `general.architecture` is the first key: replace it by an alignment of 0 of the
-        // same length (`general.alignment` is shorter: pad the value type with the key).
-        let key = b"general.architecture";
-        let at = find(&bytes, key).unwrap();
-        let replacement = b"general.alignmen\x00\x00\x00\x00";
-        bytes[at..at + key.len()].copy_from_slice(&replacement[..key.len()]);
-        bytes
-    };
-    std::fs::write(&path, with_alignment).unwrap();
-    // Whatever else is wrong with the file, it is an error, not a panic.
-    assert!(GgufFile::open(&path).and_then(|g| g.config()).is_err());
+    let cases = [
+        ("general.alignment", 0, "`general.alignment` is 0; it must be a power of two"),
+        ("llama.block_count", u32::MAX, "declares 4294967295 layers"),
+    ];
+    for (key, value, expected) in cases {
+        let path = dir.path().join("crafted.gguf");
+        std::fs::write(&path, set_u32(&seed, key, value)).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipe"))
+            .args(["generate", "-p", "hi", "--model"])
+            .arg(&path)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{key}: {stderr}");
+        assert!(
+            stderr.contains(expected) && stderr.contains("crafted.gguf"),
+            "{key}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// The GGUF `bytes` with the U32 metadata value of `key` set to `value`.
+fn set_u32(bytes: &[u8], key: &str, value: u32) -> Vec<u8> {
+    let mut bytes = bytes.to_vec();
+    let at = find(&bytes, key.as_bytes()).expect("key in the seed") + key.len();
+    assert_eq!(&bytes[at..at + 4], &4u32.to_le_bytes(), "{key} is a U32");
+    bytes[at + 4..at + 8].copy_from_slice(&value.to_le_bytes());
+    bytes
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -391,7 +564,10 @@ fn fuzz_safetensors_header() {
     fuzz(
         "safetensors",
         &[safetensors_seed()],
-        &[b"{", b"}", b"\"shape\":[", b"\"data_offsets\":[", b"F32", b"BF16", b"99999999999"],
+        &Format {
+            tokens: &[b"{", b"}", b"\"shape\":[", b"\"data_offsets\":[", b"F32", b"BF16", b"99999999999"],
+            ..Format::default()
+        },
         |bytes| {
             if let Ok(tensors) = tensors_from_bytes(bytes, path, &Device::Cpu) {
                 let _ = ModelWeights::new(tensors).validate(&config);
@@ -408,7 +584,10 @@ fn fuzz_config_json_into_a_model_config() {
     fuzz(
         "config_json",
         &[seed],
-        &[b"4294967295", b"18446744073709551615", b"0", b"-1", b"1e308", b"null", b"\"num_hidden_layers\":"],
+        &Format {
+            tokens: &[b"4294967295", b"18446744073709551615", b"0", b"-1", b"1e308", b"null", b"\"num_hidden_layers\":"],
+            ..Format::default()
+        },
         |bytes| {
             let Ok(value) = serde_json::from_slice(bytes) else {
                 return;
@@ -427,7 +606,10 @@ fn fuzz_peft_adapter_config() {
     fuzz(
         "adapter_config",
         &[seed],
-        &[b"\"r\":", b"18446744073709551615", b"null", b"[", b"{", b"\"LORA\""],
+        &Format {
+            tokens: &[b"\"r\":", b"18446744073709551615", b"null", b"[", b"{", b"\"LORA\""],
+            ..Format::default()
+        },
         |bytes| {
             let _ = AdapterConfig::parse(&String::from_utf8_lossy(bytes), path);
         },
@@ -450,7 +632,10 @@ fn fuzz_pipeline_toml_and_overrides() {
     fuzz(
         "pipeline_toml",
         &[seed.into_bytes()],
-        &[b"[", b"]", b"[[", b"=", b"\"", b"'''", b".", b"\n[sft]\n", b"{a=1}", b"1e999"],
+        &Format {
+            tokens: &[b"[", b"]", b"[[", b"=", b"\"", b"'''", b".", b"\n[sft]\n", b"{a=1}", b"1e999"],
+            ..Format::default()
+        },
         |bytes| {
             let text = String::from_utf8_lossy(bytes);
             let (doc, overrides) = text.split_once(OVERRIDES).unwrap_or((&text, ""));
@@ -475,7 +660,10 @@ fn fuzz_csv_reader() {
     fuzz(
         "csv",
         &[csv_seed(), b"a;b\r\n\"x\";\"y\r\nz\"\r\n\r\n1;2".to_vec()],
-        &[b"\"", b",", b"\n", b"\r", b"\r\n", b"\xef\xbb\xbf", b"\xff\xfe", b"\xb0\xa1"],
+        &Format {
+            tokens: &[b"\"", b",", b"\n", b"\r", b"\r\n", b"\xef\xbb\xbf", b"\xff\xfe", b"\xb0\xa1"],
+            ..Format::default()
+        },
         |bytes| {
             let Ok(decoded) = tabular::decode(bytes.to_vec(), TextEncoding::Auto, "data.csv") else {
                 return;
@@ -500,7 +688,10 @@ fn fuzz_json_readers() {
     fuzz(
         "json",
         &[array, lines],
-        &[b"[", b"]", b"{", b"}", b"\"", b",", b":", b"\n", b"1e999", b"\\u0000"],
+        &Format {
+            tokens: &[b"[", b"]", b"{", b"}", b"\"", b",", b":", b"\n", b"1e999", b"\\u0000"],
+            ..Format::default()
+        },
         |bytes| {
             let text = String::from_utf8_lossy(bytes);
             for kind in [JsonKind::Array, JsonKind::Lines] {
