@@ -165,7 +165,10 @@ fn print_sweep(sweep: &Sweep, root: &Path) {
         );
     }
     for dir in &sweep.incomplete {
-        println!("{verb} {} (no manifest: an interrupted removal)", shown(dir, root));
+        println!(
+            "{verb} {} (no manifest: an interrupted removal)",
+            shown(dir, root)
+        );
     }
     for dir in &sweep.checkpoints {
         println!("{verb} checkpoint {}", shown(dir, root));

@@ -31,7 +31,10 @@ pub fn print(ws: &Workspace, verify: bool) -> Result<()> {
         };
         if let Some(corruption) = corrupt {
             stale += 1;
-            println!("  {:<10} corrupt    {} ({corruption})", step.stage, step.key);
+            println!(
+                "  {:<10} corrupt    {} ({corruption})",
+                step.stage, step.key
+            );
             continue;
         }
         match &step.action {

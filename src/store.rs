@@ -56,9 +56,12 @@ pub enum Inspection {
     /// No directory for the key.
     Missing,
     /// A directory that is not a usable entry.
-    Corrupt { dir: PathBuf, corruption: Corruption },
+    Corrupt {
+        dir: PathBuf,
+        corruption: Corruption,
+    },
     /// A committed entry whose outputs are present with their sizes (not re-hashed).
-    Intact(Entry),
+    Intact(Box<Entry>),
 }
 
 /// One directory under an instance's directory: an entry, or why it is not one.
@@ -167,7 +170,7 @@ impl Store {
     /// is still there with its size.
     pub fn lookup(&self, stage: &str, key: &str) -> Option<Entry> {
         match self.inspect(stage, key) {
-            Inspection::Intact(entry) => Some(entry),
+            Inspection::Intact(entry) => Some(*entry),
             _ => None,
         }
     }
@@ -180,7 +183,7 @@ impl Store {
             return Inspection::Missing;
         }
         match open_entry(&dir, key) {
-            Ok(entry) => Inspection::Intact(entry),
+            Ok(entry) => Inspection::Intact(Box::new(entry)),
             Err(corruption) => Inspection::Corrupt { dir, corruption },
         }
     }

@@ -241,11 +241,17 @@ fn gc_without_the_runs_overrides_keeps_its_chain_and_young_checkpoints() {
     let r = ws.ok(&["gc", "--yes"]);
     assert!(r.stdout.contains("nothing to delete"), "{}", r.stdout);
     assert!(checkpoint.exists());
-    assert!(ws.ok(&["run", "-s", "upper.suffix=trained"]).ran().is_empty());
+    assert!(ws
+        .ok(&["run", "-s", "upper.suffix=trained"])
+        .ran()
+        .is_empty());
     // An upstream of a kept artifact is kept too, even when it is not its stage's latest.
     ws.ok(&["run", "--only", "upper", "-s", "upper.suffix=newer"]);
     ws.ok(&["gc", "--yes"]);
-    assert!(ws.ok(&["run", "-s", "upper.suffix=trained"]).ran().is_empty());
+    assert!(ws
+        .ok(&["run", "-s", "upper.suffix=trained"])
+        .ran()
+        .is_empty());
     // --all also deletes checkpoints younger than a day.
     ws.ok(&["gc", "--all", "--yes"]);
     assert!(!checkpoint.exists());
@@ -295,7 +301,11 @@ fn same_size_corruption_is_found_by_verify_and_rebuilt_by_a_run() {
     assert_eq!(text, "HELLO!");
     std::fs::write(&data, "NANNA!").unwrap();
     let plain = ws.ok(&["status"]);
-    assert!(plain.stdout.contains("upper      cached"), "{}", plain.stdout);
+    assert!(
+        plain.stdout.contains("upper      cached"),
+        "{}",
+        plain.stdout
+    );
     let verified = ws.ok(&["status", "--verify"]);
     assert!(
         verified.stdout.contains(&format!(
@@ -307,7 +317,9 @@ fn same_size_corruption_is_found_by_verify_and_rebuilt_by_a_run() {
     // A run that reads it (count re-runs) rebuilds it first.
     let r = ws.ok(&["run", "--force", "--only", "count"]);
     assert!(
-        r.stdout.contains("upper      running") && r.stdout.contains("its artifact is corrupt: data.txt does not match"),
+        r.stdout.contains("upper      running")
+            && r.stdout
+                .contains("its artifact is corrupt: data.txt does not match"),
         "{}",
         r.stdout
     );
@@ -317,10 +329,17 @@ fn same_size_corruption_is_found_by_verify_and_rebuilt_by_a_run() {
     std::fs::write(&data, "HELLO?").unwrap();
     let v = ws.run(&["verify"]);
     assert_eq!(v.code, 1, "{}", v.all());
-    assert!(v.stdout.contains(&format!("corrupt upper/{key} (data.txt does not match")), "{}", v.stdout);
+    assert!(
+        v.stdout
+            .contains(&format!("corrupt upper/{key} (data.txt does not match")),
+        "{}",
+        v.stdout
+    );
     let status = ws.ok(&["status"]);
     assert!(
-        status.stdout.contains(&format!("upper      corrupt    {key} (marked corrupt: data.txt")),
+        status.stdout.contains(&format!(
+            "upper      corrupt    {key} (marked corrupt: data.txt"
+        )),
         "{}",
         status.stdout
     );
@@ -336,9 +355,9 @@ fn status_says_corrupt_for_an_entry_with_a_missing_output() {
     std::fs::remove_file(ws.path("artifacts/source").join(&key).join("data.txt")).unwrap();
     let status = ws.ok(&["status"]);
     assert!(
-        status
-            .stdout
-            .contains(&format!("source     corrupt    {key} (data.txt is missing)")),
+        status.stdout.contains(&format!(
+            "source     corrupt    {key} (data.txt is missing)"
+        )),
         "{}",
         status.stdout
     );
@@ -573,7 +592,8 @@ fn a_panic_in_any_command_is_an_internal_error_naming_the_command_line() {
     let r = ws.run(&["show", "sleep"]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(
-        r.stderr.contains("error: internal error (a bug in pipe): sleep's show was asked to panic")
+        r.stderr
+            .contains("error: internal error (a bug in pipe): sleep's show was asked to panic")
             && r.stderr.contains("command line: ")
             && r.stderr.contains("show sleep"),
         "{}",
@@ -594,7 +614,8 @@ fn show_names_the_artifact_it_could_not_read() {
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(!r.stderr.contains("<stdout>"), "{}", r.stderr);
     assert!(
-        r.stderr.contains(&format!("sleep/{key}: cannot show this artifact")),
+        r.stderr
+            .contains(&format!("sleep/{key}: cannot show this artifact")),
         "{}",
         r.stderr
     );

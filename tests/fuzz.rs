@@ -393,7 +393,12 @@ fn with_alignment(bytes: &[u8]) -> Vec<u8> {
     names.sort();
     let tensors: Vec<(&str, candle_core::quantized::QTensor)> = names
         .iter()
-        .map(|n| (n.as_str(), content.tensor(&mut cursor, n, &Device::Cpu).unwrap()))
+        .map(|n| {
+            (
+                n.as_str(),
+                content.tensor(&mut cursor, n, &Device::Cpu).unwrap(),
+            )
+        })
         .collect();
     let alignment = Value::U32(32);
     let mut metadata: Vec<(&str, &Value)> = vec![("general.alignment", &alignment)];
@@ -424,8 +429,7 @@ fn gguf_int_fields(bytes: &[u8]) -> Vec<(usize, usize)> {
         record: bool,
     ) {
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-        let u64_at =
-            |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
         let width = match kind {
             0 | 1 | 7 => 1,
             2 | 3 => 2,
@@ -514,7 +518,11 @@ fn crafted_gguf_headers_are_clear_errors_of_the_model_commands() {
     let dir = scratch();
     let seed = gguf_seed(dir.path(), GgmlDType::F32);
     let cases = [
-        ("general.alignment", 0, "`general.alignment` is 0; it must be a power of two"),
+        (
+            "general.alignment",
+            0,
+            "`general.alignment` is 0; it must be a power of two",
+        ),
         ("llama.block_count", u32::MAX, "declares 4294967295 layers"),
     ];
     for (key, value, expected) in cases {
@@ -565,7 +573,15 @@ fn fuzz_safetensors_header() {
         "safetensors",
         &[safetensors_seed()],
         &Format {
-            tokens: &[b"{", b"}", b"\"shape\":[", b"\"data_offsets\":[", b"F32", b"BF16", b"99999999999"],
+            tokens: &[
+                b"{",
+                b"}",
+                b"\"shape\":[",
+                b"\"data_offsets\":[",
+                b"F32",
+                b"BF16",
+                b"99999999999",
+            ],
             ..Format::default()
         },
         |bytes| {
@@ -585,7 +601,15 @@ fn fuzz_config_json_into_a_model_config() {
         "config_json",
         &[seed],
         &Format {
-            tokens: &[b"4294967295", b"18446744073709551615", b"0", b"-1", b"1e308", b"null", b"\"num_hidden_layers\":"],
+            tokens: &[
+                b"4294967295",
+                b"18446744073709551615",
+                b"0",
+                b"-1",
+                b"1e308",
+                b"null",
+                b"\"num_hidden_layers\":",
+            ],
             ..Format::default()
         },
         |bytes| {
@@ -607,7 +631,14 @@ fn fuzz_peft_adapter_config() {
         "adapter_config",
         &[seed],
         &Format {
-            tokens: &[b"\"r\":", b"18446744073709551615", b"null", b"[", b"{", b"\"LORA\""],
+            tokens: &[
+                b"\"r\":",
+                b"18446744073709551615",
+                b"null",
+                b"[",
+                b"{",
+                b"\"LORA\"",
+            ],
             ..Format::default()
         },
         |bytes| {
@@ -633,7 +664,18 @@ fn fuzz_pipeline_toml_and_overrides() {
         "pipeline_toml",
         &[seed.into_bytes()],
         &Format {
-            tokens: &[b"[", b"]", b"[[", b"=", b"\"", b"'''", b".", b"\n[sft]\n", b"{a=1}", b"1e999"],
+            tokens: &[
+                b"[",
+                b"]",
+                b"[[",
+                b"=",
+                b"\"",
+                b"'''",
+                b".",
+                b"\n[sft]\n",
+                b"{a=1}",
+                b"1e999",
+            ],
             ..Format::default()
         },
         |bytes| {
@@ -652,7 +694,11 @@ fn fuzz_pipeline_toml_and_overrides() {
 
 fn csv_seed() -> Vec<u8> {
     let text = include_str!("../data/unix_manual_qa.csv");
-    text.lines().take(24).collect::<Vec<_>>().join("\n").into_bytes()
+    text.lines()
+        .take(24)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .into_bytes()
 }
 
 #[test]
@@ -661,11 +707,21 @@ fn fuzz_csv_reader() {
         "csv",
         &[csv_seed(), b"a;b\r\n\"x\";\"y\r\nz\"\r\n\r\n1;2".to_vec()],
         &Format {
-            tokens: &[b"\"", b",", b"\n", b"\r", b"\r\n", b"\xef\xbb\xbf", b"\xff\xfe", b"\xb0\xa1"],
+            tokens: &[
+                b"\"",
+                b",",
+                b"\n",
+                b"\r",
+                b"\r\n",
+                b"\xef\xbb\xbf",
+                b"\xff\xfe",
+                b"\xb0\xa1",
+            ],
             ..Format::default()
         },
         |bytes| {
-            let Ok(decoded) = tabular::decode(bytes.to_vec(), TextEncoding::Auto, "data.csv") else {
+            let Ok(decoded) = tabular::decode(bytes.to_vec(), TextEncoding::Auto, "data.csv")
+            else {
                 return;
             };
             for delimiter in [b',', b';'] {
@@ -684,12 +740,16 @@ fn fuzz_json_readers() {
     let array = br#"[{"prompt": "What does ls do?", "response": "list files", "n": 1},
  {"prompt": "cp?", "response": "copy", "tags": ["a", {"b": null}]}]"#
         .to_vec();
-    let lines = b"{\"prompt\": \"a\", \"response\": \"b\"}\n\n{\"prompt\": \"c\", \"response\": 2.5}\n".to_vec();
+    let lines =
+        b"{\"prompt\": \"a\", \"response\": \"b\"}\n\n{\"prompt\": \"c\", \"response\": 2.5}\n"
+            .to_vec();
     fuzz(
         "json",
         &[array, lines],
         &Format {
-            tokens: &[b"[", b"]", b"{", b"}", b"\"", b",", b":", b"\n", b"1e999", b"\\u0000"],
+            tokens: &[
+                b"[", b"]", b"{", b"}", b"\"", b",", b":", b"\n", b"1e999", b"\\u0000",
+            ],
             ..Format::default()
         },
         |bytes| {

@@ -531,7 +531,8 @@ impl<'t> CsvTable<'t> {
     /// `csv` crate reads such a quote as text, polars as the start of a quoted field that
     /// swallows the lines up to the next quote (balanced quotes are text for both).
     fn stray_quote(&self) -> Option<TableError> {
-        let (at, line) = find_stray_quote(&self.text.as_bytes()[self.header_start..], self.delimiter)?;
+        let (at, line) =
+            find_stray_quote(&self.text.as_bytes()[self.header_start..], self.delimiter)?;
         let start = self.header_start + at;
         let rest = &self.text[start..];
         let end = rest
@@ -1021,10 +1022,16 @@ mod tests {
     fn a_stray_quote_inside_a_field_names_its_line() {
         let mut text = String::from("question,answer,category\n");
         for i in 0..40 {
-            let q = if i == 9 { "What \"does ls do?" } else { "What does ls do?" };
+            let q = if i == 9 {
+                "What \"does ls do?"
+            } else {
+                "What does ls do?"
+            };
             text.push_str(&format!("{q},\"lists, files\",cmd\n"));
         }
-        let err = csv_rows(&text, &[Some(0), Some(1)]).unwrap_err().to_string();
+        let err = csv_rows(&text, &[Some(0), Some(1)])
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "t.csv: line 11: the field `What \"does ls do?` has an unmatched quote (\") after \

@@ -269,8 +269,16 @@ impl ModelConfig {
                 .is_some_and(|bytes| bytes <= isize::MAX as usize)
         };
         let products = [
-            ("num_attention_heads × head_dim", self.num_attention_heads, self.head_dim),
-            ("num_key_value_heads × head_dim", self.num_key_value_heads, self.head_dim),
+            (
+                "num_attention_heads × head_dim",
+                self.num_attention_heads,
+                self.head_dim,
+            ),
+            (
+                "num_key_value_heads × head_dim",
+                self.num_key_value_heads,
+                self.head_dim,
+            ),
             ("vocab_size × hidden_size", self.vocab_size, h),
             ("intermediate_size × hidden_size", self.intermediate_size, h),
         ];
@@ -280,7 +288,10 @@ impl ModelConfig {
             }
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            return Err(format!("`rope_theta` must be a positive number, got {}", self.rope_theta));
+            return Err(format!(
+                "`rope_theta` must be a positive number, got {}",
+                self.rope_theta
+            ));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
             return Err(format!(

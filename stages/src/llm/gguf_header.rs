@@ -69,8 +69,8 @@ pub fn read_header<R: Read + Seek>(reader: &mut R) -> Result<Content, HeaderErro
     let mut sizes = Vec::new();
     for _ in 0..tensor_count {
         let name = r.string(magic, "a tensor name")?;
-        let (info, bytes) =
-            read_tensor_info(&mut r, magic).map_err(|e| HeaderError(format!("tensor `{name}`: {e}")))?;
+        let (info, bytes) = read_tensor_info(&mut r, magic)
+            .map_err(|e| HeaderError(format!("tensor `{name}`: {e}")))?;
         if info.offset % alignment != 0 {
             return fail(format!(
                 "tensor `{name}`: offset {} is not a multiple of the alignment {alignment}",
@@ -86,7 +86,9 @@ pub fn read_header<R: Read + Seek>(reader: &mut R) -> Result<Content, HeaderErro
         .pos
         .checked_next_multiple_of(alignment)
         .filter(|&o| o <= len || tensor_count == 0)
-        .ok_or_else(|| HeaderError("the tensor data would start past the end of the file".into()))?;
+        .ok_or_else(|| {
+            HeaderError("the tensor data would start past the end of the file".into())
+        })?;
     for (name, offset, bytes) in sizes {
         let end = tensor_data_offset
             .checked_add(offset)
@@ -180,7 +182,9 @@ fn read_magic<R: Read>(r: &mut Bounded<'_, R>) -> Result<VersionedMagic, HeaderE
         .array::<4>()
         .map_err(|_| HeaderError("too short for a GGUF header".into()))?;
     if &magic != b"GGUF" {
-        return fail(format!("it does not start with `GGUF` (found {magic:02x?})"));
+        return fail(format!(
+            "it does not start with `GGUF` (found {magic:02x?})"
+        ));
     }
     match r.u32()? {
         1 => Ok(VersionedMagic::GgufV1),
@@ -247,7 +251,8 @@ fn read_array<R: Read>(
         return fail(format!("arrays nested more than {MAX_ARRAY_DEPTH} deep"));
     }
     let kind = r.u32()?;
-    let min = min_size(kind, magic).ok_or_else(|| HeaderError(format!("unknown array element type {kind}")))?;
+    let min = min_size(kind, magic)
+        .ok_or_else(|| HeaderError(format!("unknown array element type {kind}")))?;
     let len = r.length(magic, "an array length")?;
     if len.saturating_mul(min) > r.remaining() {
         return fail(format!(
@@ -271,7 +276,9 @@ fn read_tensor_info<R: Read>(
 ) -> Result<(TensorInfo, u64), HeaderError> {
     let n_dims = r.u32()?;
     if n_dims > MAX_DIMS {
-        return fail(format!("{n_dims} dimensions (GGML tensors have at most {MAX_DIMS})"));
+        return fail(format!(
+            "{n_dims} dimensions (GGML tensors have at most {MAX_DIMS})"
+        ));
     }
     let mut dims = Vec::with_capacity(n_dims as usize);
     for _ in 0..n_dims {
@@ -279,7 +286,10 @@ fn read_tensor_info<R: Read>(
             VersionedMagic::GgufV1 => u64::from(r.u32()?),
             _ => r.u64()?,
         };
-        dims.push(usize::try_from(dim).map_err(|_| HeaderError(format!("dimension {dim} is too large")))?);
+        dims.push(
+            usize::try_from(dim)
+                .map_err(|_| HeaderError(format!("dimension {dim} is too large")))?,
+        );
     }
     let dtype = ggml_dtype(r.u32()?)?;
     let offset = r.u64()?;
@@ -404,21 +414,33 @@ mod tests {
     #[test]
     fn alignment_zero_or_odd_is_refused() {
         for bad in [0u32, 3, 48] {
-            let bytes = file(&[("general.alignment", Value::U32(bad))], &[("a", tensor(2, 2))]);
+            let bytes = file(
+                &[("general.alignment", Value::U32(bad))],
+                &[("a", tensor(2, 2))],
+            );
             let err = read(&bytes).unwrap_err().to_string();
             assert!(err.contains("must be a power of two"), "{err}");
         }
-        let bytes = file(&[("general.alignment", Value::U32(32))], &[("a", tensor(2, 2))]);
+        let bytes = file(
+            &[("general.alignment", Value::U32(32))],
+            &[("a", tensor(2, 2))],
+        );
         read(&bytes).unwrap();
     }
 
     #[test]
     fn counts_lengths_and_shapes_beyond_the_file_are_refused() {
-        let bytes = file(&[("k", Value::String("hello".into()))], &[("a", tensor(2, 2))]);
+        let bytes = file(
+            &[("k", Value::String("hello".into()))],
+            &[("a", tensor(2, 2))],
+        );
         // The tensor count (bytes 8..16) claims 2^40 tensors.
         let mut huge = bytes.clone();
         huge[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
-        assert!(read(&huge).unwrap_err().to_string().contains("need at least"));
+        assert!(read(&huge)
+            .unwrap_err()
+            .to_string()
+            .contains("need at least"));
         // The key length of the first metadata entry (bytes 24..32) claims 2^62 bytes.
         let mut long = bytes.clone();
         long[24..32].copy_from_slice(&(1u64 << 62).to_le_bytes());
@@ -438,6 +460,9 @@ mod tests {
         bytes[dims..dims + 8].copy_from_slice(&u64::MAX.to_le_bytes());
         bytes[dims + 8..dims + 16].copy_from_slice(&u64::MAX.to_le_bytes());
         let err = read(&bytes).unwrap_err().to_string();
-        assert!(err.contains("too many elements") || err.contains("too large"), "{err}");
+        assert!(
+            err.contains("too many elements") || err.contains("too large"),
+            "{err}"
+        );
     }
 }

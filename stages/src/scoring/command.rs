@@ -272,7 +272,9 @@ impl CommandScorer {
             OutputProblem::LineTooLong { line } => ScoringError::LineTooLong {
                 command: self.display.clone(),
                 line,
-                id: rows.get(line - 1).map_or_else(String::new, |r| r.id.to_string()),
+                id: rows
+                    .get(line - 1)
+                    .map_or_else(String::new, |r| r.id.to_string()),
                 max: MAX_LINE_BYTES,
             },
             OutputProblem::TooManyLines => ScoringError::TooManyLines {
@@ -460,10 +462,7 @@ enum LineError {
 
 /// The next line without its `\n` (`None` at the end), refusing one longer than `cap` bytes
 /// before buffering it.
-fn read_line_capped(
-    reader: &mut impl BufRead,
-    cap: usize,
-) -> Result<Option<Vec<u8>>, LineError> {
+fn read_line_capped(reader: &mut impl BufRead, cap: usize) -> Result<Option<Vec<u8>>, LineError> {
     let mut line = Vec::new();
     loop {
         let buf = match reader.fill_buf() {
@@ -733,7 +732,10 @@ for line in sys.stdin:
             "{e}"
         );
         // Trailing blank lines are fine.
-        let dir = with_script("blank.sh", "cat >/dev/null\necho 1; echo 1; echo 1; echo; echo\n");
+        let dir = with_script(
+            "blank.sh",
+            "cat >/dev/null\necho 1; echo 1; echo 1; echo; echo\n",
+        );
         assert_eq!(
             scorer(dir.path(), &["sh", "blank.sh"], "")
                 .score(&rows())
@@ -897,9 +899,15 @@ for line in sys.stdin:
         // SAFETY: wait4(2) on our own child pid.
         let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
         assert_eq!(rc, pid);
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child failed");
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child failed"
+        );
         let peak_mib = usage.ru_maxrss / 1024;
-        assert!(peak_mib < 300, "peak RSS {peak_mib} MiB while the judge printed 400 MB");
+        assert!(
+            peak_mib < 300,
+            "peak RSS {peak_mib} MiB while the judge printed 400 MB"
+        );
     }
 
     #[test]

@@ -50,8 +50,11 @@ pub struct Plan {
     /// Micro-batches per full epoch.
     pub batches_per_epoch: usize,
     /// The batches of the epoch asked for last: steps are asked for in order.
-    epoch_cache: Mutex<Option<(usize, Arc<Vec<Vec<usize>>>)>>,
+    epoch_cache: Mutex<Option<(usize, EpochBatches)>>,
 }
+
+/// One epoch's micro-batches (row indices), shared between the cache and a step.
+type EpochBatches = Arc<Vec<Vec<usize>>>;
 
 impl Clone for Plan {
     fn clone(&self) -> Self {
@@ -128,7 +131,7 @@ impl Plan {
         }
     }
 
-    fn epoch(&self, epoch: usize) -> Arc<Vec<Vec<usize>>> {
+    fn epoch(&self, epoch: usize) -> EpochBatches {
         let mut cache = self
             .epoch_cache
             .lock()
@@ -252,12 +255,21 @@ mod tests {
         let half = Plan::new(&lens, 2, 1, RunLength::Epochs(0.5), 3);
         assert_eq!(half.total_steps(), 3);
         assert!((half.epoch_at(3) - 0.6).abs() < 1e-12);
-        assert_eq!(Plan::new(&[], 2, 2, RunLength::Steps(5), 3).total_steps(), 0);
+        assert_eq!(
+            Plan::new(&[], 2, 2, RunLength::Steps(5), 3).total_steps(),
+            0
+        );
     }
 
     /// The plan as it was computed up front before it became lazy: every epoch's batches cut
     /// into steps of `accumulation` micro-batches, until `total` steps.
-    fn eager(lens: &[usize], batch: usize, acc: usize, total: usize, seed: u64) -> Vec<PlannedStep> {
+    fn eager(
+        lens: &[usize],
+        batch: usize,
+        acc: usize,
+        total: usize,
+        seed: u64,
+    ) -> Vec<PlannedStep> {
         let mut out = Vec::new();
         let mut epoch = 0;
         while out.len() < total {
