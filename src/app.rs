@@ -47,11 +47,7 @@ const INTERNAL_ERROR: u8 = 1;
 
 /// What a panic that escaped a command says: a bug, with the command line to reproduce it.
 fn internal_error(panic: &Box<dyn std::any::Any + Send>) -> String {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_string());
+    let message = crate::runner::panic_message(panic);
     let argv: Vec<String> = std::env::args().collect();
     format!(
         "internal error (a bug in pipe): {message}\n  command line: {}\n  please report it with \

@@ -419,7 +419,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     msg
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
