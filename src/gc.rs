@@ -2,7 +2,8 @@
 //! one it deletes nothing unless `--yes`. It keeps the current artifacts, the `--keep` latest of
 //! every instance (every directory under artifacts/, in the pipeline or not), everything a kept
 //! artifact was made from, and checkpoints younger than a day. An entry is known by its
-//! directory name: one whose manifest disagrees is reported as corrupt and left alone.
+//! directory name: one whose manifest disagrees is reported as corrupt and left alone; one
+//! that pipe itself marked corrupt (or that lost its manifest) is listed for deletion.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Write};
@@ -27,8 +28,9 @@ type Id = (String, String);
 #[derive(Debug, Default)]
 pub struct Sweep {
     pub entries: Vec<Entry>,
-    /// Entry directories without a manifest (an interrupted removal).
-    pub incomplete: Vec<PathBuf>,
+    /// Entry directories that can never count again: no manifest (an interrupted removal),
+    /// or marked corrupt by a run or `pipe verify`. Listed and deleted with the rest.
+    pub unusable: Vec<(PathBuf, Corruption)>,
     pub checkpoints: Vec<PathBuf>,
     /// Directories whose manifest cannot be trusted: reported, never deleted.
     pub corrupt: Vec<(PathBuf, Corruption)>,
@@ -37,7 +39,7 @@ pub struct Sweep {
 
 impl Sweep {
     fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.incomplete.is_empty() && self.checkpoints.is_empty()
+        self.entries.is_empty() && self.unusable.is_empty() && self.checkpoints.is_empty()
     }
 
     fn bytes(&self) -> u64 {
@@ -68,7 +70,7 @@ pub fn collect(ws: &Workspace, args: &GcArgs) -> Result<()> {
     delete(ws, &sweep)?;
     println!(
         "deleted {} artifact(s), {} checkpoint(s), {}",
-        sweep.entries.len() + sweep.incomplete.len(),
+        sweep.entries.len() + sweep.unusable.len(),
         sweep.checkpoints.len(),
         human_bytes(sweep.bytes())
     );
@@ -99,9 +101,9 @@ pub fn plan_sweep(
                 }
                 Found::Corrupt {
                     dir,
-                    corruption: Corruption::NoManifest,
+                    corruption: corruption @ (Corruption::NoManifest | Corruption::Marked(_)),
                     ..
-                } => sweep.incomplete.push(dir),
+                } => sweep.unusable.push((dir, corruption)),
                 Found::Corrupt {
                     dir, corruption, ..
                 } => sweep.corrupt.push((dir, corruption)),
@@ -164,11 +166,8 @@ fn print_sweep(sweep: &Sweep, root: &Path) {
             human_bytes(entry.size())
         );
     }
-    for dir in &sweep.incomplete {
-        println!(
-            "{verb} {} (no manifest: an interrupted removal)",
-            shown(dir, root)
-        );
+    for (dir, corruption) in &sweep.unusable {
+        println!("{verb} {} ({corruption})", shown(dir, root));
     }
     for dir in &sweep.checkpoints {
         println!("{verb} checkpoint {}", shown(dir, root));
@@ -182,7 +181,7 @@ fn print_sweep(sweep: &Sweep, root: &Path) {
     if !sweep.is_empty() {
         println!(
             "{verb} {} artifact(s), {} checkpoint(s), {}; keeping {} artifact(s)",
-            sweep.entries.len() + sweep.incomplete.len(),
+            sweep.entries.len() + sweep.unusable.len(),
             sweep.checkpoints.len(),
             human_bytes(sweep.bytes()),
             sweep.kept
@@ -222,7 +221,8 @@ fn delete(ws: &Workspace, sweep: &Sweep) -> Result<()> {
     for entry in &sweep.entries {
         ws.store.remove(entry)?;
     }
-    for dir in sweep.incomplete.iter().chain(&sweep.checkpoints) {
+    let unusable = sweep.unusable.iter().map(|(dir, _)| dir);
+    for dir in unusable.chain(&sweep.checkpoints) {
         std::fs::remove_dir_all(dir).map_err(|e| PipeError::io(dir, e))?;
     }
     ws.store.clean_scratch()

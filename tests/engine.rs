@@ -343,6 +343,15 @@ fn same_size_corruption_is_found_by_verify_and_rebuilt_by_a_run() {
         "{}",
         status.stdout
     );
+    // gc lists what pipe marked corrupt with the rest.
+    let gc = ws.ok(&["gc", "--dry-run"]);
+    assert!(
+        gc.stdout.contains(&format!(
+            "would delete upper/{key} (marked corrupt: data.txt"
+        )),
+        "{}",
+        gc.stdout
+    );
     assert_eq!(ws.ok(&["run"]).ran(), strs(&["upper"]));
 }
 
