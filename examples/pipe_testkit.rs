@@ -142,6 +142,9 @@ struct SleepConfig {
     fail: bool,
     #[serde(default)]
     panic: bool,
+    /// `pipe show sleep` panics on this artifact (a bug outside any stage run).
+    #[serde(default)]
+    show_panics: bool,
 }
 
 impl Stage for Sleep {
@@ -162,6 +165,17 @@ impl Stage for Sleep {
         if cfg.fail {
             return Err("sleep was asked to fail (row 3, column `x`)".into());
         }
+        if cfg.show_panics {
+            write(cx, "show-panics.txt", "1")?;
+        }
         write(cx, "done.txt", "done")
+    }
+
+    fn show(dir: &Path, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        if dir.join("show-panics.txt").exists() {
+            panic!("sleep's show was asked to panic");
+        }
+        let done = std::fs::read_to_string(dir.join("done.txt"))?;
+        writeln!(out, "  {done}")
     }
 }

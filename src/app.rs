@@ -1,6 +1,7 @@
 //! Carries out the commands: loads the workspace, takes the lock where needed, and maps
 //! errors to exit codes (0 ok, 1 failure, 2 usage or config error).
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::ExitCode;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
@@ -14,7 +15,7 @@ use crate::lock::WorkspaceLock;
 use crate::runner::{execute, plan, RunOptions, Workspace};
 use crate::tool_host::{tool_error, Host};
 use crate::ui::{TerminalUi, Verbosity};
-use crate::{gc, show, status};
+use crate::{gc, show, status, verify};
 
 /// Parses the command line and runs it against `registry` and `tools`; the binary's whole
 /// `main` (inside whatever process setup the binary does first).
@@ -26,13 +27,31 @@ pub fn main_with(registry: Vec<Box<dyn DynStage>>, tools: Vec<Box<dyn Tool>>) ->
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    match dispatch(&invocation, &registry, true) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    match catch_unwind(AssertUnwindSafe(|| dispatch(&invocation, &registry, true))) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
         }
+        Err(panic) => {
+            eprintln!("error: {}", internal_error(&panic));
+            ExitCode::from(INTERNAL_ERROR)
+        }
     }
+}
+
+/// The exit code of a panic that reached the command line (a bug): as a failed stage's.
+const INTERNAL_ERROR: u8 = 1;
+
+/// What a panic that escaped a command says: a bug, with the command line to reproduce it.
+fn internal_error(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let message = crate::runner::panic_message(panic);
+    let argv: Vec<String> = std::env::args().collect();
+    format!(
+        "internal error (a bug in pipe): {message}\n  command line: {}\n  please report it with \
+         the command line and the input that caused it",
+        argv.join(" ")
+    )
 }
 
 /// Runs one command line in-process (benchmarks, embedding); `args[0]` is the program name.
@@ -125,7 +144,8 @@ fn dispatch(
     let ui = TerminalUi::new(verbosity(globals));
     match &cli.command {
         Command::Run(args) => run(&ws, args, &ui),
-        Command::Status => status::print(&ws),
+        Command::Status(args) => status::print(&ws, args.verify),
+        Command::Verify => verify::verify_store(&ws),
         Command::Show(args) => show::print(&ws, args),
         Command::Dag(args) => dag(&ws, args),
         Command::Gc(args) => gc::collect(&ws, args),
@@ -149,8 +169,9 @@ fn run(ws: &Workspace, args: &RunArgs, ui: &TerminalUi) -> Result<()> {
         Some(lock)
     };
     let mut digests = DigestCache::load(ws.store.digest_cache_path());
-    let plan = plan(ws, &opts, &mut digests)?;
+    let mut plan = plan(ws, &opts, &mut digests)?;
     digests.save()?;
+    verify::check_reads(ws, &mut plan, !args.dry_run)?;
     execute(ws, &plan, ui, args.dry_run).map(|_| ())
 }
 

@@ -41,13 +41,15 @@ pub struct Globals {
 pub enum Command {
     /// Run every stage whose inputs changed; skip the rest.
     Run(RunArgs),
-    /// Every stage: cached, stale (and why), or never run.
-    Status,
+    /// Every stage: cached, stale (and why), corrupt, or never run.
+    Status(StatusArgs),
+    /// Re-hash every artifact in the store and compare it with its manifest; mark the corrupt.
+    Verify,
     /// A stage's artifact: manifest, metrics, files and sample rows.
     Show(ShowArgs),
     /// The stage graph.
     Dag(DagArgs),
-    /// Delete artifacts that the current pipeline no longer uses.
+    /// Delete old artifacts and checkpoints (lists them and asks first).
     Gc(GcArgs),
     /// Write a commented starter pipeline.toml.
     Init(InitArgs),
@@ -95,11 +97,26 @@ pub struct DagArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Also re-hash the outputs of every cached stage and compare them with their manifests.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct GcArgs {
-    /// Also keep this many of the most recent other artifacts of each stage.
-    #[arg(long, default_value_t = 0)]
+    /// Keep this many of the most recent artifacts of each stage, besides the current ones
+    /// and what they were made from.
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub keep: usize,
-    /// List what would be deleted.
+    /// Keep only the current artifacts (and what they were made from); also delete
+    /// checkpoints younger than a day.
+    #[arg(long, conflicts_with = "keep")]
+    pub all: bool,
+    /// Delete without asking (needed when there is no terminal to ask on).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Only list what would be deleted.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
 }

@@ -1,5 +1,7 @@
-//! Content digests of external inputs, cached by (path, size, mtime, inode) so that a no-op run
-//! never re-reads unchanged files (DVC's well-known pain: re-hashing big files on every status).
+//! Content digests of external inputs, cached by (path, size, mtime, ctime, inode) so that a
+//! no-op run never re-reads unchanged files (DVC's well-known pain: re-hashing big files on every
+//! status). ctime is there as in git's index: `cp -p` of a same-size file keeps the mtime but not
+//! the ctime, and no tool can set the ctime back.
 
 use std::collections::BTreeMap;
 use std::fs::Metadata;
@@ -14,8 +16,29 @@ use crate::error::{PipeError, Result};
 struct Stamp {
     size: u64,
     mtime_ns: i128,
+    /// Absent in caches written before it was recorded: such an entry never matches.
+    #[serde(default)]
+    ctime_ns: Option<i128>,
     inode: u64,
     digest: String,
+}
+
+impl Stamp {
+    fn matches(&self, stat: &FileStat) -> bool {
+        self.size == stat.size
+            && self.mtime_ns == stat.mtime_ns
+            && self.ctime_ns == Some(stat.ctime_ns)
+            && self.inode == stat.inode
+    }
+}
+
+/// What a stat says about a file, all of which must be unchanged to trust a cached digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStat {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    inode: u64,
 }
 
 /// The digest cache, persisted at `artifacts/.cache/digests.json`.
@@ -47,9 +70,9 @@ impl DigestCache {
             return self.digest_dir(path);
         }
         let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let (size, mtime_ns, inode) = stat_triplet(&meta);
+        let stat = file_stat(&meta);
         if let Some(s) = self.entries.get(&key) {
-            if s.size == size && s.mtime_ns == mtime_ns && s.inode == inode {
+            if s.matches(&stat) {
                 return Ok(s.digest.clone());
             }
         }
@@ -57,14 +80,24 @@ impl DigestCache {
         self.entries.insert(
             key,
             Stamp {
-                size,
-                mtime_ns,
-                inode,
+                size: stat.size,
+                mtime_ns: stat.mtime_ns,
+                ctime_ns: Some(stat.ctime_ns),
+                inode: stat.inode,
                 digest: digest.clone(),
             },
         );
         self.dirty = true;
         Ok(digest)
+    }
+
+    /// The digest of `path` when it is a regular file, `None` when it does not exist or is not a
+    /// file: for paths that are part of a key only when they name a file (a judge's argv).
+    pub fn digest_if_file(&mut self, path: &Path) -> Result<Option<String>> {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => self.digest(path).map(Some),
+            _ => Ok(None),
+        }
     }
 
     fn digest_dir(&mut self, dir: &Path) -> Result<String> {
@@ -128,21 +161,31 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> 
 }
 
 #[cfg(unix)]
-fn stat_triplet(meta: &Metadata) -> (u64, i128, u64) {
+fn file_stat(meta: &Metadata) -> FileStat {
     use std::os::unix::fs::MetadataExt;
-    let mtime = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
-    (meta.size(), mtime, meta.ino())
+    let ns = |secs: i64, nsec: i64| secs as i128 * 1_000_000_000 + nsec as i128;
+    FileStat {
+        size: meta.size(),
+        mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+        ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        inode: meta.ino(),
+    }
 }
 
 #[cfg(not(unix))]
-fn stat_triplet(meta: &Metadata) -> (u64, i128, u64) {
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0);
-    (meta.len(), mtime, 0)
+fn file_stat(meta: &Metadata) -> FileStat {
+    let ns = |t: std::io::Result<std::time::SystemTime>| {
+        t.ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0)
+    };
+    FileStat {
+        size: meta.len(),
+        mtime_ns: ns(meta.modified()),
+        ctime_ns: ns(meta.created()),
+        inode: 0,
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +208,58 @@ mod tests {
 
         std::fs::write(&file, "hellO").unwrap();
         assert_ne!(reloaded.digest(&file).unwrap(), d1);
+    }
+
+    /// Issue 16: `cp -p` of a same-size file over the dataset kept it "cached": size, mtime
+    /// and inode were unchanged. The ctime is not, and no tool can set it back.
+    #[cfg(unix)]
+    #[test]
+    fn a_same_size_copy_keeping_the_mtime_is_rehashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data.csv");
+        let other = dir.path().join("other.csv");
+        std::fs::write(&data, "a,b\n1,2\n").unwrap();
+        std::fs::write(&other, "a,b\n3,4\n").unwrap();
+        let mut cache = DigestCache::load(dir.path().join("c.json"));
+        let before = cache.digest(&data).unwrap();
+        // The ctime has a clock tick's resolution; make sure it moves.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let status = std::process::Command::new("cp")
+            .arg("-p")
+            .arg(&other)
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let meta = std::fs::metadata(&data).unwrap();
+        let stamp = &cache.entries[&std::fs::canonicalize(&data).unwrap()];
+        let stat = file_stat(&meta);
+        assert_eq!(
+            (stat.size, stat.mtime_ns, stat.inode),
+            (stamp.size, stamp.mtime_ns, stamp.inode),
+            "cp -p must reproduce the old (size, mtime, inode) for this test to mean anything"
+        );
+        let after = cache.digest(&data).unwrap();
+        assert_ne!(before, after);
+        assert_eq!(after, blake3::hash(b"a,b\n3,4\n").to_hex().to_string());
+    }
+
+    #[test]
+    fn a_cache_without_ctimes_is_rehashed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.txt");
+        std::fs::write(&file, "hello").unwrap();
+        let cache_path = dir.path().join("c.json");
+        let mut cache = DigestCache::load(cache_path.clone());
+        cache.digest(&file).unwrap();
+        cache.save().unwrap();
+        let old = std::fs::read_to_string(&cache_path).unwrap();
+        let old = old.replace(",\"ctime_ns\":", ",\"x\":");
+        std::fs::write(&cache_path, old).unwrap();
+        let mut reloaded = DigestCache::load(cache_path);
+        assert_eq!(reloaded.entries.len(), 1, "an old cache still loads");
+        reloaded.digest(&file).unwrap();
+        assert!(reloaded.dirty, "an entry without a ctime is re-hashed");
     }
 
     #[test]

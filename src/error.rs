@@ -27,6 +27,9 @@ pub enum PipeError {
         #[source]
         source: std::io::Error,
     },
+    /// `pipe verify` found corrupt artifacts (each was already reported).
+    #[error("{0}")]
+    Corrupt(String),
     /// A corrupt file in the artifact store (manifest, digest cache).
     #[error("{path}: {message}")]
     Store { path: PathBuf, message: String },

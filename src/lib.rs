@@ -17,6 +17,7 @@ pub mod status;
 pub mod store;
 pub mod tool_host;
 pub mod ui;
+pub mod verify;
 
 pub use app::main_with;
 pub use error::{PipeError, Result};

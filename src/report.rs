@@ -33,6 +33,8 @@ pub enum Why {
     /// Selected by `--from` (re-runs it and everything downstream).
     From(String),
     Stale(Vec<Reason>),
+    /// Its artifact exists but failed verification (the reason).
+    Corrupt(String),
 }
 
 impl std::fmt::Display for Why {
@@ -41,6 +43,7 @@ impl std::fmt::Display for Why {
             Why::NeverRun => write!(f, "never run"),
             Why::Forced => write!(f, "--force"),
             Why::From(s) => write!(f, "--from {s}"),
+            Why::Corrupt(reason) => write!(f, "its artifact is corrupt: {reason}; rebuilding it"),
             Why::Stale(reasons) => {
                 let parts: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
                 write!(f, "{}", parts.join("; "))

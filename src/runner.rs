@@ -71,6 +71,11 @@ impl<'r> Workspace<'r> {
             })?;
             out.insert(rel.to_string_lossy().into_owned(), digest);
         }
+        for rel in &cfg.optional_inputs {
+            if let Some(digest) = digests.digest_if_file(&self.config.root.join(rel))? {
+                out.insert(rel.to_string_lossy().into_owned(), digest);
+            }
+        }
         Ok(out)
     }
 
@@ -414,7 +419,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     msg
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -25,14 +25,50 @@ pub fn print(ws: &Workspace, args: &ShowArgs) -> Result<()> {
         println!("{json}");
         return Ok(());
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = Stdout::default();
     write_header(&mut out, &entry, &current).map_err(stdout_err)?;
     write_metrics(&mut out, &entry).map_err(stdout_err)?;
     write_files(&mut out, &entry).map_err(stdout_err)?;
-    ws.stage(stage)
-        .show(&entry.dir, &mut out)
-        .map_err(stdout_err)?;
-    write_samples(&mut out, &entry).map_err(stdout_err)
+    let shown = ws.stage(stage).show(&entry.dir, &mut out);
+    shown.map_err(|e| out.label(e, &entry.dir))?;
+    write_samples(&mut out, &entry)
+}
+
+/// Standard output that remembers whether writing to it failed, so that an error of a
+/// stage's `show` is blamed on stdout only when it came from stdout, and on the artifact
+/// the stage was reading otherwise.
+#[derive(Default)]
+struct Stdout {
+    failed: bool,
+}
+
+impl Stdout {
+    fn label(&self, e: std::io::Error, reading: &Path) -> PipeError {
+        if self.failed {
+            stdout_err(e)
+        } else {
+            PipeError::Store {
+                path: reading.to_path_buf(),
+                message: format!(
+                    "cannot show this artifact: {e}; `pipe verify` checks it against its manifest"
+                ),
+            }
+        }
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = std::io::stdout().lock().write(buf);
+        self.failed |= r.is_err();
+        r
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = std::io::stdout().lock().flush();
+        self.failed |= r.is_err();
+        r
+    }
 }
 
 /// The artifact of `stage` a command should use: the current key's if cached, else the
@@ -164,7 +200,7 @@ fn write_files(out: &mut impl Write, entry: &Entry) -> std::io::Result<()> {
     Ok(())
 }
 
-fn write_samples(out: &mut impl Write, entry: &Entry) -> std::io::Result<()> {
+fn write_samples(out: &mut impl Write, entry: &Entry) -> Result<()> {
     for f in &entry.manifest.outputs {
         if f.path.ends_with(".jsonl") || f.path.ends_with(".csv") {
             write_sample_file(out, &entry.dir.join(&f.path), &f.path)?;
@@ -173,15 +209,17 @@ fn write_samples(out: &mut impl Write, entry: &Entry) -> std::io::Result<()> {
     Ok(())
 }
 
-fn write_sample_file(out: &mut impl Write, path: &Path, name: &str) -> std::io::Result<()> {
-    let file = std::fs::File::open(path)?;
+/// The first rows of one output; an error names the file it could not read, or stdout.
+fn write_sample_file(out: &mut impl Write, path: &Path, name: &str) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| PipeError::io(path, e))?;
     let lines: Vec<String> = BufReader::new(file)
         .lines()
         .take(SAMPLE_ROWS)
-        .collect::<std::io::Result<_>>()?;
-    writeln!(out, "  sample rows of {name}")?;
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| PipeError::io(path, e))?;
+    writeln!(out, "  sample rows of {name}").map_err(stdout_err)?;
     for line in lines {
-        writeln!(out, "    {}", truncate(&line, SAMPLE_WIDTH))?;
+        writeln!(out, "    {}", truncate(&line, SAMPLE_WIDTH)).map_err(stdout_err)?;
     }
     Ok(())
 }

@@ -1,15 +1,15 @@
-//! `pipe status`: every stage cached, stale (and why) or never run, from the same key inputs
-//! that `pipe run` hashes.
+//! `pipe status`: every stage cached, stale (and why), corrupt or never run, from the same key
+//! inputs that `pipe run` hashes. `--verify` also re-hashes every cached artifact.
 
 use crate::digest::DigestCache;
 use crate::error::Result;
 use crate::report::Why;
 use crate::runner::{plan, Action, RunOptions, Workspace};
-use crate::store::format_time;
+use crate::store::{format_time, Inspection};
 use crate::ui::human_duration;
 
-/// Prints the status table.
-pub fn print(ws: &Workspace) -> Result<()> {
+/// Prints the status table; with `verify`, cached artifacts are re-hashed too.
+pub fn print(ws: &Workspace, verify: bool) -> Result<()> {
     let mut digests = DigestCache::load(ws.store.digest_cache_path());
     let plan = plan(ws, &RunOptions::default(), &mut digests)?;
     digests.save()?;
@@ -21,6 +21,22 @@ pub fn print(ws: &Workspace) -> Result<()> {
     );
     let mut stale = 0;
     for step in &plan.steps {
+        let corrupt = match &step.action {
+            Action::Cached(entry) if verify => ws.store.verify(entry).err(),
+            Action::Run(_) => match ws.store.inspect(step.stage, &step.key) {
+                Inspection::Corrupt { corruption, .. } => Some(corruption),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(corruption) = corrupt {
+            stale += 1;
+            println!(
+                "  {:<10} corrupt    {} ({corruption})",
+                step.stage, step.key
+            );
+            continue;
+        }
         match &step.action {
             Action::Cached(entry) => println!(
                 "  {:<10} cached     {}  {} ({})",

@@ -194,33 +194,181 @@ fn to_only_and_dry_run_select() {
 }
 
 #[test]
-fn gc_keeps_current_and_n_recent() {
+fn gc_lists_then_deletes_only_with_yes_keeping_the_latest() {
     let ws = ws();
     ws.ok(&["run"]);
     ws.ok(&["run", "-s", "upper.suffix=1"]);
     ws.ok(&["run", "-s", "upper.suffix=2"]);
     assert_eq!(ws.entries("upper").len(), 3);
-    let dry = ws.ok(&["gc", "--dry-run"]);
+    // No terminal to ask on: it lists, deletes nothing, and says how to go ahead.
+    let refused = ws.run(&["gc"]);
+    assert_eq!(refused.code, 2, "{}", refused.all());
     assert!(
-        dry.stdout.contains("would delete 4 artifact(s)"),
+        refused.stdout.contains("would delete 2 artifact(s)"),
         "{}",
-        dry.stdout
+        refused.stdout
     );
+    assert!(refused.stderr.contains("pass --yes"), "{}", refused.stderr);
     assert_eq!(ws.entries("upper").len(), 3);
-    let kept = ws.ok(&["gc", "--keep", "1"]);
-    assert!(
-        kept.stdout.contains("deleted 2 artifact(s)"),
-        "{}",
-        kept.stdout
-    );
+    let dry = ws.ok(&["gc", "--dry-run"]);
+    assert!(dry.stdout.contains("would delete upper/"), "{}", dry.stdout);
+    assert_eq!(ws.entries("upper").len(), 3);
+    // Kept: the current entries and the latest of each stage (suffix 2).
+    ws.ok(&["gc", "--yes"]);
     assert_eq!(ws.entries("upper").len(), 2);
-    ws.ok(&["gc"]);
+    assert!(ws.ok(&["run"]).ran().is_empty());
+    assert!(ws.ok(&["run", "-s", "upper.suffix=2"]).ran().is_empty());
+    // --all keeps only what the pipeline as configured uses.
+    ws.ok(&["gc", "--all", "--yes"]);
     assert_eq!(ws.entries("upper").len(), 1);
     let r = ws.ok(&["run"]);
     assert!(
         r.ran().is_empty(),
         "gc must keep the current artifacts: {}",
         r.all()
+    );
+}
+
+/// Issue 16: `pipe gc` without the `-s` of the run took "current" from its own overrides and
+/// deleted the whole trained chain and a resumable checkpoint, without asking.
+#[test]
+fn gc_without_the_runs_overrides_keeps_its_chain_and_young_checkpoints() {
+    let ws = ws();
+    ws.ok(&["run", "-s", "upper.suffix=trained"]);
+    let checkpoint = ws.path("artifacts/.partial/count/0123456789abcdef/checkpoint");
+    std::fs::create_dir_all(&checkpoint).unwrap();
+    std::fs::write(checkpoint.join("state.json"), "{}").unwrap();
+    let r = ws.ok(&["gc", "--yes"]);
+    assert!(r.stdout.contains("nothing to delete"), "{}", r.stdout);
+    assert!(checkpoint.exists());
+    assert!(ws
+        .ok(&["run", "-s", "upper.suffix=trained"])
+        .ran()
+        .is_empty());
+    // An upstream of a kept artifact is kept too, even when it is not its stage's latest.
+    ws.ok(&["run", "--only", "upper", "-s", "upper.suffix=newer"]);
+    ws.ok(&["gc", "--yes"]);
+    assert!(ws
+        .ok(&["run", "-s", "upper.suffix=trained"])
+        .ran()
+        .is_empty());
+    // --all also deletes checkpoints younger than a day.
+    ws.ok(&["gc", "--all", "--yes"]);
+    assert!(!checkpoint.exists());
+}
+
+/// Issue 16: gc trusted `manifest.key` where lookup trusts the directory name, so an edited
+/// manifest let gc delete an entry in use. The directory name is the identity: a manifest that
+/// disagrees makes the entry corrupt, which gc reports and never deletes.
+#[test]
+fn a_manifest_disagreeing_with_its_directory_is_corrupt_and_never_deleted() {
+    let ws = ws();
+    ws.ok(&["run"]);
+    let key = ws.entries("upper")[0].clone();
+    let manifest = ws.path("artifacts/upper").join(&key).join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace(&key, "00000000deadbeef")).unwrap();
+    let status = ws.ok(&["status"]);
+    assert!(
+        status.stdout.contains(&format!(
+            "upper      corrupt    {key} (its manifest names key `00000000deadbeef`"
+        )),
+        "{}",
+        status.stdout
+    );
+    let gc = ws.ok(&["gc", "--all", "--yes"]);
+    assert!(
+        gc.stdout.contains(&format!("corrupt upper/{key}")) && gc.stdout.contains("left in place"),
+        "{}",
+        gc.stdout
+    );
+    assert!(manifest.exists());
+    // A run rebuilds it (under the same key: count, keyed by that key, stays cached).
+    let r = ws.ok(&["run"]);
+    assert_eq!(r.ran(), strs(&["upper"]));
+}
+
+/// Issue 16: a same-size corruption of an artifact stayed "cached" until a downstream stage
+/// failed on it. `status --verify` and `pipe verify` re-hash outputs; a run re-hashes what it
+/// reads, and rebuilds a corrupt upstream with a line that says so.
+#[test]
+fn same_size_corruption_is_found_by_verify_and_rebuilt_by_a_run() {
+    let ws = ws();
+    ws.ok(&["run"]);
+    let key = ws.entries("upper")[0].clone();
+    let data = ws.path("artifacts/upper").join(&key).join("data.txt");
+    let text = std::fs::read_to_string(&data).unwrap();
+    assert_eq!(text, "HELLO!");
+    std::fs::write(&data, "NANNA!").unwrap();
+    let plain = ws.ok(&["status"]);
+    assert!(
+        plain.stdout.contains("upper      cached"),
+        "{}",
+        plain.stdout
+    );
+    let verified = ws.ok(&["status", "--verify"]);
+    assert!(
+        verified.stdout.contains(&format!(
+            "upper      corrupt    {key} (data.txt does not match its blake3 digest in the manifest)"
+        )),
+        "{}",
+        verified.stdout
+    );
+    // A run that reads it (count re-runs) rebuilds it first.
+    let r = ws.ok(&["run", "--force", "--only", "count"]);
+    assert!(
+        r.stdout.contains("upper      running")
+            && r.stdout
+                .contains("its artifact is corrupt: data.txt does not match"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(std::fs::read_to_string(&data).unwrap(), "HELLO!");
+    // `pipe verify` checks the whole store, marks what is corrupt, and fails.
+    ws.ok(&["verify"]);
+    std::fs::write(&data, "HELLO?").unwrap();
+    let v = ws.run(&["verify"]);
+    assert_eq!(v.code, 1, "{}", v.all());
+    assert!(
+        v.stdout
+            .contains(&format!("corrupt upper/{key} (data.txt does not match")),
+        "{}",
+        v.stdout
+    );
+    let status = ws.ok(&["status"]);
+    assert!(
+        status.stdout.contains(&format!(
+            "upper      corrupt    {key} (marked corrupt: data.txt"
+        )),
+        "{}",
+        status.stdout
+    );
+    // gc lists what pipe marked corrupt with the rest.
+    let gc = ws.ok(&["gc", "--dry-run"]);
+    assert!(
+        gc.stdout.contains(&format!(
+            "would delete upper/{key} (marked corrupt: data.txt"
+        )),
+        "{}",
+        gc.stdout
+    );
+    assert_eq!(ws.ok(&["run"]).ran(), strs(&["upper"]));
+}
+
+/// Issue 16: status said "never run" for an entry that exists but is broken.
+#[test]
+fn status_says_corrupt_for_an_entry_with_a_missing_output() {
+    let ws = ws();
+    ws.ok(&["run"]);
+    let key = ws.entries("source")[0].clone();
+    std::fs::remove_file(ws.path("artifacts/source").join(&key).join("data.txt")).unwrap();
+    let status = ws.ok(&["status"]);
+    assert!(
+        status.stdout.contains(&format!(
+            "source     corrupt    {key} (data.txt is missing)"
+        )),
+        "{}",
+        status.stdout
     );
 }
 
@@ -442,4 +590,42 @@ fn quiet_prints_nothing_on_success() {
     assert!(r.stdout.trim().is_empty(), "{}", r.stdout);
     let r = ws.ok(&["run", "-v"]);
     assert_eq!(r.cached().len(), 4);
+}
+
+/// Issue 16: a panic outside a stage run (here in a stage's `show`) escaped with exit 101 and
+/// Rust's panic message. Every command reports it as an internal error with the command line.
+#[test]
+fn a_panic_in_any_command_is_an_internal_error_naming_the_command_line() {
+    let ws = Ws::new(testkit_bin(), "[sleep]\nseconds = 0\nshow_panics = true\n");
+    ws.ok(&["run"]);
+    let r = ws.run(&["show", "sleep"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("error: internal error (a bug in pipe): sleep's show was asked to panic")
+            && r.stderr.contains("command line: ")
+            && r.stderr.contains("show sleep"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// Issue 16: `pipe show`'s errors reading a stage's files were labelled `<stdout>`.
+#[test]
+fn show_names_the_artifact_it_could_not_read() {
+    let ws = Ws::new(testkit_bin(), "[sleep]\nseconds = 0\n");
+    ws.ok(&["run"]);
+    let key = ws.entries("sleep")[0].clone();
+    let dir = ws.path("artifacts/sleep").join(&key);
+    // Same size, not UTF-8: the entry still counts, the stage's `show` cannot read it.
+    std::fs::write(dir.join("done.txt"), b"\xff\xfe\xfd\xfc").unwrap();
+    let r = ws.run(&["show", "sleep"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(!r.stderr.contains("<stdout>"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("sleep/{key}: cannot show this artifact")),
+        "{}",
+        r.stderr
+    );
 }

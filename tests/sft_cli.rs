@@ -97,6 +97,46 @@ fn ingest_model_sft_run_cache_and_rerun_only_what_changed() {
     assert!(model.stdout.contains("Answer briefly."), "{}", model.stdout);
 }
 
+/// Issue 16: a same-size corruption of the sft adapter (NaN bytes) stayed "cached" until
+/// generate failed with "every logit is NaN". `status --verify` and `pipe verify` find it by
+/// its digest, and the next run rebuilds the same adapter.
+#[test]
+fn a_nan_corrupted_adapter_is_found_by_verify_and_rebuilt() {
+    let ws = workspace();
+    ws.ok(&["run"]);
+    let key = ws.entries("sft")[0].clone();
+    let weights = ws
+        .path("artifacts/sft")
+        .join(&key)
+        .join("adapter/adapter_model.safetensors");
+    let good = std::fs::read(&weights).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 64..].fill(0xff);
+    std::fs::write(&weights, &bad).unwrap();
+    assert!(ws.ok(&["status"]).stdout.contains("sft        cached"));
+    let verified = ws.ok(&["status", "--verify"]);
+    assert!(
+        verified.stdout.contains(&format!(
+            "sft        corrupt    {key} (adapter/adapter_model.safetensors does not match its blake3 digest"
+        )),
+        "{}",
+        verified.stdout
+    );
+    let v = ws.run(&["verify"]);
+    assert_eq!(v.code, 1, "{}", v.all());
+    let rebuilt = ws.ok(&["run"]);
+    assert_eq!(rebuilt.ran(), strs(&["sft"]), "{}", rebuilt.all());
+    assert_ne!(std::fs::read(&weights).unwrap(), bad);
+    let again = ws.ok(&["status", "--verify"]);
+    assert!(
+        again.stdout.contains("sft        cached"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(good.len(), std::fs::read(&weights).unwrap().len());
+}
+
 #[test]
 fn bad_sft_keys_are_refused_by_name() {
     let ws = workspace();

@@ -38,6 +38,13 @@ pub trait Stage: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Paths (relative to the workspace root unless absolute) whose content is part of the key
+    /// when they name a regular file, and that are left out otherwise: the arguments of a
+    /// command that may or may not be files. Directories count only through `external_inputs`.
+    fn optional_inputs(_cfg: &Self::Config) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
     /// Checks serde cannot express (a fraction in (0, 1), exclusive options); name the key.
     fn validate(_cfg: &Self::Config) -> Result<(), ConfigIssue> {
         Ok(())
@@ -83,6 +90,8 @@ pub struct LoadedConfig {
     pub canonical: serde_json::Value,
     /// External files or directories, relative to the workspace root unless absolute.
     pub external_inputs: Vec<PathBuf>,
+    /// Paths hashed into the key only when they name a file ([`Stage::optional_inputs`]).
+    pub optional_inputs: Vec<PathBuf>,
     typed: Box<dyn Any + Send + Sync>,
 }
 
@@ -91,6 +100,7 @@ impl fmt::Debug for LoadedConfig {
         f.debug_struct("LoadedConfig")
             .field("canonical", &self.canonical)
             .field("external_inputs", &self.external_inputs)
+            .field("optional_inputs", &self.optional_inputs)
             .finish_non_exhaustive()
     }
 }
@@ -144,6 +154,7 @@ impl<S: Stage> DynStage for Erased<S> {
         Ok(LoadedConfig {
             canonical,
             external_inputs: S::external_inputs(&cfg),
+            optional_inputs: S::optional_inputs(&cfg),
             typed: Box::new(cfg),
         })
     }

@@ -138,6 +138,13 @@ pub enum TableError {
         message: String,
         delimiter: String,
     },
+    #[error("{file}: line {line}: the field `{field}` has an unmatched quote (\") after its start, which the CSV reader takes as the start of a quoted field running on to the next quote in the file; quote the whole field and double the quotes inside it, or remove the quote")]
+    StrayQuote {
+        file: String,
+        line: usize,
+        /// The field as it is in the file, shortened.
+        field: String,
+    },
     #[error("{file}: the CSV reader (polars) found {loaded} records but the record scan found {scanned}; the file has unusual line breaks or quoting (lone carriage returns as line breaks, stray quotes); re-save it with \\n or \\r\\n line breaks and fully quoted fields, or convert it to JSON Lines")]
     CsvCountMismatch {
         file: String,
@@ -377,6 +384,9 @@ impl<'t> CsvTable<'t> {
         let scan = self.scan()?;
         let (frame, loaded) = self.load(&scan, picks)?;
         if frame.height() != scan.records.len() {
+            if let Some(stray) = self.stray_quote() {
+                return Err(stray);
+            }
             return Err(TableError::CsvCountMismatch {
                 file: self.file,
                 loaded: frame.height(),
@@ -517,9 +527,35 @@ impl<'t> CsvTable<'t> {
         Ok((frame, projection))
     }
 
+    /// The first unquoted field holding an odd number of quotes, as a located error: the
+    /// `csv` crate reads such a quote as text, polars as the start of a quoted field that
+    /// swallows the lines up to the next quote (balanced quotes are text for both).
+    fn stray_quote(&self) -> Option<TableError> {
+        let (at, line) =
+            find_stray_quote(&self.text.as_bytes()[self.header_start..], self.delimiter)?;
+        let start = self.header_start + at;
+        let rest = &self.text[start..];
+        let end = rest
+            .find(|c| c == char::from(self.delimiter) || c == '\n' || c == '\r')
+            .unwrap_or(rest.len());
+        let mut field: String = rest[..end].chars().take(60).collect();
+        if field.len() < end {
+            field.push_str("...");
+        }
+        let header_lines = self.text[..self.header_start].matches('\n').count();
+        Some(TableError::StrayQuote {
+            file: self.file.clone(),
+            line: header_lines + line,
+            field,
+        })
+    }
+
     /// A polars error without its advice for Python users, and with the line of the field it
     /// names where it names one.
     fn polars_error(&self, err: &PolarsError) -> TableError {
+        if let Some(stray) = self.stray_quote() {
+            return stray;
+        }
         let full = err.to_string();
         // Parse errors wrap the cause: "... Original error: ```invalid csv file\n\nField `x` is
         // not properly escaped.```"; the rest suggests Python keyword arguments.
@@ -556,6 +592,59 @@ impl<'t> CsvTable<'t> {
 
     fn delimiter_text(&self) -> String {
         char::from(self.delimiter).escape_default().to_string()
+    }
+}
+
+/// Where the first unquoted field with an odd number of quotes starts, and its 1-based line
+/// in `bytes`. Quoted fields (`"a, ""b"""`) may span lines; text after a closing quote is left
+/// to the readers' own errors.
+fn find_stray_quote(bytes: &[u8], delimiter: u8) -> Option<(usize, usize)> {
+    enum State {
+        FieldStart,
+        Unquoted { start: usize, quotes: usize },
+        Quoted,
+        QuoteInQuoted,
+        AfterQuoted,
+    }
+    let mut state = State::FieldStart;
+    let mut line = 1;
+    let mut field_line = 1;
+    for (i, &b) in bytes.iter().enumerate() {
+        let ends_field = b == delimiter || b == b'\n' || b == b'\r';
+        state = match state {
+            State::Unquoted { start, quotes } if ends_field => {
+                if quotes % 2 == 1 {
+                    return Some((start, field_line));
+                }
+                State::FieldStart
+            }
+            State::FieldStart | State::QuoteInQuoted | State::AfterQuoted if ends_field => {
+                State::FieldStart
+            }
+            State::FieldStart if b == b'"' => State::Quoted,
+            State::FieldStart => {
+                field_line = line;
+                State::Unquoted {
+                    start: i,
+                    quotes: 0,
+                }
+            }
+            State::Unquoted { start, quotes } => State::Unquoted {
+                start,
+                quotes: quotes + usize::from(b == b'"'),
+            },
+            State::Quoted if b == b'"' => State::QuoteInQuoted,
+            State::Quoted => State::Quoted,
+            State::QuoteInQuoted if b == b'"' => State::Quoted,
+            State::QuoteInQuoted | State::AfterQuoted => State::AfterQuoted,
+        };
+        if b == b'\n' {
+            line += 1;
+        }
+    }
+    match state {
+        State::Unquoted { start, quotes } if quotes % 2 == 1 => Some((start, field_line)),
+        _ => None,
     }
 }
 
@@ -925,6 +1014,42 @@ mod tests {
              not properly escaped.; check that every quoted field is closed and the delimiter \
              `,` is right, or convert the file to JSON Lines"
         );
+    }
+
+    /// Issue 16: a stray quote inside a field failed with polars' "expected 1 rows, actual
+    /// 655 rows" and no line, although the README promises one.
+    #[test]
+    fn a_stray_quote_inside_a_field_names_its_line() {
+        let mut text = String::from("question,answer,category\n");
+        for i in 0..40 {
+            let q = if i == 9 {
+                "What \"does ls do?"
+            } else {
+                "What does ls do?"
+            };
+            text.push_str(&format!("{q},\"lists, files\",cmd\n"));
+        }
+        let err = csv_rows(&text, &[Some(0), Some(1)])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "t.csv: line 11: the field `What \"does ls do?` has an unmatched quote (\") after \
+             its start, which the CSV reader takes as the start of a quoted field running on to \
+             the next quote in the file; quote the whole field and double the quotes inside it, \
+             or remove the quote"
+        );
+        // Balanced quotes inside a field are text for both readers.
+        let rows = csv_rows("q,a\nHe said \"hi\" there,ok\n", &[Some(0), Some(1)]).unwrap();
+        assert_eq!(rows[0].cells[0].as_deref(), Some("He said \"hi\" there"));
+    }
+
+    #[test]
+    fn stray_quotes_are_found_past_quoted_fields_spanning_lines() {
+        let text = b"a,b\n\"x\ny\",1\n\"p \"\"q\"\"\",2\nr \"s,3\n";
+        assert_eq!(find_stray_quote(text, b','), Some((24, 5)));
+        assert_eq!(find_stray_quote(b"a,b\n\"x\"y,1\n", b','), None);
+        assert_eq!(find_stray_quote(b"a;b\nx \"y;1", b';'), Some((4, 2)));
     }
 
     #[test]

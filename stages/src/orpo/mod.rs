@@ -583,7 +583,9 @@ impl Run<'_> {
 
     /// One optimizer step: its outcome, the train metrics of its pairs, and its tokens.
     fn step(&mut self, step: usize) -> Result<(StepOutcome, OrpoValues, usize), OrpoError> {
-        let rows: Vec<Vec<&PairRow>> = self.plan.steps[step]
+        let rows: Vec<Vec<&PairRow>> = self
+            .plan
+            .step(step)
             .micro_batches
             .iter()
             .map(|b| b.iter().map(|&i| &self.train[i]).collect())

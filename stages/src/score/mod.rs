@@ -101,6 +101,18 @@ impl Stage for Score {
         inputs
     }
 
+    fn optional_inputs(cfg: &ScoreConfig) -> Vec<PathBuf> {
+        let scorers = cfg.scorers();
+        let Some(command) = &scorers.command else {
+            return Vec::new();
+        };
+        let required = command_scripts(&scorers);
+        argv_paths(&command.argv)
+            .into_iter()
+            .filter(|p| !required.contains(p))
+            .collect()
+    }
+
     fn validate(cfg: &ScoreConfig) -> Result<(), ConfigIssue> {
         cfg.validate()
     }
@@ -138,6 +150,34 @@ fn command_scripts(cfg: &ScorersConfig) -> Vec<PathBuf> {
         })
         .map(|(_, a)| PathBuf::from(a))
         .collect()
+}
+
+/// Every `argv` element that may name a file the command reads: the program when it is a
+/// path (with a `/`), each later argument that is not an option, and the value of each
+/// `--option=value`. Those that name a file are part of the key (see `optional_inputs`).
+fn argv_paths(argv: &[String]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for (i, arg) in argv.iter().enumerate() {
+        let candidate = match path_part(arg) {
+            Some(_) if i == 0 && !arg.contains('/') => None,
+            other => other,
+        };
+        if let Some(path) = candidate.map(PathBuf::from) {
+            if !out.contains(&path) {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// The part of one argument that may be a path: all of it, or what follows `=` in an option.
+fn path_part(arg: &str) -> Option<&str> {
+    let part = match arg.strip_prefix('-') {
+        Some(_) => arg.split_once('=')?.1,
+        None => arg,
+    };
+    (!part.is_empty() && !part.contains('\0')).then_some(part)
 }
 
 fn run_score(cfg: &ScoreConfig, cx: &mut StageContext) -> Result<(), ScoreError> {
@@ -293,12 +333,21 @@ pub fn resolved_scorers(cfg: &ScorersConfig, workspace: &Path) -> ScorersConfig 
     if let Some(e) = &mut cfg.embedding {
         e.model = abs(&e.model);
     }
-    let scripts = command_scripts(&cfg);
     if let Some(c) = &mut cfg.command {
         c.inputs = c.inputs.iter().map(|p| abs(p)).collect();
-        for arg in &mut c.argv {
-            if scripts.iter().any(|s| s.as_os_str() == arg.as_str()) {
-                *arg = abs(Path::new(arg.as_str())).to_string_lossy().into_owned();
+        // Every argument naming a file of the workspace (the key's), so eval runs the same.
+        for (i, arg) in c.argv.iter_mut().enumerate() {
+            let Some(part) = path_part(arg) else {
+                continue;
+            };
+            let path = Path::new(part);
+            let is_program = i == 0;
+            if path.is_relative()
+                && (!is_program || part.contains('/'))
+                && workspace.join(path).is_file()
+            {
+                let prefix = &arg[..arg.len() - part.len()];
+                *arg = format!("{prefix}{}", abs(path).to_string_lossy());
             }
         }
     }

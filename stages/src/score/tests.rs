@@ -236,6 +236,33 @@ fn external_inputs_hold_the_judge_script_and_declared_files() {
     assert!(Score::external_inputs(&cfg).is_empty());
 }
 
+/// Issue 16: a judge named by an absolute path, or a script without an extension, could be
+/// edited while status still said "cached". Every argument that may be a file is an optional
+/// input: hashed into the key when it names a file.
+#[test]
+fn optional_inputs_hold_every_argument_that_may_be_a_file() {
+    let doc = "[score.command]\nargv = ['/opt/judges/judge', 'judges/judge', 'judges/rate.py', \
+               '--prompt=judges/p.txt', '--strict', '-n', '3']\n";
+    let cfg: ScoreConfig = pick_table(doc, "score").unwrap();
+    assert_eq!(
+        Score::external_inputs(&cfg),
+        [PathBuf::from("judges/rate.py")]
+    );
+    assert_eq!(
+        Score::optional_inputs(&cfg),
+        [
+            PathBuf::from("/opt/judges/judge"),
+            PathBuf::from("judges/judge"),
+            PathBuf::from("judges/p.txt"),
+            PathBuf::from("3"),
+        ]
+    );
+    // A program looked up on PATH is not a workspace file.
+    let cfg: ScoreConfig =
+        pick_table("[score.command]\nargv = ['python3', 'judge']\n", "score").unwrap();
+    assert_eq!(Score::optional_inputs(&cfg), [PathBuf::from("judge")]);
+}
+
 /// Reads `scores.jsonl`.
 fn read_scores(path: &Path) -> Result<Vec<ScoredPrompt>, ScoreError> {
     crate::jsonl::read(path, "a scored prompt").map_err(|message| ScoreError::Read {

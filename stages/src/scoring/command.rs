@@ -12,10 +12,10 @@
 //! timeout the whole group is killed: a shell script's children (`sleep`, `python`) would
 //! otherwise keep running and keep our pipes open.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread::JoinHandle;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -147,12 +147,15 @@ impl CommandScorer {
             return Ok(Vec::new());
         }
         let input = jsonl(rows);
-        let output = self.run(input, rows.len())?;
+        let output = self.run(input, rows)?;
         self.parse(&output, rows)
     }
 
-    /// Runs the program to completion (or to the timeout), returning its stdout.
-    fn run(&self, input: Vec<u8>, rows: usize) -> Result<Vec<u8>, ScoringError> {
+    /// Runs the program and returns its stdout lines. The deadline covers the whole exchange:
+    /// writing stdin, reading stdout and waiting. When the program exits, what it left running
+    /// in its process group is killed, so a background child holding our pipes cannot stall us.
+    fn run(&self, input: Vec<u8>, rows: &[ScoreInput<'_>]) -> Result<Vec<Vec<u8>>, ScoringError> {
+        let deadline = Instant::now() + self.timeout;
         let mut command = Command::new(&self.argv[0]);
         command
             .args(&self.argv[1..])
@@ -166,55 +169,124 @@ impl CommandScorer {
             command: self.display.clone(),
             source,
         })?;
-        let mut child = KillOnDrop(child);
-        let writer = feed(&mut child.0, input);
-        let stdout = drain(child.0.stdout.take());
-        let stderr = drain(child.0.stderr.take());
-        let status = self.wait(&mut child, rows)?;
-        let stdout = join(stdout);
-        let stderr = join(stderr);
-        let written = writer.map(join_writer).unwrap_or(Ok(()));
+        let mut child = KillOnDrop::new(child);
+        let (events, inbox) = mpsc::channel();
+        if let Some(stdin) = child.child.stdin.take() {
+            feed(stdin, input, events.clone());
+        }
+        if let Some(stdout) = child.child.stdout.take() {
+            collect_lines(stdout, rows.len(), events.clone());
+        }
+        if let Some(stderr) = child.child.stderr.take() {
+            keep_tail(stderr, events);
+        }
+        let exchange = self.exchange(&mut child, &inbox, deadline, rows.len())?;
+        let status = child
+            .reap()
+            .map_err(|source| self.io("waiting for it", source))?;
+        // A bad output had the program killed: that is the error, not the kill's status.
+        let exchange = match exchange.stdout {
+            Some(Err(problem)) => return Err(self.output_error(problem, rows)),
+            _ => exchange,
+        };
         if !status.success() {
             return Err(ScoringError::CommandFailed {
                 command: self.display.clone(),
                 status: status.to_string(),
-                stderr: stderr_tail(&stderr),
+                stderr: stderr_tail(&exchange.stderr),
             });
         }
-        written.map_err(|source| self.io("writing its stdin", source))?;
-        stdout.map_err(|source| self.io("reading its stdout", source))
+        match exchange.stdout {
+            Some(Ok(lines)) => {
+                exchange
+                    .stdin
+                    .unwrap_or(Ok(()))
+                    .map_err(|source| self.io("writing its stdin", source))?;
+                Ok(lines)
+            }
+            Some(Err(problem)) => Err(self.output_error(problem, rows)),
+            None => Err(self.timeout_error(rows.len())),
+        }
     }
 
-    /// Waits for the child, killing its process group at the deadline.
-    fn wait(&self, child: &mut KillOnDrop, rows: usize) -> Result<ExitStatus, ScoringError> {
-        let deadline = Instant::now() + self.timeout;
+    /// Waits for the program to exit and its stdout to end, whichever comes last, until the
+    /// deadline. A bad output (a line too long, too many lines) ends the exchange at once.
+    fn exchange(
+        &self,
+        child: &mut KillOnDrop,
+        inbox: &mpsc::Receiver<Event>,
+        deadline: Instant,
+        rows: usize,
+    ) -> Result<Exchange, ScoringError> {
+        let mut exchange = Exchange::default();
+        let mut exited = false;
         let mut pause = Duration::from_millis(1);
         loop {
-            if let Some(status) = child
-                .0
-                .try_wait()
-                .map_err(|source| self.io("waiting for it", source))?
-            {
-                return Ok(status);
+            if !exited {
+                exited = child
+                    .has_exited()
+                    .map_err(|source| self.io("waiting for it", source))?;
+                if exited {
+                    // Its leftovers (a `( sleep 40 ) &`) would hold our pipes open.
+                    child.kill_group();
+                }
+            }
+            let bad_output = matches!(exchange.stdout, Some(Err(_)));
+            if bad_output || (exited && exchange.stdout.is_some() && exchange.stderr.is_some()) {
+                if bad_output {
+                    child.kill_group();
+                }
+                return Ok(exchange);
             }
             let now = Instant::now();
             if now >= deadline {
-                child.kill();
-                return Err(ScoringError::Timeout {
-                    command: self.display.clone(),
-                    seconds: self.timeout.as_secs_f64(),
-                    rows,
-                });
+                child.kill_group();
+                return Err(self.timeout_error(rows));
             }
             // Short first pauses keep quick programs quick; later ones keep polling cheap.
-            std::thread::sleep(pause.min(deadline - now));
-            pause = (pause * 2).min(Duration::from_millis(50));
+            match inbox.recv_timeout(pause.min(deadline - now)) {
+                Ok(event) => exchange.record(event),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                // Every pipe thread is done; only the exit is left to wait for.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(pause.min(deadline - now));
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    fn timeout_error(&self, rows: usize) -> ScoringError {
+        ScoringError::Timeout {
+            command: self.display.clone(),
+            seconds: self.timeout.as_secs_f64(),
+            rows,
+        }
+    }
+
+    fn output_error(&self, problem: OutputProblem, rows: &[ScoreInput<'_>]) -> ScoringError {
+        match problem {
+            OutputProblem::Read(source) => self.io("reading its stdout", source),
+            OutputProblem::LineTooLong { line } => ScoringError::LineTooLong {
+                command: self.display.clone(),
+                line,
+                id: rows
+                    .get(line - 1)
+                    .map_or_else(String::new, |r| r.id.to_string()),
+                max: MAX_LINE_BYTES,
+            },
+            OutputProblem::TooManyLines => ScoringError::TooManyLines {
+                command: self.display.clone(),
+                rows: rows.len(),
+            },
         }
     }
 
     /// Checks the output has one number per row and maps the numbers onto [0, 1].
-    fn parse(&self, output: &[u8], rows: &[ScoreInput<'_>]) -> Result<Vec<f64>, ScoringError> {
-        let mut lines: Vec<&[u8]> = output.split(|&b| b == b'\n').collect();
+    fn parse(&self, output: &[Vec<u8>], rows: &[ScoreInput<'_>]) -> Result<Vec<f64>, ScoringError> {
+        let mut lines: Vec<&[u8]> = output.iter().map(Vec::as_slice).collect();
         while lines.last().is_some_and(|l| l.trim_ascii().is_empty()) {
             lines.pop();
         }
@@ -295,50 +367,154 @@ fn jsonl(rows: &[ScoreInput<'_>]) -> Vec<u8> {
     out
 }
 
-/// Writes stdin on its own thread: a program that prints while it reads would otherwise
-/// deadlock against us once both pipe buffers fill.
-fn feed(child: &mut Child, input: Vec<u8>) -> Option<JoinHandle<std::io::Result<()>>> {
-    let mut stdin = child.stdin.take()?;
-    Some(std::thread::spawn(move || {
-        match stdin.write_all(&input) {
-            // A program may legitimately stop reading early (it exited, or needs no input).
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            other => other,
+/// The most bytes one output line may hold (a number needs a few dozen): a program that
+/// prints something else cannot make us buffer it.
+pub const MAX_LINE_BYTES: usize = 4096;
+/// Blank lines tolerated after the last score (a print loop's trailing newlines).
+const MAX_TRAILING_BLANK_LINES: usize = 64;
+/// How much of the end of stderr is kept for error messages.
+const STDERR_TAIL_BYTES: usize = 64 * 1024;
+
+/// What the pipe threads report to the exchange.
+enum Event {
+    Stdin(std::io::Result<()>),
+    Stdout(Result<Vec<Vec<u8>>, OutputProblem>),
+    Stderr(Vec<u8>),
+}
+
+/// Why stdout was not read to its end.
+#[derive(Debug)]
+enum OutputProblem {
+    Read(std::io::Error),
+    /// 1-based.
+    LineTooLong {
+        line: usize,
+    },
+    TooManyLines,
+}
+
+/// What the exchange has heard so far; `None`: that pipe has not ended yet.
+#[derive(Default)]
+struct Exchange {
+    stdin: Option<std::io::Result<()>>,
+    stdout: Option<Result<Vec<Vec<u8>>, OutputProblem>>,
+    stderr: Option<Vec<u8>>,
+}
+
+impl Exchange {
+    fn record(&mut self, event: Event) {
+        match event {
+            Event::Stdin(r) => self.stdin = Some(r),
+            Event::Stdout(r) => self.stdout = Some(r),
+            Event::Stderr(tail) => self.stderr = Some(tail),
         }
-        // Dropping stdin closes the pipe: the program sees end of input.
-    }))
-}
-
-fn drain<R: Read + Send + 'static>(
-    pipe: Option<R>,
-) -> Option<JoinHandle<std::io::Result<Vec<u8>>>> {
-    let mut pipe = pipe?;
-    Some(std::thread::spawn(move || {
-        let mut buffer = Vec::new();
-        pipe.read_to_end(&mut buffer)?;
-        Ok(buffer)
-    }))
-}
-
-fn join(handle: Option<JoinHandle<std::io::Result<Vec<u8>>>>) -> std::io::Result<Vec<u8>> {
-    match handle {
-        Some(h) => h
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("reader thread panicked"))),
-        None => Ok(Vec::new()),
     }
 }
 
-fn join_writer(handle: JoinHandle<std::io::Result<()>>) -> std::io::Result<()> {
-    handle
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("writer thread panicked")))
+/// Writes stdin on its own thread: a program that prints while it reads would otherwise
+/// deadlock against us once both pipe buffers fill. Never joined: killing the program's group
+/// ends a blocked write.
+fn feed(mut stdin: ChildStdin, input: Vec<u8>, events: Sender<Event>) {
+    std::thread::spawn(move || {
+        let result = match stdin.write_all(&input) {
+            // A program may legitimately stop reading early (it exited, or needs no input).
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        };
+        // Dropping stdin closes the pipe: the program sees end of input.
+        drop(stdin);
+        let _ = events.send(Event::Stdin(result));
+    });
+}
+
+/// Reads stdout line by line on its own thread, keeping at most `rows` lines (plus a few
+/// trailing blank ones) of at most [`MAX_LINE_BYTES`] each: memory stays bounded whatever
+/// the program prints.
+fn collect_lines(stdout: impl Read + Send + 'static, rows: usize, events: Sender<Event>) {
+    std::thread::spawn(move || {
+        let result = read_lines(stdout, rows);
+        let _ = events.send(Event::Stdout(result));
+    });
+}
+
+fn read_lines(stdout: impl Read, rows: usize) -> Result<Vec<Vec<u8>>, OutputProblem> {
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    while let Some(line) = read_line_capped(&mut reader, MAX_LINE_BYTES).map_err(|e| match e {
+        LineError::Io(e) => OutputProblem::Read(e),
+        LineError::TooLong => OutputProblem::LineTooLong {
+            line: lines.len() + 1,
+        },
+    })? {
+        let blank = line.trim_ascii().is_empty();
+        if (!blank && lines.len() >= rows) || lines.len() >= rows + MAX_TRAILING_BLANK_LINES {
+            return Err(OutputProblem::TooManyLines);
+        }
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+enum LineError {
+    Io(std::io::Error),
+    TooLong,
+}
+
+/// The next line without its `\n` (`None` at the end), refusing one longer than `cap` bytes
+/// before buffering it.
+fn read_line_capped(reader: &mut impl BufRead, cap: usize) -> Result<Option<Vec<u8>>, LineError> {
+    let mut line = Vec::new();
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(LineError::Io(e)),
+        };
+        if buf.is_empty() {
+            return Ok((!line.is_empty()).then_some(line));
+        }
+        let (chunk, found) = match buf.iter().position(|&b| b == b'\n') {
+            Some(at) => (&buf[..at], true),
+            None => (buf, false),
+        };
+        if line.len() + chunk.len() > cap {
+            return Err(LineError::TooLong);
+        }
+        line.extend_from_slice(chunk);
+        let used = chunk.len() + usize::from(found);
+        reader.consume(used);
+        if found {
+            return Ok(Some(line));
+        }
+    }
+}
+
+/// Reads stderr on its own thread, keeping only its last [`STDERR_TAIL_BYTES`].
+fn keep_tail(mut stderr: impl Read + Send + 'static, events: Sender<Event>) {
+    std::thread::spawn(move || {
+        let mut tail: Vec<u8> = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            match stderr.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    tail.extend_from_slice(&chunk[..n]);
+                    if tail.len() > 2 * STDERR_TAIL_BYTES {
+                        tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = events.send(Event::Stderr(tail));
+    });
 }
 
 /// The last lines of stderr, for an error message: enough to see a traceback's end.
-fn stderr_tail(stderr: &std::io::Result<Vec<u8>>) -> String {
+fn stderr_tail(stderr: &Option<Vec<u8>>) -> String {
     const LINES: usize = 15;
-    let Ok(bytes) = stderr else {
+    let Some(bytes) = stderr else {
         return String::new();
     };
     let text = String::from_utf8_lossy(bytes);
@@ -367,27 +543,77 @@ fn display_argv(argv: &[String]) -> String {
 
 /// Owns the child: kills its whole process group unless it was reaped, so that no error path
 /// (or panic) leaves a judge running.
-struct KillOnDrop(Child);
+struct KillOnDrop {
+    child: Child,
+    reaped: bool,
+}
 
 impl KillOnDrop {
-    fn kill(&mut self) {
+    fn new(child: Child) -> Self {
+        Self {
+            child,
+            reaped: false,
+        }
+    }
+
+    /// Whether the program has exited, without reaping it: while it is an unreaped zombie its
+    /// pid (and so its process group id) cannot be reused, so the group can still be killed.
+    fn has_exited(&mut self) -> std::io::Result<bool> {
         #[cfg(unix)]
-        if let Ok(pid) = i32::try_from(self.0.id()) {
+        {
+            let pid = self.child.id() as libc::id_t;
+            // SAFETY: `info` is a plain C struct that waitid fills in; zeroed is a valid value.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid(2) on our own child with WNOWAIT only reports its state.
+            let rc = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    pid,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: si_pid is set by waitid (0 when no child changed state).
+            Ok(unsafe { info.si_pid() } != 0)
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(self.child.try_wait()?.is_some())
+        }
+    }
+
+    /// Kills every process of the program's group (the program too, if it still runs).
+    fn kill_group(&mut self) {
+        if self.reaped {
+            return;
+        }
+        #[cfg(unix)]
+        if let Ok(pid) = i32::try_from(self.child.id()) {
             // SAFETY: kill(2) with a negative pid signals the process group the child leads
             // (we spawned it with process_group(0)); it touches no memory of ours.
             unsafe {
                 libc::kill(-pid, libc::SIGKILL);
             }
         }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+    }
+
+    /// Waits for the program's exit status (it has exited or was killed).
+    fn reap(&mut self) -> std::io::Result<ExitStatus> {
+        let status = self.child.wait()?;
+        self.reaped = true;
+        Ok(status)
     }
 }
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            self.kill();
+        if !self.reaped {
+            self.kill_group();
+            let _ = self.child.wait();
         }
     }
 }
@@ -501,7 +727,21 @@ for line in sys.stdin:
             "cat >/dev/null\nfor i in 1 2 3 4; do echo 1; done\necho\n",
         );
         let e = err(dir.path(), &["sh", "long.sh"], "");
-        assert!(e.contains("printed 4 line(s) for 3 row(s); it must"), "{e}");
+        assert!(
+            e.contains("printed more than 3 line(s) for 3 row(s) and was stopped; it must"),
+            "{e}"
+        );
+        // Trailing blank lines are fine.
+        let dir = with_script(
+            "blank.sh",
+            "cat >/dev/null\necho 1; echo 1; echo 1; echo; echo\n",
+        );
+        assert_eq!(
+            scorer(dir.path(), &["sh", "blank.sh"], "")
+                .score(&rows())
+                .unwrap(),
+            [1.0, 1.0, 1.0]
+        );
     }
 
     #[test]
@@ -549,6 +789,124 @@ for line in sys.stdin:
             e,
             "command scorer `sh slow.sh` did not finish within 0.5 s on 3 row(s) and was killed; \
              make it faster or raise `timeout_secs` in [score.command]"
+        );
+    }
+
+    /// Whether `pid` is gone (or a zombie waiting for init to reap it).
+    fn process_gone(pid: i32) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+        match stat {
+            Err(_) => true,
+            Ok(text) => text
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        }
+    }
+
+    /// Issue 16: a judge leaving `( sleep 40 ) &` behind made score wait 40 s, although
+    /// `timeout_secs = 5`: the background child held stdout open. Its leftovers are killed
+    /// when it exits, so the scores come back at once.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_background_child_left_behind_is_killed_and_does_not_stall() {
+        let dir = with_script(
+            "bg.sh",
+            "cat >/dev/null\n( sleep 40 ) &\necho $! > bg.pid\necho 1; echo 0.5; echo 0\n",
+        );
+        let started = Instant::now();
+        let s = scorer(dir.path(), &["sh", "bg.sh"], "timeout_secs = 5\n");
+        assert_eq!(s.score(&rows()).unwrap(), [1.0, 0.5, 0.0]);
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        let pid: i32 = std::fs::read_to_string(dir.path().join("bg.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let gone_by = Instant::now() + Duration::from_secs(5);
+        while !process_gone(pid) && Instant::now() < gone_by {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(process_gone(pid), "the background `sleep` {pid} survived");
+    }
+
+    /// The deadline covers the whole exchange, also a program that exits while a child it put
+    /// in another session keeps writing to stdout.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_deadline_covers_reading_stdout_too() {
+        let dir = with_script(
+            "escape.sh",
+            "cat >/dev/null\nsetsid sh -c 'echo > escaped; sleep 6; echo 1' &\n\
+             while [ ! -f escaped ]; do sleep 0.01; done\necho 1\n",
+        );
+        let started = Instant::now();
+        let e = err(dir.path(), &["sh", "escape.sh"], "timeout_secs = 1\n");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(e.contains("did not finish within 1 s"), "{e}");
+    }
+
+    #[test]
+    fn an_overlong_line_is_refused_without_reading_it() {
+        let dir = with_script(
+            "long_line.sh",
+            "cat >/dev/null\necho 1\nhead -c 100000 /dev/zero | tr '\\0' '7'\necho\necho 1\n",
+        );
+        let e = err(dir.path(), &["sh", "long_line.sh"], "");
+        assert_eq!(
+            e,
+            "command scorer `sh long_line.sh`: output line 2 (row id `b`) is longer than 4096 \
+             bytes and was not read; print one number per line, like 0.75"
+        );
+    }
+
+    /// Issue 16: a judge printing 400 MB took pipe to 1.9 GB RSS. Stdout is read line by line
+    /// with caps, so the memory of the scoring process stays small. Runs the scorer in a child
+    /// copy of this test binary to measure its peak RSS alone.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_flood_of_output_keeps_memory_bounded() {
+        const CHILD: &str = "PIPE_TEST_FLOOD_CHILD";
+        const NAME: &str = "scoring::command::tests::a_flood_of_output_keeps_memory_bounded";
+        let flood = "cat >/dev/null\nhead -c 400000000 /dev/zero | tr '\\0' '1'\n";
+        if std::env::var_os(CHILD).is_some() {
+            let dir = with_script("flood.sh", flood);
+            let e = err(dir.path(), &["sh", "flood.sh"], "");
+            assert!(e.contains("longer than 4096 bytes"), "{e}");
+            let dir = with_script("lines.sh", "cat >/dev/null\nyes 1 | head -c 400000000\n");
+            let e = err(dir.path(), &["sh", "lines.sh"], "");
+            assert!(e.contains("printed more than 3 line(s)"), "{e}");
+            // The peak of this process's own memory (a forked parent's pages do not count).
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let peak_kib: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap();
+            assert!(
+                peak_kib < 300 * 1024,
+                "peak RSS {} MiB while the judge printed 400 MB",
+                peak_kib / 1024
+            );
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args([NAME, "--exact", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}"
         );
     }
 

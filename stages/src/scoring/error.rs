@@ -59,6 +59,15 @@ pub enum ScoringError {
         /// Empty, or `: row 4 (id `x`) got no score`.
         first_missing: String,
     },
+    #[error("command scorer `{command}` printed more than {rows} line(s) for {rows} row(s) and was stopped; it must print exactly one number per input row, in input order")]
+    TooManyLines { command: String, rows: usize },
+    #[error("command scorer `{command}`: output line {line} (row id `{id}`) is longer than {max} bytes and was not read; print one number per line, like 0.75")]
+    LineTooLong {
+        command: String,
+        line: usize,
+        id: String,
+        max: usize,
+    },
     #[error("command scorer `{command}`: output line {line} (row id `{id}`) is {text:?}, not a number; print one number per line, like 0.75")]
     NotANumber {
         command: String,

@@ -601,7 +601,7 @@ impl Run<'_> {
     /// One optimizer step; returns what it did, the tokens it processed and the target tokens
     /// it counted.
     fn step(&mut self, step: usize) -> Result<(StepOutcome, usize, usize), SftError> {
-        let planned = &self.plan.steps[step];
+        let planned = self.plan.step(step);
         let train_on_prompt = self.settings.train_on_prompt;
         let rows: Vec<Vec<&TokenRow>> = planned
             .micro_batches

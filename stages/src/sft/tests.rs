@@ -233,6 +233,27 @@ fn a_killed_run_resumes_to_the_same_adapter() {
     assert_eq!(samples(&whole), samples(&resumed));
 }
 
+/// Issue 16: `-s sft.max_steps=1000000000000` aborted with "memory allocation of
+/// 32000000000000 bytes failed" (and 3e8 steps exhausted memory) before training started: the
+/// batching plan was built up front. It trains now, one lazily planned step after another.
+#[test]
+fn an_enormous_max_steps_trains_without_planning_every_step() {
+    let fx = fixture(&qa_rows(6), &qa_rows(2));
+    let partial = fx.ws.path().join("huge");
+    let stop = Hooks {
+        stop_after: Some(2),
+    };
+    let err = run_in(
+        &fx,
+        "max_steps = 1000000000000\nsave_every = 1000\nbatch_size = 2\nsamples = 0\n",
+        &partial,
+        stop,
+    )
+    .err()
+    .unwrap();
+    assert!(err.contains("stopped after step 2"), "{err}");
+}
+
 #[test]
 fn a_checkpoint_of_other_settings_is_not_resumed() {
     let fx = fixture(&qa_rows(6), &qa_rows(2));

@@ -64,10 +64,13 @@ pub fn save<S: Serialize>(
         .collect::<candle_core::Result<_>>()
         .map_err(|e| bad(&tensors_path, e))?;
     candle_core::safetensors::save(&map, &tensors_path).map_err(|e| bad(&tensors_path, e))?;
+    sync_file(&tensors_path)?;
     let state_path = tmp.join(STATE_FILE);
     let text = serde_json::to_string_pretty(state).map_err(|e| bad(&state_path, e))?;
-    // The state is written last: a directory with a state file has all its tensors.
+    // The state is written last: a directory with a state file has all its tensors. Both are
+    // synced before the renames, so a power cut cannot leave a checkpoint of empty files.
     std::fs::write(&state_path, text).map_err(io(&state_path))?;
+    sync_file(&state_path)?;
     sync_dir(&tmp);
 
     let current = partial.join(CHECKPOINT_DIR);
@@ -128,6 +131,13 @@ fn bad(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
         path: path.to_path_buf(),
         message: e.to_string(),
     }
+}
+
+/// Forces a written file's bytes to disk.
+fn sync_file(path: &Path) -> Result<(), CheckpointError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path))
 }
 
 /// Best effort: make the renames durable (not all filesystems support syncing a directory).

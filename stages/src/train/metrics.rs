@@ -89,7 +89,7 @@ impl MetricsLog {
         for r in &kept {
             text.push_str(&to_line(r, path)?);
         }
-        std::fs::write(path, text).map_err(|e| error(path, e))?;
+        replace_file(path, text.as_bytes())?;
         let file = OpenOptions::new()
             .append(true)
             .open(path)
@@ -112,6 +112,19 @@ impl MetricsLog {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Replaces `path` with `bytes` through a synced temp file and a rename: a crash mid-way
+/// leaves the old log whole, never an emptied or half-written one.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), MetricsError> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut file = File::create(&tmp).map_err(|e| error(&tmp, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| error(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| error(path, e))
 }
 
 fn to_line(record: &MetricRecord, path: &Path) -> Result<String, MetricsError> {
@@ -193,5 +206,34 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"rewards/margins\":0.25"), "{text}");
         assert_eq!(read(&path).unwrap().last().unwrap(), &own);
+    }
+
+    /// Issue 16: a resume rewrote metrics.jsonl in place (truncate, then write), so a crash
+    /// or a reader in between found it empty. It is replaced whole by a rename now: a reader
+    /// racing with resumes always sees every kept line.
+    #[test]
+    fn a_resume_replaces_the_log_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut log = MetricsLog::open(&path, None).unwrap();
+        for s in 0..200 {
+            log.append(&record(s)).unwrap();
+        }
+        drop(log);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let resumer = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    MetricsLog::open(&path, Some(150)).unwrap();
+                }
+            })
+        };
+        for _ in 0..300 {
+            let kept = read(&path).unwrap().len();
+            assert!(kept >= 151, "a reader saw {kept} lines");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        resumer.join().unwrap();
     }
 }

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use candle_core::{Device, Tensor};
 
+use super::gguf_header::read_header;
+use super::weights::{check_tensor_count, expected_shapes, ModelWeights};
 use crate::llm::error::{LlmError, LlmResult};
-use crate::llm::io::weights::ModelWeights;
 use crate::llm::model::config::{Architecture, ModelConfig, RopeScaling};
 
 /// An opened GGUF file: its parsed header (metadata and tensor directory) and a reader
@@ -36,7 +37,9 @@ impl GgufFile {
     pub fn open(path: &Path) -> LlmResult<Self> {
         let file = File::open(path).map_err(|e| LlmError::io(path, e))?;
         let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader).map_err(|e| {
+        // Our reader, not candle's: it checks every count, length, shape and the alignment
+        // against the file before allocating (candle divides by a zero alignment).
+        let content = read_header(&mut reader).map_err(|e| {
             LlmError::bad_file(
                 path,
                 format!("not a readable GGUF file (corrupted or truncated?): {e}"),
@@ -133,7 +136,42 @@ impl GgufFile {
             pad_token_id: self.u32("tokenizer.ggml.padding_token_id")?,
         };
         config.validate().map_err(|m| self.bad(m))?;
+        let tensors = self
+            .content
+            .tensor_infos
+            .keys()
+            .filter(|name| !is_ignored_tensor(name))
+            .count();
+        check_tensor_count(&config, tensors).map_err(|m| self.bad(m))?;
         Ok(config)
+    }
+
+    /// Every tensor the config implies is in the directory with its shape, checked before any
+    /// tensor data is read.
+    fn check_directory(&self, config: &ModelConfig) -> LlmResult<()> {
+        check_tensor_count(config, self.content.tensor_infos.len()).map_err(|m| self.bad(m))?;
+        for (hf_name, shape) in expected_shapes(config) {
+            let Some(gguf_name) = gguf_tensor_name(&hf_name) else {
+                continue;
+            };
+            let Some(info) = self.tensor_info(&gguf_name) else {
+                return Err(LlmError::tensor(
+                    &gguf_name,
+                    format!("missing from {}", self.path.display()),
+                ));
+            };
+            if info.shape.dims() != shape.as_slice() {
+                return Err(LlmError::tensor(
+                    &gguf_name,
+                    format!(
+                        "{}: shape {:?}, the metadata implies {shape:?}",
+                        self.path.display(),
+                        info.shape.dims()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Every model tensor dequantized to f32 on `device`, under its HF name.
@@ -145,6 +183,7 @@ impl GgufFile {
         // llama.cpp's converter permutes q/k rows only for the `llama` architecture (its
         // kernels use interleaved RoPE there); qwen2 is stored as HF has it.
         let unpermute = self.architecture_name()? == "llama";
+        self.check_directory(config)?;
         let mut names: Vec<String> = self.content.tensor_infos.keys().cloned().collect();
         names.sort();
         let mut tensors = HashMap::with_capacity(names.len());

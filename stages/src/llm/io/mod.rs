@@ -5,6 +5,7 @@
 pub mod base_ref;
 pub mod export;
 pub mod gguf;
+pub mod gguf_header;
 pub mod hf_files;
 pub mod hub;
 pub mod loader;

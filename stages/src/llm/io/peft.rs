@@ -51,6 +51,17 @@ pub struct AdapterConfig {
     pub layers_to_transform: Option<Value>,
 }
 
+impl AdapterConfig {
+    /// Reads the text of an `adapter_config.json` (`path` names it in errors), refusing what
+    /// pipe cannot apply faithfully.
+    pub fn parse(text: &str, path: &Path) -> LlmResult<Self> {
+        let config: AdapterConfig = serde_json::from_str(text)
+            .map_err(|e| LlmError::bad_file(path, format!("not a PEFT adapter config: {e}")))?;
+        check_supported(&config, path)?;
+        Ok(config)
+    }
+}
+
 fn bias_none() -> String {
     "none".into()
 }
@@ -204,10 +215,7 @@ impl PeftAdapter {
         let config_path = dir.join(CONFIG_FILE);
         let text =
             std::fs::read_to_string(&config_path).map_err(|s| LlmError::io(&config_path, s))?;
-        let config: AdapterConfig = serde_json::from_str(&text).map_err(|e| {
-            LlmError::bad_file(&config_path, format!("not a PEFT adapter config: {e}"))
-        })?;
-        check_supported(&config, &config_path)?;
+        let config = AdapterConfig::parse(&text, &config_path)?;
         let weights_path = dir.join(WEIGHTS_FILE);
         let tensors = candle_core::safetensors::load(&weights_path, device)
             .map_err(|e| LlmError::bad_file(&weights_path, e.to_string()))?;

@@ -94,6 +94,7 @@ impl ModelWeights {
         }
         self.tensors
             .retain(|name, _| !name.ends_with(".rotary_emb.inv_freq"));
+        check_tensor_count(config, self.tensors.len()).map_err(LlmError::Invalid)?;
         let expected = expected_shapes(config);
         for (name, shape) in &expected {
             let tensor = self.require(name)?;
@@ -125,6 +126,30 @@ impl ModelWeights {
             ));
         }
         Ok(())
+    }
+}
+
+/// How many tensors a model with `config` has, or `None` if that overflows.
+pub fn expected_tensor_count(config: &ModelConfig) -> Option<usize> {
+    let per_layer = if config.attention_bias { 12 } else { 9 };
+    let outside = 2 + usize::from(!config.tie_word_embeddings);
+    config
+        .num_hidden_layers
+        .checked_mul(per_layer)?
+        .checked_add(outside)
+}
+
+/// Refuses a config that implies more tensors than the checkpoint holds (`block_count =
+/// 4294967295`) before anything is sized by it: the number of layers is only trusted as far
+/// as the file backs it.
+pub fn check_tensor_count(config: &ModelConfig, present: usize) -> Result<(), String> {
+    match expected_tensor_count(config) {
+        Some(expected) if expected <= present => Ok(()),
+        expected => Err(format!(
+            "the config declares {} layers, which need {} tensors; the checkpoint holds {present}",
+            config.num_hidden_layers,
+            expected.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+        )),
     }
 }
 
@@ -222,7 +247,17 @@ fn read_safetensors(path: &Path, device: &Device) -> LlmResult<HashMap<String, T
     // SAFETY: the map is read-only and dropped before we return; a concurrent writer
     // truncating the file is the only hazard, as for every mmap-based model loader.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LlmError::io(path, e))?;
-    let st = SafeTensors::deserialize(&mmap).map_err(|e| {
+    tensors_from_bytes(&mmap, path, device)
+}
+
+/// Every tensor of the safetensors file content `bytes` as f32; `path` names it in errors.
+/// The header (length, offsets, shapes) is checked against `bytes` before anything is read.
+pub fn tensors_from_bytes(
+    bytes: &[u8],
+    path: &Path,
+    device: &Device,
+) -> LlmResult<HashMap<String, Tensor>> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
         LlmError::bad_file(
             path,
             format!("not a valid safetensors file (truncated or corrupted?): {e}"),

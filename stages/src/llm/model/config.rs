@@ -256,6 +256,49 @@ impl ModelConfig {
                 self.head_dim
             ));
         }
+        self.check_sizes()
+    }
+
+    /// Every matrix the config implies has a size that fits in memory's address space, and
+    /// the float parameters are usable: a crafted file cannot overflow a shape computation.
+    fn check_sizes(&self) -> Result<(), String> {
+        let h = self.hidden_size;
+        let fits = |a: usize, b: usize| {
+            a.checked_mul(b)
+                .and_then(|n| n.checked_mul(std::mem::size_of::<f32>()))
+                .is_some_and(|bytes| bytes <= isize::MAX as usize)
+        };
+        let products = [
+            (
+                "num_attention_heads × head_dim",
+                self.num_attention_heads,
+                self.head_dim,
+            ),
+            (
+                "num_key_value_heads × head_dim",
+                self.num_key_value_heads,
+                self.head_dim,
+            ),
+            ("vocab_size × hidden_size", self.vocab_size, h),
+            ("intermediate_size × hidden_size", self.intermediate_size, h),
+        ];
+        for (what, a, b) in products {
+            if !fits(a, b) || (what.ends_with("head_dim") && !fits(a * b, h)) {
+                return Err(format!("{what} ({a} × {b}) is too large for any model"));
+            }
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(format!(
+                "`rope_theta` must be a positive number, got {}",
+                self.rope_theta
+            ));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            return Err(format!(
+                "`rms_norm_eps` must be a number >= 0, got {}",
+                self.rms_norm_eps
+            ));
+        }
         Ok(())
     }
 
