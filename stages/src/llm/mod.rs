@@ -44,7 +44,7 @@ pub use text::tokenizer::{SpecialTokens, TextTokenizer};
 // The module paths code outside llm/ still names (`crate::llm::config::Architecture`, ...),
 // kept while the stage folders move; new code uses the names above.
 pub use decode::generator as generate;
-pub use io::{base_ref, export, gguf, hub, loader, spec, weights};
+pub use io::{base_ref, export, gguf, hub, loader, peft, spec, weights};
 pub use model::{config, kernels, lora, ops};
 pub use objectives::{batch, loss};
 pub use text::{template, tokenizer};
