@@ -108,6 +108,7 @@ impl PipelineConfig {
         overrides: &[Override],
         registry: &[Box<dyn DynStage>],
     ) -> Result<Self> {
+        refuse_non_regular(path)?;
         let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => PipeError::Config(format!(
                 "{}: no such file; run `pipe init` to write a starter pipeline, or pass --config FILE",
@@ -287,7 +288,7 @@ fn apply_override(
         let mut valid = vec!["project"];
         valid.extend(registry.iter().map(|s| s.name()));
         return Err(PipeError::Config(format!(
-            "-s {}: unknown table `{head}`{}",
+            "-s {}: unknown table `{head}`; {}",
             ov.raw,
             hint_for(head, &valid, "tables")
         )));
@@ -388,6 +389,18 @@ fn between(s: &str, start: &str, end: &str) -> Option<String> {
     let (_, rest) = s.split_once(start)?;
     let (inner, _) = rest.split_once(end)?;
     Some(inner.to_string())
+}
+
+/// `--config /dev/null` (or a directory, a FIFO) is no pipeline: its parent would become the
+/// workspace, with `artifacts/` created under `/dev`.
+fn refuse_non_regular(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => Err(PipeError::Config(format!(
+            "{}: not a regular file; pass the pipeline.toml of a workspace with --config FILE",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// "did you mean `x`?" plus the full list, so a typo never needs the README.
@@ -550,6 +563,34 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("did you mean `project`?"), "{msg}");
+    }
+
+    /// Issue 16: the hint ran into the table name ("`sfft`did you mean").
+    #[test]
+    fn unknown_override_table_hint_is_separated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pipeline.toml");
+        std::fs::write(&path, "[project]\nseed = 3\n").unwrap();
+        let ov = Override::parse("projct.seed=4").unwrap();
+        let msg = PipelineConfig::load(&path, &[ov], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("unknown table `projct`; did you mean `project`?"),
+            "{msg}"
+        );
+    }
+
+    /// Issue 16: `--config /dev/null` made `/dev` the workspace and created its lock there.
+    #[test]
+    fn a_config_that_is_not_a_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for path in [Path::new("/dev/null"), dir.path()] {
+            let msg = PipelineConfig::load(path, &[], &[])
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("not a regular file"), "{msg}");
+        }
     }
 
     #[test]

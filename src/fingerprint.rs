@@ -22,6 +22,10 @@ pub struct KeyInputs {
     pub upstream: BTreeMap<String, String>,
     /// External file or directory (as written in the config) -> content digest.
     pub inputs: BTreeMap<String, String>,
+    /// Machine facts the output depends on (`device` -> `cpu`); absent when none, so the keys
+    /// of stages that declare none are those of earlier versions.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
 }
 
 impl KeyInputs {
@@ -94,6 +98,11 @@ pub enum Reason {
     InputRemoved {
         path: String,
     },
+    Environment {
+        name: String,
+        old: String,
+        new: String,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -107,6 +116,9 @@ impl fmt::Display for Reason {
             Reason::InputChanged { path } => write!(f, "input file {path} changed"),
             Reason::InputAdded { path } => write!(f, "new input file {path}"),
             Reason::InputRemoved { path } => write!(f, "input file {path} no longer read"),
+            Reason::Environment { name, old, new } => {
+                write!(f, "environment {name}: {old} -> {new}")
+            }
         }
     }
 }
@@ -143,7 +155,27 @@ pub fn explain(current: &KeyInputs, previous: &KeyInputs) -> Vec<Reason> {
         }
     }
     diff_inputs(&previous.inputs, &current.inputs, &mut reasons);
+    diff_environment(&previous.environment, &current.environment, &mut reasons);
     reasons
+}
+
+fn diff_environment(
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+    reasons: &mut Vec<Reason>,
+) {
+    let names: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for name in names {
+        let (o, n) = (old.get(name), new.get(name));
+        if o != n {
+            let shown = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
+            reasons.push(Reason::Environment {
+                name: name.clone(),
+                old: shown(o),
+                new: shown(n),
+            });
+        }
+    }
 }
 
 fn diff_inputs(
@@ -214,6 +246,7 @@ mod tests {
             config: json!({"path": "data/a.csv", "val_fraction": 0.2, "lora": {"r": 8}}),
             upstream: BTreeMap::new(),
             inputs: BTreeMap::from([("data/a.csv".into(), "abc".into())]),
+            environment: BTreeMap::new(),
         }
     }
 
@@ -247,10 +280,32 @@ mod tests {
         let mut c = base.clone();
         c.inputs.insert("data/a.csv".into(), "def".into());
         changed.push(c);
+        let mut c = base.clone();
+        c.environment.insert("device".into(), "cuda:0".into());
+        changed.push(c);
         for c in changed {
             assert_ne!(c.key(), base.key());
             assert_eq!(explain(&c, &base).len(), 1, "{:?}", explain(&c, &base));
         }
+    }
+
+    /// A stage without environment facts keeps the key it had before they existed.
+    #[test]
+    fn an_empty_environment_is_not_part_of_the_key_text() {
+        let json = serde_json::to_string(&inputs()).unwrap();
+        assert!(!json.contains("environment"), "{json}");
+        let mut on_gpu = inputs();
+        on_gpu.environment.insert("device".into(), "cuda:0".into());
+        let mut on_cpu = inputs();
+        on_cpu.environment.insert("device".into(), "cpu".into());
+        assert_eq!(
+            explain(&on_gpu, &on_cpu),
+            vec![Reason::Environment {
+                name: "device".into(),
+                old: "cpu".into(),
+                new: "cuda:0".into()
+            }]
+        );
     }
 
     #[test]

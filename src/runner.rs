@@ -94,6 +94,7 @@ impl<'r> Workspace<'r> {
             config: self.config.stages[stage].canonical.clone(),
             upstream,
             inputs: self.input_digests(stage, digests)?,
+            environment: self.config.stages[stage].environment.clone(),
         })
     }
 }

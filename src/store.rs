@@ -559,6 +559,7 @@ mod tests {
                 config: serde_json::json!({}),
                 upstream: BTreeMap::new(),
                 inputs: BTreeMap::new(),
+                environment: BTreeMap::new(),
             },
             metrics: Default::default(),
             outputs: vec![],

@@ -96,3 +96,65 @@ fn a_same_size_cp_p_over_the_dataset_changes_the_key() {
     assert_eq!(std::fs::metadata(&data).unwrap().modified().unwrap(), stamp);
     assert_ne!(key_of(&ws, "ingest"), before);
 }
+
+/// Issue 16: later stages re-resolved `hf:org/name` through the branch, so a moved ref changed
+/// the weights they trained on under unchanged keys. They now load the commit model.json
+/// recorded, and the device `auto` resolved to is part of the key.
+#[test]
+fn a_moved_hub_ref_does_not_change_the_model_later_stages_load() {
+    let pipeline = r#"
+[ingest]
+path = "data/qa.csv"
+prompt = "question"
+response = "answer"
+
+[model]
+path = "hf:TinyOrg/tiny"
+
+[sft]
+max_steps = 1
+"#;
+    let ws = tiny_workspace(pipeline);
+    let repo = ws.path("hub/models--TinyOrg--tiny");
+    let (first, second) = ("a".repeat(40), "b".repeat(40));
+    pipe_stages::testkit::write_tiny_model(&repo.join("snapshots").join(&first), 1).unwrap();
+    ws.write("hub/models--TinyOrg--tiny/refs/main", &first);
+    let run = |args: &[&str]| {
+        let out = ws
+            .command(args)
+            .env("HF_HUB_CACHE", ws.path("hub"))
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "pipe {args:?} failed:\n{text}");
+        text
+    };
+    run(&["run"]);
+    let model_dir = ws.path("artifacts/model").join(&ws.entries("model")[0]);
+    let info = std::fs::read_to_string(model_dir.join("model.json")).unwrap();
+    assert!(
+        info.contains(&format!("\"revision\": \"{first}\"")),
+        "{info}"
+    );
+    assert!(info.contains("\"device\": \"cpu\""), "{info}");
+    let manifest = std::fs::read_to_string(model_dir.join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"device\": \"cpu\""), "{manifest}");
+
+    // The branch moves to a commit whose snapshot is no model at all: a stage that followed
+    // it would fail to load.
+    std::fs::create_dir_all(repo.join("snapshots").join(&second)).unwrap();
+    ws.write(
+        &format!("hub/models--TinyOrg--tiny/snapshots/{second}/config.json"),
+        "{}",
+    );
+    ws.write("hub/models--TinyOrg--tiny/refs/main", &second);
+    let rerun = run(&["run", "-s", "sft.max_steps=2"]);
+    assert_eq!(ws.entries("model").len(), 1, "model stays cached:\n{rerun}");
+    assert_eq!(
+        ws.entries("sft").len(),
+        2,
+        "sft trained on the recorded commit:\n{rerun}"
+    );
+}

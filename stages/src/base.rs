@@ -58,7 +58,9 @@ impl BaseModel {
         workspace: &Path,
         device: &Device,
     ) -> Result<Self, BaseModelError> {
-        let spec = ModelSpec::parse(&info.spec).map_err(BaseModelError::Load)?;
+        let spec = ModelSpec::parse(&info.spec)
+            .map_err(BaseModelError::Load)?
+            .pinned(info.revision.as_deref());
         let loaded = load_model(&spec, workspace, device).map_err(BaseModelError::Load)?;
         let template = ChatTemplate::new(
             &info.chat_template.source,

@@ -45,6 +45,12 @@ pub trait Stage: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Facts of the machine the stage's output depends on (the device `auto` resolved to), as
+    /// `name -> value`: part of the key, so a run elsewhere never reuses this one's outputs.
+    fn environment(_cfg: &Self::Config) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
     /// Checks serde cannot express (a fraction in (0, 1), exclusive options); name the key.
     fn validate(_cfg: &Self::Config) -> Result<(), ConfigIssue> {
         Ok(())
@@ -92,6 +98,8 @@ pub struct LoadedConfig {
     pub external_inputs: Vec<PathBuf>,
     /// Paths hashed into the key only when they name a file ([`Stage::optional_inputs`]).
     pub optional_inputs: Vec<PathBuf>,
+    /// [`Stage::environment`]: machine facts hashed into the key.
+    pub environment: BTreeMap<String, String>,
     typed: Box<dyn Any + Send + Sync>,
 }
 
@@ -101,6 +109,7 @@ impl fmt::Debug for LoadedConfig {
             .field("canonical", &self.canonical)
             .field("external_inputs", &self.external_inputs)
             .field("optional_inputs", &self.optional_inputs)
+            .field("environment", &self.environment)
             .finish_non_exhaustive()
     }
 }
@@ -155,6 +164,7 @@ impl<S: Stage> DynStage for Erased<S> {
             canonical,
             external_inputs: S::external_inputs(&cfg),
             optional_inputs: S::optional_inputs(&cfg),
+            environment: S::environment(&cfg),
             typed: Box::new(cfg),
         })
     }

@@ -42,6 +42,22 @@ impl DeviceChoice {
         }
     }
 
+    /// The concrete device `auto` stands for on this machine (a CUDA GPU when this build has
+    /// CUDA and GPU 0 opens, else the CPU); `cpu` and `cuda:N` are returned as they are. Keys
+    /// and `model.json` record this, so the same config on another machine is another run.
+    pub fn resolve(self) -> DeviceChoice {
+        match self {
+            DeviceChoice::Auto if candle_core::utils::cuda_is_available() => {
+                match Device::new_cuda(0) {
+                    Ok(_) => DeviceChoice::Cuda(0),
+                    Err(_) => DeviceChoice::Cpu,
+                }
+            }
+            DeviceChoice::Auto => DeviceChoice::Cpu,
+            concrete => concrete,
+        }
+    }
+
     /// Whether this build can run on a CUDA GPU at all.
     pub fn cuda_compiled() -> bool {
         candle_core::utils::cuda_is_available()
@@ -117,6 +133,11 @@ mod tests {
             assert_eq!(text.parse::<DeviceChoice>().unwrap(), want);
         }
         assert_eq!(DeviceChoice::Cuda(1).to_string(), "cuda:1");
+        assert_eq!(DeviceChoice::Cpu.resolve(), DeviceChoice::Cpu);
+        assert_ne!(DeviceChoice::Auto.resolve(), DeviceChoice::Auto);
+        if !DeviceChoice::cuda_compiled() {
+            assert_eq!(DeviceChoice::Auto.resolve(), DeviceChoice::Cpu);
+        }
         let err = "tpu".parse::<DeviceChoice>().unwrap_err().to_string();
         assert!(err.contains("`tpu`") && err.contains("cuda:N"), "{err}");
         assert!("cuda:x".parse::<DeviceChoice>().is_err());

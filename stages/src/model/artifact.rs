@@ -24,6 +24,10 @@ pub struct TemplateInfo {
 pub struct ModelInfo {
     /// The spec as written in pipeline.toml.
     pub spec: String,
+    /// For a hub spec, the commit the model was read at: later stages load this snapshot,
+    /// not whatever the spec's branch points to by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// The file or directory read, absolute (for humans; stages re-resolve `spec`).
     pub path: PathBuf,
     /// The portable name for outputs (PEFT's `base_model_name_or_path`): the hub repository
@@ -41,7 +45,7 @@ pub struct ModelInfo {
     pub system_prompt: Option<String>,
     /// Parameters of the base model.
     pub parameters: u64,
-    /// The device downstream stages run on (`[model] device`).
+    /// The device downstream stages run on: `[model] device` as resolved on this machine.
     #[serde(default)]
     pub device: DeviceChoice,
 }

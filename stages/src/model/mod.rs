@@ -4,6 +4,7 @@
 //! [`crate::base::BaseModel`], so they all use the same weights, tokenizer, chat template and
 //! default system prompt.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -101,6 +102,12 @@ path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
         inputs
     }
 
+    /// The device `auto` resolves to here: training on a GPU gives other numbers than on the
+    /// CPU, so the two never share artifacts.
+    fn environment(cfg: &ModelStageConfig) -> BTreeMap<String, String> {
+        BTreeMap::from([("device".to_string(), cfg.device.resolve().to_string())])
+    }
+
     fn validate(cfg: &ModelStageConfig) -> Result<(), ConfigIssue> {
         validate_config(cfg)
     }
@@ -170,7 +177,8 @@ fn validate_config(cfg: &ModelStageConfig) -> Result<(), ConfigIssue> {
 fn run_model(cfg: &ModelStageConfig, cx: &mut StageContext) -> StageResult {
     let spec = ModelSpec::parse(&cfg.path).map_err(BaseModelError::Load)?;
     cx.progress().info(&format!("model: loading {spec}"));
-    let device = cfg.device.open().map_err(BaseModelError::Device)?;
+    let resolved_device = cfg.device.resolve();
+    let device = resolved_device.open().map_err(BaseModelError::Device)?;
     let loaded = load_model(&spec, cx.workspace(), &device).map_err(BaseModelError::Load)?;
     let template = resolve_template(cfg, &loaded, cx.workspace())?;
     let compiled = ChatTemplate::new(&template.source, &template.text, loaded.tokenizer.special())
@@ -189,6 +197,7 @@ fn run_model(cfg: &ModelStageConfig, cx: &mut StageContext) -> StageResult {
         .sum();
     let info = ModelInfo {
         spec: spec.to_string(),
+        revision: spec.snapshot_revision(&loaded.source.path),
         path: std::path::absolute(&loaded.source.path).unwrap_or(loaded.source.path.clone()),
         name: loaded.source.name.clone(),
         format: loaded.source.format,
@@ -199,7 +208,7 @@ fn run_model(cfg: &ModelStageConfig, cx: &mut StageContext) -> StageResult {
         chat_template: template,
         system_prompt: cfg.system_prompt.clone(),
         parameters,
-        device: cfg.device,
+        device: resolved_device,
     };
     // Building the model checks every tensor against the architecture.
     LlamaModel::from_tensors(&loaded.config, loaded.weights.into_map())
@@ -469,7 +478,14 @@ mod tests {
         let (_, device) = BaseModel::open(out.path(), ws.path()).unwrap();
         assert!(device.is_cpu());
         let (_, info) = run_in(ws.path(), "[model]\npath = \"tiny\"\n").unwrap();
-        assert_eq!(info.device, DeviceChoice::Auto, "the default");
+        assert_eq!(
+            info.device,
+            DeviceChoice::Auto.resolve(),
+            "the default, recorded as what it resolved to"
+        );
+        let cfg: ModelStageConfig = pick_table("[model]\npath = \"tiny\"\n", "model").unwrap();
+        let keyed = Model::environment(&cfg);
+        assert_eq!(keyed["device"], DeviceChoice::Auto.resolve().to_string());
         let bad: Result<ModelStageConfig, _> =
             pick_table("[model]\npath = \"tiny\"\ndevice = \"tpu\"\n", "model");
         let err = bad.unwrap_err().to_string();

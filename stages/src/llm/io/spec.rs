@@ -110,6 +110,37 @@ impl ModelSpec {
         }
     }
 
+    /// The commit a hub spec was resolved at: the snapshot directory `path` lies in (the
+    /// cache's `snapshots/<commit>/`). `None` for a local spec.
+    pub fn snapshot_revision(&self, path: &Path) -> Option<String> {
+        let ModelSpec::Hub { file, .. } = self else {
+            return None;
+        };
+        let snapshot = match file {
+            Some(file) => Path::new(path)
+                .ancestors()
+                .nth(Path::new(file).components().count())?,
+            None => path,
+        };
+        let parent = snapshot.parent()?;
+        (parent.file_name()? == "snapshots")
+            .then(|| snapshot.file_name()?.to_str().map(str::to_string))
+            .flatten()
+    }
+
+    /// This spec pinned to `revision` (the commit model.json recorded); a local spec, or no
+    /// revision, leaves it as it is.
+    pub fn pinned(self, revision: Option<&str>) -> ModelSpec {
+        match (self, revision) {
+            (ModelSpec::Hub { repo, file, .. }, Some(commit)) => ModelSpec::Hub {
+                repo,
+                revision: Some(commit.to_string()),
+                file,
+            },
+            (spec, _) => spec,
+        }
+    }
+
     /// Finds the files: relative local paths against `workspace`, hub repositories in the
     /// Hugging Face cache, downloaded into it first when missing unless `HF_HUB_OFFLINE` is
     /// set (see [`HubCache::from_env`]; a cached model costs no network call).
@@ -269,6 +300,28 @@ impl fmt::Display for ModelSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hub_specs_know_their_snapshot_commit_and_pin_to_it() {
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let snapshot = Path::new("/c/models--o--n/snapshots").join(commit);
+        let dir = ModelSpec::parse("hf:o/n").unwrap();
+        assert_eq!(dir.snapshot_revision(&snapshot).as_deref(), Some(commit));
+        let file = ModelSpec::parse("hf:o/n:sub/m.gguf").unwrap();
+        let in_file = file.snapshot_revision(&snapshot.join("sub/m.gguf"));
+        assert_eq!(in_file.as_deref(), Some(commit));
+        let local = ModelSpec::parse("models/m.gguf").unwrap();
+        assert_eq!(local.snapshot_revision(Path::new("/w/models/m.gguf")), None);
+        assert_eq!(
+            dir.pinned(Some(commit)).to_string(),
+            format!("hf:o/n@{commit}")
+        );
+        assert_eq!(
+            file.pinned(Some(commit)).to_string(),
+            format!("hf:o/n@{commit}:sub/m.gguf")
+        );
+        assert_eq!(local.clone().pinned(Some(commit)), local);
+    }
 
     #[test]
     fn parses_and_prints_specs() {
