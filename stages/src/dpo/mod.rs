@@ -16,62 +16,36 @@ mod report;
 mod tests;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Tensor;
 
 pub use config::DpoStageConfig;
 
 use artifact::{ADAPTER_DIR, METRICS_FILE, SUMMARY_FILE};
-use config::{DpoSettings, Init};
+use config::DpoSettings;
 use reference::{ReferenceError, ReferenceLogps};
 use report::{DpoSummary, ReferenceSummary};
 
-use crate::base::{BaseModel, BaseModelError};
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
 use crate::llm::loss::DEFAULT_CHUNK;
-use crate::llm::{dpo_loss, DpoConfig, LlamaModel, LlmError, Mode, PreferencePair};
+use crate::llm::{dpo_loss, DpoConfig, DpoOutput, LlamaModel, LlmError, Mode, PreferencePair};
 use crate::progress::Progress;
+#[cfg(test)]
 use crate::score::artifact::PAIRS_FILE;
-use crate::train::driver::{Driver, RunPlace, RunTotals, TrainError, Values, METRICS_PARTIAL};
+use crate::train::driver::{Driver, RunPlace, RunTotals, Values};
 use crate::train::memory::reset_peak;
-use crate::train::output::{copy, save_adapter, write_json, OutputError};
-use crate::train::pairs::{self, PairCounts, PairRow, PairsError};
-use crate::train::policy::{sft_adapter_dir, start_policy, PolicyError};
+use crate::train::output::write_json;
+use crate::train::pairs::{self, PairRow};
 use crate::train::preference::{
-    before_after, set_headline_metrics, values_of, PairLoss, PairsOf, PreferenceObjective,
+    self, before_after, plan_line, set_headline_metrics, values_of, write_outputs, PairLoss,
+    PairsOf, PreferenceObjective, PreferenceSetup, PreferenceStart,
 };
-use crate::train::resume::fingerprint;
 use crate::train::settings::TrainSettings;
 use crate::train::step::Hooks;
-use crate::train::Plan;
 
 /// The `dpo` stage.
 pub struct Dpo;
-
-/// Why dpo failed. Messages name the file, line, step or key, and what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum DpoError {
-    #[error(transparent)]
-    Model(#[from] BaseModelError),
-    #[error(transparent)]
-    Pairs(#[from] PairsError),
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-    #[error(transparent)]
-    Reference(#[from] ReferenceError),
-    #[error("dpo: {context}: {source}")]
-    Llm {
-        context: String,
-        #[source]
-        source: Box<LlmError>,
-    },
-    /// The step loop's errors: non-finite values, checkpoints, the metrics log, a stop.
-    #[error(transparent)]
-    Train(#[from] TrainError),
-    #[error(transparent)]
-    Output(#[from] OutputError),
-}
 
 impl Stage for Dpo {
     const NAME: &'static str = "dpo";
@@ -166,67 +140,43 @@ fn micro_loss(
     pad: u32,
     config: &DpoConfig,
     mode: Mode,
-) -> Result<crate::llm::DpoOutput, LlmError> {
+) -> Result<DpoOutput, LlmError> {
     dpo_loss(model, pairs, reference, pad, config, mode, DEFAULT_CHUNK)
 }
 
 pub(crate) fn run_dpo(cfg: &DpoStageConfig, cx: &mut StageContext, hooks: Hooks) -> StageResult {
     reset_peak();
     let settings = cfg.resolve();
-    let seed = settings.seed.unwrap_or(cx.seed());
-    let pairs_path = cx.input("score")?.join(PAIRS_FILE);
-    let sft_dir = sft_adapter_dir(cx.input("sft")?);
-    let (base, device) =
-        BaseModel::open(cx.input("model")?, cx.workspace()).map_err(DpoError::from)?;
-    let split = (settings.eval_fraction, settings.max_seq_len);
-    let pairs = pairs::prepare("dpo", &base, &pairs_path, split, seed).map_err(DpoError::from)?;
-    let BaseModel {
-        info, mut model, ..
-    } = base;
-    start_policy(
-        &mut model,
-        &sft_dir,
-        settings.init,
-        &settings.lora,
+    let setup = PreferenceSetup {
+        stage: "dpo",
+        settings: &settings,
+        train: &settings.train,
+        init: settings.init,
+        eval_fraction: settings.eval_fraction,
+        max_eval_pairs: settings.max_eval_pairs,
+        format: STATE_FORMAT,
+    };
+    let PreferenceStart {
+        info,
+        model,
+        train,
+        eval,
+        counts,
+        lengths,
         seed,
-        &device,
-    )
-    .map_err(DpoError::from)?;
-    let lengths: Vec<usize> = pairs.train.iter().map(PairRow::len).collect();
-    let mut eval = pairs.eval;
-    if let Some(max) = settings.max_eval_pairs {
-        eval.truncate(max);
-    }
-    // The sft artifact's directory names its key.
-    let sft_key = sft_dir.to_string_lossy();
-    let rows = pairs
-        .train
-        .iter()
-        .chain(&eval)
-        .map(|r| (r.id.as_str(), r.tokens()));
-    let fingerprint = fingerprint(STATE_FORMAT, &settings, seed, &info.name, &[&sft_key], rows);
-    let partial = cx
-        .partial_dir()
-        .map_err(|source| OutputError {
-            path: PathBuf::from("the checkpoint directory under artifacts/.partial/dpo"),
-            source,
-        })?
-        .to_path_buf();
+        fingerprint,
+        partial,
+    } = preference::start(cx, &setup)?;
     let pad = info.pad_token_id;
-    let all: Vec<&PairRow> = pairs.train.iter().chain(&eval).collect();
-    let (reference, reused) = reference::load_or_compute(
-        &partial,
-        &fingerprint,
-        &model,
-        &all,
-        (pad, settings.batch_size),
-    )
-    .map_err(DpoError::from)?;
+    let all: Vec<&PairRow> = train.iter().chain(&eval).collect();
+    let batching = (pad, settings.batch_size);
+    let (reference, reused) =
+        reference::load_or_compute(&partial, &fingerprint, &model, &all, batching)?;
     report_reference(cx.progress(), &reference, reused);
     let eval_rows = pairs::eval_batch_rows(&eval, settings.batch_size);
     let loss = DpoPairLoss {
         config: settings.loss(),
-        train: lookup(&reference, &pairs.train.iter().collect::<Vec<_>>())?,
+        train: lookup(&reference, &train.iter().collect::<Vec<_>>())?,
         eval: eval_rows
             .iter()
             .map(|batch| lookup(&reference, batch))
@@ -236,7 +186,7 @@ pub(crate) fn run_dpo(cfg: &DpoStageConfig, cx: &mut StageContext, hooks: Hooks)
         stage: "dpo",
         loss,
         seed,
-        train: pairs.train,
+        train,
         eval_batches: pairs::eval_batches(&eval, settings.batch_size),
         pad,
     };
@@ -248,36 +198,35 @@ pub(crate) fn run_dpo(cfg: &DpoStageConfig, cx: &mut StageContext, hooks: Hooks)
     };
     let (mut driver, trainable) =
         Driver::new(objective, model, &lengths, &settings.train, seed, place)?;
-    report_plan(
+    pairs::report_counts(
         cx.progress(),
-        &settings,
-        &pairs.counts,
+        "dpo",
+        &counts,
         eval.len(),
+        settings.max_seq_len,
+    );
+    let loss = format!(
+        "beta {}, loss {}",
+        settings.beta,
+        report::loss_name(&settings)
+    );
+    let plan = plan_line(
+        "dpo",
         &driver.plan,
+        &settings.train,
+        (settings.init, loss),
         trainable,
     );
+    cx.progress().info(&plan);
     let finished = driver.run(hooks)?;
 
     let out = cx.out_dir().to_path_buf();
-    let base_name = save_adapter(
-        &driver.model,
-        &info.name,
-        &info.path,
-        &out.join(ADAPTER_DIR),
-    )
-    .map_err(|source| DpoError::Llm {
-        context: "cannot write the adapter".into(),
-        source: Box::new(source),
-    })?;
-    copy(
-        &driver.partial().join(METRICS_PARTIAL),
-        &out.join(METRICS_FILE),
-    )?;
+    let base_name = write_outputs(&driver, &info, &out, (ADAPTER_DIR, METRICS_FILE))?;
     let summary = DpoSummary {
         base_model: base_name,
         adapter_applies_to: DpoSummary::applies_to(settings.init).to_string(),
         run: RunTotals::of(&finished, &driver.plan, trainable, seed),
-        pairs: pairs.counts,
+        pairs: counts,
         eval_pairs: eval.len(),
         reference: ReferenceSummary {
             pairs: reference.pairs.len(),
@@ -317,12 +266,14 @@ pub(crate) fn run_dpo(cfg: &DpoStageConfig, cx: &mut StageContext, hooks: Hooks)
 }
 
 /// The reference log-probs of `rows`, which [`reference::load_or_compute`] scored.
-fn lookup(reference: &ReferenceLogps, rows: &[&PairRow]) -> Result<Vec<(f64, f64)>, DpoError> {
-    reference.of(rows).ok_or_else(|| DpoError::Llm {
-        context: "reference log-probs".into(),
-        source: Box::new(LlmError::Invalid(
+fn lookup(
+    reference: &ReferenceLogps,
+    rows: &[&PairRow],
+) -> Result<Vec<(f64, f64)>, ReferenceError> {
+    reference.of(rows).ok_or_else(|| {
+        ReferenceError::Llm(LlmError::Invalid(
             "a pair has no reference log-prob; delete the stage's directory under artifacts/.partial/dpo".into(),
-        )),
+        ))
     })
 }
 
@@ -340,29 +291,4 @@ fn report_reference(progress: &dyn Progress, reference: &ReferenceLogps, reused:
             reference.seconds
         )
     });
-}
-
-fn report_plan(
-    progress: &dyn Progress,
-    s: &DpoSettings,
-    counts: &PairCounts,
-    eval_pairs: usize,
-    plan: &Plan,
-    trainable: u64,
-) {
-    pairs::report_counts(progress, "dpo", counts, eval_pairs, s.max_seq_len);
-    progress.info(&format!(
-        "dpo: {} steps of {} micro-batch(es) of {} pairs, beta {}, loss {:?}, lr {:e} {}; {} ({trainable} trainable parameters)",
-        plan.total_steps(),
-        s.gradient_accumulation,
-        s.batch_size,
-        s.beta,
-        s.loss_type,
-        s.learning_rate,
-        s.lr_scheduler.name(),
-        match s.init {
-            Init::New => format!("new LoRA r {} on {}", s.lora.r, s.lora.target_modules.join(" ")),
-            Init::ContinueSft => "continuing the sft adapter".to_string(),
-        }
-    ));
 }

@@ -72,7 +72,8 @@ pub fn show(dir: &Path, out: &mut dyn Write) -> std::io::Result<()> {
     write_curves(&records, out)
 }
 
-fn loss_name(s: &DpoSettings) -> String {
+/// `sigmoid`, `sigmoid (cDPO, label_smoothing 0.1)` or `ipo`.
+pub fn loss_name(s: &DpoSettings) -> String {
     match s.loss_type {
         DpoLossType::Sigmoid if s.label_smoothing > 0.0 => {
             format!("sigmoid (cDPO, label_smoothing {})", s.label_smoothing)

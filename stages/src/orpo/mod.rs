@@ -16,38 +16,37 @@ mod report;
 mod tests;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Tensor;
 
 pub use config::OrpoStageConfig;
 
 use artifact::{ADAPTER_DIR, METRICS_FILE, SUMMARY_FILE};
-use config::{Init, OrpoSettings};
+use config::OrpoSettings;
 use report::OrpoSummary;
 
-use crate::base::{BaseModel, BaseModelError};
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
 use crate::llm::loss::DEFAULT_CHUNK;
 #[cfg(test)]
 use crate::llm::PeftAdapter;
 use crate::llm::{orpo_loss, LlamaModel, LlmError, Mode, OrpoConfig, OrpoOutput, PreferencePair};
-use crate::progress::Progress;
+#[cfg(test)]
 use crate::score::artifact::PAIRS_FILE;
-use crate::train::driver::{Driver, RunPlace, RunTotals, TrainError, Values, METRICS_PARTIAL};
+use crate::train::driver::{Driver, RunPlace, RunTotals, Values};
 use crate::train::memory::reset_peak;
-use crate::train::output::{copy, save_adapter, write_json, OutputError};
-use crate::train::pairs::{self, PairCounts, PairRow, PairsError};
-use crate::train::policy::{sft_adapter_dir, start_policy, PolicyError};
+use crate::train::output::write_json;
+use crate::train::pairs;
 use crate::train::preference::{
-    set_headline_metrics, values_of, PairLoss, PairsOf, PreferenceObjective,
+    self, plan_line, set_headline_metrics, values_of, write_outputs, PairLoss, PairsOf,
+    PreferenceObjective, PreferenceSetup, PreferenceStart,
 };
-use crate::train::resume::fingerprint;
+use crate::train::settings::TrainSettings;
 use crate::train::step::Hooks;
-use crate::train::Plan;
 #[cfg(test)]
 use crate::train::{
-    checkpoint::CheckpointError, metrics::MetricsError, pairs::eval_batches,
+    checkpoint::CheckpointError, driver::TrainError, metrics::MetricsError, output::OutputError,
+    pairs::eval_batches, pairs::PairRow, pairs::PairsError, policy::PolicyError,
     preference::evaluate_pairs, resume::ResumeError, MetricRecord,
 };
 #[cfg(test)]
@@ -55,36 +54,6 @@ use candle_core::Device;
 
 /// The `orpo` stage.
 pub struct Orpo;
-
-/// Why orpo failed. Messages name the file, line, step or key, and what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum OrpoError {
-    #[error(transparent)]
-    Model(#[from] BaseModelError),
-    #[error(transparent)]
-    Pairs(#[from] PairsError),
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-    #[error("orpo: {context}: {source}")]
-    Llm {
-        context: String,
-        #[source]
-        source: Box<LlmError>,
-    },
-    /// The step loop's errors: non-finite values, checkpoints, the metrics log, a stop.
-    #[error(transparent)]
-    Train(#[from] TrainError),
-    #[error(transparent)]
-    Output(#[from] OutputError),
-}
-
-fn llm(context: impl Into<String>) -> impl FnOnce(LlmError) -> OrpoError {
-    let context = context.into();
-    move |source| OrpoError::Llm {
-        context,
-        source: Box::new(source),
-    }
-}
 
 impl Stage for Orpo {
     const NAME: &'static str = "orpo";
@@ -160,90 +129,72 @@ impl PairLoss for OrpoPairLoss {
 pub(crate) fn run_orpo(cfg: &OrpoStageConfig, cx: &mut StageContext, hooks: Hooks) -> StageResult {
     reset_peak();
     let settings = cfg.resolve();
-    let seed = settings.seed.unwrap_or(cx.seed());
-    let pairs_path = cx.input("score")?.join(PAIRS_FILE);
-    let sft_dir = sft_adapter_dir(cx.input("sft")?);
-    let (base, device) =
-        BaseModel::open(cx.input("model")?, cx.workspace()).map_err(OrpoError::from)?;
-    let split = (settings.eval_fraction, settings.max_seq_len);
-    let pairs = pairs::prepare("orpo", &base, &pairs_path, split, seed).map_err(OrpoError::from)?;
-    let BaseModel {
-        info, mut model, ..
-    } = base;
-    start_policy(
-        &mut model,
-        &sft_dir,
-        settings.init,
-        &settings.lora,
+    let setup = PreferenceSetup {
+        stage: "orpo",
+        settings: &settings,
+        train: &settings.train,
+        init: settings.init,
+        eval_fraction: settings.eval_fraction,
+        max_eval_pairs: settings.max_eval_pairs,
+        format: STATE_FORMAT,
+    };
+    let PreferenceStart {
+        info,
+        model,
+        train,
+        eval,
+        counts,
+        lengths,
         seed,
-        &device,
-    )
-    .map_err(OrpoError::from)?;
-    let lengths: Vec<usize> = pairs.train.iter().map(PairRow::len).collect();
-    let mut eval = pairs.eval;
-    if let Some(max) = settings.max_eval_pairs {
-        eval.truncate(max);
-    }
-    // The sft artifact's directory names its key.
-    let sft_key = sft_dir.to_string_lossy();
-    let rows = pairs
-        .train
-        .iter()
-        .chain(&eval)
-        .map(|r| (r.id.as_str(), r.tokens()));
-    let fingerprint = fingerprint(STATE_FORMAT, &settings, seed, &info.name, &[&sft_key], rows);
-    let partial = cx.partial_dir().map_err(|source| OutputError {
-        path: PathBuf::from("the checkpoint directory under artifacts/.partial/orpo"),
-        source,
-    })?;
+        fingerprint,
+        partial,
+    } = preference::start(cx, &setup)?;
     let objective = PreferenceObjective {
         stage: "orpo",
         loss: OrpoPairLoss(settings.loss()),
         seed,
-        train: pairs.train,
+        train,
         eval_batches: pairs::eval_batches(&eval, settings.batch_size),
         pad: info.pad_token_id,
     };
     let place = RunPlace {
-        partial: partial.to_path_buf(),
+        partial,
         format: STATE_FORMAT,
         fingerprint,
         progress: cx.progress(),
     };
     let (mut driver, trainable) =
         Driver::new(objective, model, &lengths, &settings.train, seed, place)?;
-    report_plan(
+    pairs::report_counts(
         cx.progress(),
-        &settings,
-        &pairs.counts,
+        "orpo",
+        &counts,
         eval.len(),
+        settings.max_seq_len,
+    );
+    let loss = format!("beta {}", settings.beta);
+    let plan = plan_line(
+        "orpo",
         &driver.plan,
+        &settings.train,
+        (settings.init, loss),
         trainable,
     );
+    cx.progress().info(&plan);
     let finished = driver.run(hooks)?;
 
     let out = cx.out_dir().to_path_buf();
-    let base_name = save_adapter(
-        &driver.model,
-        &info.name,
-        &info.path,
-        &out.join(ADAPTER_DIR),
-    )
-    .map_err(llm("cannot write the adapter"))?;
-    copy(
-        &driver.partial().join(METRICS_PARTIAL),
-        &out.join(METRICS_FILE),
-    )?;
+    let base_name = write_outputs(&driver, &info, &out, (ADAPTER_DIR, METRICS_FILE))?;
     let summary = OrpoSummary {
         base_model: base_name,
         adapter_applies_to: OrpoSummary::applies_to(settings.init).to_string(),
         run: RunTotals::of(&finished, &driver.plan, trainable, seed),
-        pairs: pairs.counts,
+        pairs: counts,
         eval_pairs: eval.len(),
         eval_before: finished.state.eval_before,
         eval_after: finished.after,
         settings: OrpoSettings {
-            train: crate::train::settings::TrainSettings {
+            train: TrainSettings {
                 seed: Some(seed),
                 ..settings.train.clone()
             },
@@ -288,28 +239,4 @@ fn evaluate_batches(
     loss: &OrpoConfig,
 ) -> Result<Values, LlmError> {
     evaluate_pairs(&OrpoPairLoss(*loss), model, batches, pad)
-}
-
-fn report_plan(
-    progress: &dyn Progress,
-    s: &OrpoSettings,
-    counts: &PairCounts,
-    eval_pairs: usize,
-    plan: &Plan,
-    trainable: u64,
-) {
-    pairs::report_counts(progress, "orpo", counts, eval_pairs, s.max_seq_len);
-    progress.info(&format!(
-        "orpo: {} steps of {} micro-batch(es) of {} pairs, beta {}, lr {:e} {}; {} ({trainable} trainable parameters)",
-        plan.total_steps(),
-        s.gradient_accumulation,
-        s.batch_size,
-        s.beta,
-        s.learning_rate,
-        s.lr_scheduler.name(),
-        match s.init {
-            Init::New => format!("new LoRA r {} on {}", s.lora.r, s.lora.target_modules.join(" ")),
-            Init::ContinueSft => "continuing the sft adapter".to_string(),
-        }
-    ));
 }

@@ -499,36 +499,35 @@ fn the_stage_refuses_bad_keys_by_name() {
 fn every_error_message_shows_its_cause() {
     let cause = "the disk is on fire";
     let llm = || Box::new(LlmError::Invalid(cause.into()));
-    let errors = [
-        OrpoError::Train(TrainError::Resume {
+    let errors: Vec<Box<dyn std::error::Error>> = vec![
+        Box::new(TrainError::Resume {
             stage: "orpo",
             source: Box::new(ResumeError::Restore {
                 dir: PathBuf::from("ckpt"),
                 source: LlmError::Invalid(cause.into()),
             }),
         }),
-        OrpoError::Train(TrainError::Checkpoint(CheckpointError::Io {
+        Box::new(TrainError::Checkpoint(CheckpointError::Io {
             path: PathBuf::from("ckpt"),
             source: std::io::Error::other(cause),
         })),
-        OrpoError::Train(TrainError::Metrics(MetricsError {
+        Box::new(TrainError::Metrics(MetricsError {
             path: PathBuf::from("metrics.jsonl"),
             message: cause.into(),
         })),
-        OrpoError::Llm {
-            context: "step 3".into(),
-            source: llm(),
-        },
-        OrpoError::Policy(PolicyError::SftAdapter {
+        Box::new(TrainError::llm("orpo", "step 3")(LlmError::Invalid(
+            cause.into(),
+        ))),
+        Box::new(PolicyError::SftAdapter {
             path: PathBuf::from("sft"),
             source: llm(),
         }),
-        OrpoError::Pairs(PairsError::Render {
+        Box::new(PairsError::Render {
             line: 3,
             id: "1a2b".into(),
             source: llm(),
         }),
-        OrpoError::Output(OutputError {
+        Box::new(OutputError {
             path: PathBuf::from("out"),
             source: std::io::Error::other(cause),
         }),

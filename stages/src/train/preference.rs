@@ -289,3 +289,142 @@ pub fn write_speed(
     }
     Ok(())
 }
+
+/// What a preference stage starts from: its pairs split, rendered and fitted, the policy
+/// model before training, and where and as what run it keeps its checkpoints.
+pub struct PreferenceStart {
+    pub info: crate::model::artifact::ModelInfo,
+    pub model: LlamaModel,
+    pub train: Vec<PairRow>,
+    /// The held-out pairs evaluated (`max_eval_pairs` may cap them).
+    pub eval: Vec<PairRow>,
+    pub counts: super::pairs::PairCounts,
+    /// Tokens of each train pair, for the batching plan.
+    pub lengths: Vec<usize>,
+    pub seed: u64,
+    pub fingerprint: String,
+    pub partial: std::path::PathBuf,
+}
+
+/// The settings of a preference stage that shape its start.
+pub struct PreferenceSetup<'a, S> {
+    pub stage: &'static str,
+    /// The stage's effective settings, in the run's fingerprint.
+    pub settings: &'a S,
+    pub train: &'a super::settings::TrainSettings,
+    pub init: super::policy::Init,
+    pub eval_fraction: f64,
+    pub max_eval_pairs: Option<usize>,
+    /// The checkpoint state format.
+    pub format: u32,
+}
+
+/// Reads the `model`, `sft` and `score` artifacts of `cx`: the pairs (split, rendered,
+/// fitted; each side non-empty) and the policy ([`super::policy::start_policy`]).
+pub fn start<S: Serialize>(
+    cx: &StageContext,
+    setup: &PreferenceSetup<'_, S>,
+) -> crate::contract::StageResult<PreferenceStart> {
+    use crate::score::artifact::PAIRS_FILE;
+    let t = setup.train;
+    let seed = t.seed.unwrap_or(cx.seed());
+    let pairs_path = cx.input("score")?.join(PAIRS_FILE);
+    let sft_dir = super::policy::sft_adapter_dir(cx.input("sft")?);
+    let (base, device) = crate::base::BaseModel::open(cx.input("model")?, cx.workspace())?;
+    let split = (setup.eval_fraction, t.max_seq_len);
+    let pairs = super::pairs::prepare(setup.stage, &base, &pairs_path, split, seed)?;
+    let crate::base::BaseModel {
+        info, mut model, ..
+    } = base;
+    super::policy::start_policy(&mut model, &sft_dir, setup.init, &t.lora, seed, &device)?;
+    let lengths: Vec<usize> = pairs.train.iter().map(PairRow::len).collect();
+    let mut eval = pairs.eval;
+    if let Some(max) = setup.max_eval_pairs {
+        eval.truncate(max);
+    }
+    // The sft artifact's directory names its key.
+    let sft_key = sft_dir.to_string_lossy();
+    let rows = pairs
+        .train
+        .iter()
+        .chain(&eval)
+        .map(|r| (r.id.as_str(), r.tokens()));
+    let fingerprint = super::resume::fingerprint(
+        setup.format,
+        setup.settings,
+        seed,
+        &info.name,
+        &[&sft_key],
+        rows,
+    );
+    let partial = cx
+        .partial_dir()
+        .map_err(|source| super::output::OutputError {
+            path: std::path::PathBuf::from(format!(
+                "the checkpoint directory under artifacts/.partial/{}",
+                setup.stage
+            )),
+            source,
+        })?
+        .to_path_buf();
+    Ok(PreferenceStart {
+        info,
+        model,
+        train: pairs.train,
+        eval,
+        counts: pairs.counts,
+        lengths,
+        seed,
+        fingerprint,
+        partial,
+    })
+}
+
+/// Writes what a finished trainer leaves in `out`: the adapter (PEFT) in `adapter_dir` and the
+/// metrics log as `metrics_file`; returns the adapter's portable base name.
+pub fn write_outputs<O: Objective>(
+    driver: &super::driver::Driver<'_, O>,
+    info: &crate::model::artifact::ModelInfo,
+    out: &std::path::Path,
+    (adapter_dir, metrics_file): (&str, &str),
+) -> crate::contract::StageResult<String> {
+    let stage = driver.objective.stage();
+    let base_name = super::output::save_adapter(
+        &driver.model,
+        &info.name,
+        &info.path,
+        &out.join(adapter_dir),
+    )
+    .map_err(TrainError::llm(stage, "cannot write the adapter"))?;
+    super::output::copy(
+        &driver.partial().join(super::driver::METRICS_PARTIAL),
+        &out.join(metrics_file),
+    )?;
+    Ok(base_name)
+}
+
+/// The plan line of a preference stage's progress output.
+pub fn plan_line(
+    stage: &str,
+    plan: &super::Plan,
+    train: &super::settings::TrainSettings,
+    (init, loss): (super::policy::Init, String),
+    trainable: u64,
+) -> String {
+    format!(
+        "{stage}: {} steps of {} micro-batch(es) of {} pairs, {loss}, lr {:e} {}; {} ({trainable} trainable parameters)",
+        plan.total_steps(),
+        train.gradient_accumulation,
+        train.batch_size,
+        train.learning_rate,
+        train.lr_scheduler.name(),
+        match init {
+            super::policy::Init::New => format!(
+                "new LoRA r {} on {}",
+                train.lora.r,
+                train.lora.target_modules.join(" ")
+            ),
+            super::policy::Init::ContinueSft => "continuing the sft adapter".to_string(),
+        }
+    )
+}
