@@ -258,7 +258,15 @@ fn check_deps_present(
     origin: &Origin,
 ) -> Result<()> {
     for stage in registry.iter().filter(|s| stages.contains_key(s.name())) {
-        if let Some(dep) = stage.deps().iter().find(|d| !stages.contains_key(*d)) {
+        for dep in stage.deps() {
+            crate::dag::pick_alternative(stage.name(), dep, |d| stages.contains_key(d))
+                .map_err(|e| PipeError::Config(format!("{}: {e}", origin.describe())))?;
+        }
+        if let Some(dep) = stage
+            .deps()
+            .iter()
+            .find(|d| !d.contains('|') && !stages.contains_key(*d))
+        {
             return Err(PipeError::Config(format!(
                 "{}: stage `{}` reads `{dep}`, but there is no `[{dep}]` table; add one (an empty `[{dep}]` takes every default)",
                 origin.describe(),

@@ -26,7 +26,9 @@ pub trait Stage: Send + Sync + 'static {
     const VERSION: u32;
     /// One line for `pipe dag` and `pipe init`.
     const ABOUT: &'static str;
-    /// Upstream stage names whose committed artifacts this stage reads.
+    /// Upstream stage names whose committed artifacts this stage reads. `a|b` reads whichever
+    /// of `a` and `b` the pipeline holds (exactly one must be present; `cx.input` knows it by
+    /// its own name).
     const DEPS: &'static [&'static str];
     /// Commented TOML for `pipe init`, starting with the `[NAME]` header.
     const STARTER: &'static str;

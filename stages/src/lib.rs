@@ -9,6 +9,7 @@
 
 pub mod base;
 pub mod contract;
+mod dpo;
 mod eval;
 mod generate;
 mod ingest;
@@ -46,6 +47,7 @@ pub fn registry() -> Vec<Box<dyn DynStage>> {
         erase::<generate::Generate>(),
         erase::<score::Score>(),
         erase::<orpo::Orpo>(),
+        erase::<dpo::Dpo>(),
         erase::<merge::Merge>(),
         erase::<eval::Eval>(),
     ]

@@ -28,6 +28,7 @@ use results::{
 
 use crate::base::{BaseModel, BaseModelError};
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
+use crate::dpo::artifact::{REFERENCE_KEY, SUMMARY_FILE as DPO_SUMMARY_FILE};
 use crate::ingest::artifact::{self as ingest, ExamplesError, VAL_FILE};
 use crate::llm::{
     load_model_path, Example, GenerationConfig, Generator, LlamaModel, LlmError, PeftAdapter,
@@ -148,7 +149,8 @@ impl Stage for Eval {
     const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "base vs sft vs final on the val split: scores, NLL, win rates, report.html";
-    const DEPS: &'static [&'static str] = &["ingest", "model", "sft", "orpo", "merge", "score"];
+    /// `orpo|dpo`: whichever preference stage the pipeline holds.
+    const DEPS: &'static [&'static str] = &["ingest", "model", "sft", "orpo|dpo", "merge", "score"];
     const STARTER: &'static str = r#"[eval]
 # limit = 32               # evaluate the first N val rows (default: all)
 # max_new_tokens = 128     # greedy answers of every model, same settings
@@ -183,7 +185,7 @@ impl Stage for Eval {
             ingest: cx.input("ingest")?.to_path_buf(),
             model: cx.input("model")?.to_path_buf(),
             sft: cx.input("sft")?.to_path_buf(),
-            orpo: cx.input("orpo")?.to_path_buf(),
+            orpo: cx.input("orpo").or_else(|_| cx.input("dpo"))?.to_path_buf(),
             merge: cx.input("merge")?.to_path_buf(),
             score: cx.input("score")?.to_path_buf(),
         };
@@ -211,11 +213,22 @@ impl Stage for Eval {
     }
 }
 
+/// The report's name of the preference stage whose artifact is `dir`: dpo's summary records
+/// its reference log-probs, orpo's has none.
+fn preference_name(dir: &Path) -> &'static str {
+    let summary = std::fs::read_to_string(dir.join(DPO_SUMMARY_FILE)).unwrap_or_default();
+    match serde_json::from_str::<serde_json::Value>(&summary) {
+        Ok(v) if v.get(REFERENCE_KEY).is_some() => "DPO",
+        _ => "ORPO",
+    }
+}
+
 /// The committed artifact directories eval reads.
 pub struct Inputs {
     pub ingest: PathBuf,
     pub model: PathBuf,
     pub sft: PathBuf,
+    /// The preference stage's artifact: orpo's, or dpo's in a pipeline with `[dpo]`.
     pub orpo: PathBuf,
     pub merge: PathBuf,
     pub score: PathBuf,
@@ -560,7 +573,8 @@ fn write_outputs(
     write(ANSWERS_FILE, lines)?;
     let logs = TrainingLogs {
         sft: read_metrics(&inputs.sft.join(SFT_METRICS_FILE)),
-        orpo: read_metrics(&inputs.orpo.join(ORPO_METRICS_FILE)),
+        preference: read_metrics(&inputs.orpo.join(ORPO_METRICS_FILE)),
+        preference_name: preference_name(&inputs.orpo),
     };
     write(
         REPORT_FILE,

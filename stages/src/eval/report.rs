@@ -21,7 +21,10 @@ pub struct Series {
 #[derive(Default)]
 pub struct TrainingLogs {
     pub sft: Vec<Json>,
-    pub orpo: Vec<Json>,
+    /// The preference stage's log (orpo or dpo; both log TRL's reward metrics).
+    pub preference: Vec<Json>,
+    /// `ORPO` or `DPO`, for the chart titles.
+    pub preference_name: &'static str,
 }
 
 /// Reads a `metrics.jsonl` as generic JSON lines (sft and orpo log different keys); a missing
@@ -88,33 +91,46 @@ pub fn render(
     html.push_str(&score_table(results));
     html.push_str(&win_table(results));
     html.push_str("<h2>Training</h2>\n<div class=\"charts\">\n");
+    let name = logs.preference_name;
     let charts = [
         (
-            "SFT loss",
+            "SFT loss".to_string(),
             vec![
                 line("train loss", TRAIN, series(&logs.sft, "loss")),
                 line("eval loss", EVAL, series(&logs.sft, "eval_loss")),
             ],
         ),
         (
-            "ORPO loss",
+            format!("{name} loss"),
             vec![
-                line("train loss", TRAIN, series(&logs.orpo, "loss")),
-                line("eval loss", EVAL, series(&logs.orpo, "eval_loss")),
+                line("train loss", TRAIN, series(&logs.preference, "loss")),
+                line("eval loss", EVAL, series(&logs.preference, "eval_loss")),
             ],
         ),
         (
-            "ORPO reward accuracy",
+            format!("{name} reward accuracy"),
             vec![
-                line("train", TRAIN, series(&logs.orpo, "rewards/accuracies")),
-                line("eval", EVAL, series(&logs.orpo, "eval_rewards/accuracies")),
+                line(
+                    "train",
+                    TRAIN,
+                    series(&logs.preference, "rewards/accuracies"),
+                ),
+                line(
+                    "eval",
+                    EVAL,
+                    series(&logs.preference, "eval_rewards/accuracies"),
+                ),
             ],
         ),
         (
-            "ORPO reward margin",
+            format!("{name} reward margin"),
             vec![
-                line("train", TRAIN, series(&logs.orpo, "rewards/margins")),
-                line("eval", EVAL, series(&logs.orpo, "eval_rewards/margins")),
+                line("train", TRAIN, series(&logs.preference, "rewards/margins")),
+                line(
+                    "eval",
+                    EVAL,
+                    series(&logs.preference, "eval_rewards/margins"),
+                ),
             ],
         ),
     ];

@@ -34,6 +34,7 @@ pub use model::config::{Architecture, ModelConfig, RopeScaling};
 pub use model::lora::{LoraConfig, LoraLayer, Mode, TargetModule};
 pub use model::LlamaModel;
 pub use objectives::batch::{Example, TargetMask, TokenBatch};
+pub use objectives::dpo::{dpo_loss, pair_logps, DpoConfig, DpoLossType, DpoMetrics, DpoOutput};
 pub use objectives::loss::{sft_loss, SftLoss, TargetLogProbs};
 pub use objectives::orpo::{
     orpo_loss, OrpoConfig, OrpoMetrics, OrpoNll, OrpoOutput, PreferencePair,

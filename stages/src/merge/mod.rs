@@ -23,6 +23,7 @@ pub use gguf::{GgufExport, GgufType, TokenizerSource};
 
 use crate::base::{BaseModel, BaseModelError};
 use crate::contract::{Stage, StageContext, StageResult};
+use crate::dpo::artifact as dpo;
 use crate::llm::{
     load_model_path, merge_adapters, portable_base_reference, ExportDtype, GgufFile, HfExport,
     LlamaModel, LlmError, ModelFormat, ModelWeights, PeftAdapter,
@@ -34,9 +35,50 @@ use crate::sft::artifact as sft;
 use artifact::{ADAPTERS_DIR, GGUF_FILE, MODEL_DIR, SUMMARY_FILE};
 
 /// The training stages whose adapters are merged, in order, with the adapter directory inside
-/// each one's artifact.
+/// each one's artifact (a pipeline with `[dpo]` has dpo's in orpo's place).
 pub const MERGED_STAGES: [(&str, &str); 2] =
     [("sft", sft::ADAPTER_DIR), ("orpo", orpo::ADAPTER_DIR)];
+
+/// What merge reads of a preference stage's artifact: its adapter directory and the summary
+/// saying what the adapter applies to.
+#[derive(Debug, Clone, Copy)]
+pub struct PreferenceArtifact {
+    pub stage: &'static str,
+    pub adapter_dir: &'static str,
+    pub summary_file: &'static str,
+    pub applies_to_key: &'static str,
+    pub base_sft: &'static str,
+    pub base: &'static str,
+}
+
+/// The preference stages whose adapter goes on top of sft's; a pipeline holds one of them.
+pub const PREFERENCE_STAGES: [PreferenceArtifact; 2] = [
+    PreferenceArtifact {
+        stage: "orpo",
+        adapter_dir: orpo::ADAPTER_DIR,
+        summary_file: orpo::SUMMARY_FILE,
+        applies_to_key: orpo::APPLIES_TO_KEY,
+        base_sft: orpo::APPLIES_TO_BASE_SFT,
+        base: orpo::APPLIES_TO_BASE,
+    },
+    PreferenceArtifact {
+        stage: "dpo",
+        adapter_dir: dpo::ADAPTER_DIR,
+        summary_file: dpo::SUMMARY_FILE,
+        applies_to_key: dpo::APPLIES_TO_KEY,
+        base_sft: dpo::APPLIES_TO_BASE_SFT,
+        base: dpo::APPLIES_TO_BASE,
+    },
+];
+
+/// The preference stage among the inputs of `cx` (the engine resolved `orpo|dpo` to the one
+/// the pipeline holds) and its artifact directory.
+pub fn preference_input<'c>(cx: &'c StageContext) -> StageResult<(PreferenceArtifact, &'c Path)> {
+    PREFERENCE_STAGES
+        .iter()
+        .find_map(|p| cx.input(p.stage).ok().map(|dir| (*p, dir)))
+        .ok_or_else(|| "merge reads orpo or dpo, and neither is among its inputs".into())
+}
 
 /// The `merge` stage.
 pub struct Merge;
@@ -126,8 +168,8 @@ impl Stage for Merge {
     const NAME: &'static str = "merge";
     const VERSION: u32 = 3;
     const ABOUT: &'static str =
-        "folds the sft and orpo adapters into the base: HF directory, PEFT adapters, optional GGUF";
-    const DEPS: &'static [&'static str] = &["model", "sft", "orpo"];
+        "folds the sft and orpo (or dpo) adapters into the base: HF directory, PEFT adapters, optional GGUF";
+    const DEPS: &'static [&'static str] = &["model", "sft", "orpo|dpo"];
     const STARTER: &'static str = r#"[merge]
 # dtype = "bf16"           # model/model.safetensors in "f32", "bf16" or "f16"
 # gguf = "none"            # also write model.gguf for llama.cpp: "none", "f16" or "q8_0"
@@ -136,12 +178,13 @@ impl Stage for Merge {
 
     fn run(cfg: &MergeConfig, cx: &mut StageContext) -> StageResult {
         let started = Instant::now();
-        let stages = merged_stages(cx.input("orpo")?)?;
+        let (preference, preference_dir) = preference_input(cx)?;
+        let stages = merged_stages(preference, preference_dir)?;
         let adapter_dirs: Vec<StageAdapter> = stages
             .iter()
             .map(|(s, dir)| Ok((s.to_string(), cx.input(s)?.join(dir))))
             .collect::<StageResult<_>>()?;
-        // When orpo continued the sft adapter, the sft one is kept for reference only.
+        // When orpo (dpo) continued the sft adapter, the sft one is kept for reference only.
         let kept: Vec<StageAdapter> = if stages.iter().any(|(s, _)| *s == "sft") {
             Vec::new()
         } else {
@@ -183,10 +226,14 @@ impl Stage for Merge {
     }
 }
 
-/// The adapters that make the final model, from orpo's `summary.json`: sft then orpo, or
-/// orpo alone when it continued training the sft adapter (`adapter_applies_to = "base"`).
-fn merged_stages(orpo_dir: &Path) -> Result<Vec<(&'static str, &'static str)>, MergeError> {
-    let path = orpo_dir.join(orpo::SUMMARY_FILE);
+/// The adapters that make the final model, from the preference stage's `summary.json`: sft
+/// then orpo (dpo), or orpo (dpo) alone when it continued training the sft adapter
+/// (`adapter_applies_to = "base"`).
+fn merged_stages(
+    preference: PreferenceArtifact,
+    dir: &Path,
+) -> Result<Vec<(&'static str, &'static str)>, MergeError> {
+    let path = dir.join(preference.summary_file);
     let text = std::fs::read_to_string(&path).map_err(|source| MergeError::Read {
         path: path.clone(),
         message: source.to_string(),
@@ -195,16 +242,16 @@ fn merged_stages(orpo_dir: &Path) -> Result<Vec<(&'static str, &'static str)>, M
         path: path.clone(),
         message: format!("not JSON: {e}"),
     })?;
-    match summary[orpo::APPLIES_TO_KEY].as_str() {
-        Some(orpo::APPLIES_TO_BASE_SFT) | None => Ok(MERGED_STAGES.to_vec()),
-        Some(orpo::APPLIES_TO_BASE) => Ok(vec![MERGED_STAGES[1]]),
+    let own = (preference.stage, preference.adapter_dir);
+    match summary[preference.applies_to_key].as_str() {
+        Some(v) if v == preference.base_sft => Ok(vec![MERGED_STAGES[0], own]),
+        None => Ok(vec![MERGED_STAGES[0], own]),
+        Some(v) if v == preference.base => Ok(vec![own]),
         Some(other) => Err(MergeError::Read {
             path,
             message: format!(
-                "`{}` = {other:?}: expected {:?} or {:?}; re-run `pipe run --from orpo`",
-                orpo::APPLIES_TO_KEY,
-                orpo::APPLIES_TO_BASE_SFT,
-                orpo::APPLIES_TO_BASE
+                "`{}` = {other:?}: expected {:?} or {:?}; re-run `pipe run --from {}`",
+                preference.applies_to_key, preference.base_sft, preference.base, preference.stage
             ),
         }),
     }

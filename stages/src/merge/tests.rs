@@ -350,7 +350,7 @@ fn an_orpo_adapter_that_continued_sft_is_merged_alone() {
         .join("adapter_config.json")
         .is_file());
     orpo_applies_to(&fx, "elsewhere");
-    let err = merged_stages(&fx.ws.path().join("orpo")).unwrap_err();
+    let err = merged_stages(PREFERENCE_STAGES[0], &fx.ws.path().join("orpo")).unwrap_err();
     assert!(err.to_string().contains("adapter_applies_to"), "{err}");
 }
 

@@ -2,25 +2,19 @@
 //! The table serialises as the *resolved* settings, so the cache key, `pipe show` and
 //! `pipe status` see the effective values (as `[sft]` does).
 
+use std::ops::Deref;
+
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::contract::ConfigIssue;
 use crate::llm::{OrpoConfig as OrpoLoss, OrpoNll};
-use crate::train::lora_settings::{validate_lora, LoraKeys, LoraSettings, ALL_LINEAR};
-use crate::train::validate::{at_least, non_negative_finite, positive_finite, validate_run_length};
-use crate::train::{LrScheduler, RunLength};
+use crate::train::lora_settings::validate_lora;
+use crate::train::settings::{
+    preference_defaults, trainer_table, validate_eval_fraction, validate_train, TrainSettings,
+};
+use crate::train::validate::{at_least, positive_finite};
 
-/// Which adapter ORPO trains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Init {
-    /// A new LoRA (`[orpo.lora]`) on the base with the sft adapter merged in: the pipeline's
-    /// final model is base + sft + orpo.
-    #[default]
-    New,
-    /// Keep training the sft adapter itself: the orpo adapter then replaces the sft one.
-    ContinueSft,
-}
+pub use crate::train::policy::Init;
 
 /// The NLL term of the loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -42,121 +36,55 @@ impl Nll {
     }
 }
 
-/// The `[orpo]` table as written; [`OrpoStageConfig::resolve`] gives the effective settings.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OrpoStageConfig {
-    pub init: Option<Init>,
-    pub beta: Option<f64>,
-    pub nll: Option<Nll>,
-    pub epochs: Option<f64>,
-    pub max_steps: Option<usize>,
-    pub learning_rate: Option<f64>,
-    pub lr_scheduler: Option<LrScheduler>,
-    pub warmup_ratio: Option<f64>,
-    pub warmup_steps: Option<usize>,
-    pub batch_size: Option<usize>,
-    pub gradient_accumulation: Option<usize>,
-    pub max_seq_len: Option<usize>,
-    pub weight_decay: Option<f64>,
-    pub max_grad_norm: Option<f64>,
-    pub seed: Option<u64>,
-    pub eval_fraction: Option<f64>,
-    pub eval_every: Option<usize>,
-    pub save_every: Option<usize>,
-    pub max_eval_pairs: Option<usize>,
-    #[serde(default)]
-    pub lora: LoraKeys,
+trainer_table! {
+    /// The `[orpo]` table as written (its own keys, then the shared training keys);
+    /// [`OrpoStageConfig::resolve`] gives the effective settings.
+    pub struct OrpoStageConfig {
+        pub init: Option<Init>,
+        pub beta: Option<f64>,
+        pub nll: Option<Nll>,
+        pub eval_fraction: Option<f64>,
+        pub max_eval_pairs: Option<usize>,
+    }
 }
 
-/// The effective settings of a run.
+/// The effective settings of a run. The shared training settings are flattened into it (and
+/// reached through it: `settings.batch_size` counts pairs, `settings.max_seq_len` the tokens
+/// of prompt + the longer completion); `lora` is the new adapter's shape (`init = "new"`),
+/// `continue_sft` keeps the sft adapter's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrpoSettings {
     pub init: Init,
     pub beta: f64,
     pub nll: Nll,
-    /// Exactly one of `epochs` and `max_steps` is set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epochs: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_steps: Option<usize>,
-    pub learning_rate: f64,
-    pub lr_scheduler: LrScheduler,
-    /// Exactly one of `warmup_ratio` and `warmup_steps` is set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warmup_ratio: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warmup_steps: Option<usize>,
-    /// Pairs per micro-batch (each pair is two sequences).
-    pub batch_size: usize,
-    pub gradient_accumulation: usize,
-    /// Tokens of prompt + the longer completion of a pair.
-    pub max_seq_len: usize,
-    pub weight_decay: f64,
-    /// 0 disables clipping.
-    pub max_grad_norm: f64,
-    /// `None`: the project seed.
-    pub seed: Option<u64>,
+    #[serde(flatten)]
+    pub train: TrainSettings,
     /// Share of the pairs held out for evaluation (a seeded split).
     pub eval_fraction: f64,
-    /// `None`: evaluate only before and after training.
-    pub eval_every: Option<usize>,
-    pub save_every: usize,
     /// `None`: every held-out pair.
     pub max_eval_pairs: Option<usize>,
-    /// The new adapter's shape (`init = "new"`); `continue_sft` keeps the sft adapter's.
-    pub lora: LoraSettings,
+}
+
+impl Deref for OrpoSettings {
+    type Target = TrainSettings;
+    fn deref(&self) -> &TrainSettings {
+        &self.train
+    }
 }
 
 const BETA: f64 = 0.1;
-/// LoRA wants a far larger rate than TRL's full-finetuning default of 8e-6.
-const LEARNING_RATE: f64 = 5e-5;
-const WARMUP_RATIO: f64 = 0.1;
-const BATCH_SIZE: usize = 4;
-const GRADIENT_ACCUMULATION: usize = 2;
-const MAX_SEQ_LEN: usize = 512;
-const MAX_GRAD_NORM: f64 = 1.0;
 const EVAL_FRACTION: f64 = 0.2;
-const SAVE_EVERY: usize = 50;
-const LORA_R: usize = 16;
-const LORA_ALPHA: f64 = 32.0;
 
 impl OrpoStageConfig {
     /// The effective settings: explicit keys over the defaults.
     pub fn resolve(&self) -> OrpoSettings {
-        let (epochs, max_steps) = match (self.epochs, self.max_steps) {
-            (_, Some(steps)) => (None, Some(steps)),
-            (Some(e), None) => (Some(e), None),
-            (None, None) => (Some(1.0), None),
-        };
-        let (warmup_ratio, warmup_steps) = match (self.warmup_ratio, self.warmup_steps) {
-            (_, Some(steps)) => (None, Some(steps)),
-            (Some(r), None) => (Some(r), None),
-            (None, None) => (Some(WARMUP_RATIO), None),
-        };
         OrpoSettings {
             init: self.init.unwrap_or_default(),
             beta: self.beta.unwrap_or(BETA),
             nll: self.nll.unwrap_or_default(),
-            epochs,
-            max_steps,
-            learning_rate: self.learning_rate.unwrap_or(LEARNING_RATE),
-            lr_scheduler: self.lr_scheduler.unwrap_or(LrScheduler::Cosine),
-            warmup_ratio,
-            warmup_steps,
-            batch_size: self.batch_size.unwrap_or(BATCH_SIZE),
-            gradient_accumulation: self.gradient_accumulation.unwrap_or(GRADIENT_ACCUMULATION),
-            max_seq_len: self.max_seq_len.unwrap_or(MAX_SEQ_LEN),
-            weight_decay: self.weight_decay.unwrap_or(0.0),
-            max_grad_norm: self.max_grad_norm.unwrap_or(MAX_GRAD_NORM),
-            seed: self.seed,
+            train: self.train_keys().resolve(&preference_defaults()),
             eval_fraction: self.eval_fraction.unwrap_or(EVAL_FRACTION),
-            eval_every: self.eval_every,
-            save_every: self.save_every.unwrap_or(SAVE_EVERY),
             max_eval_pairs: self.max_eval_pairs,
-            lora: self
-                .lora
-                .resolve(LORA_R, LORA_ALPHA, &[ALL_LINEAR.to_string()]),
         }
     }
 }
@@ -169,14 +97,6 @@ impl Serialize for OrpoStageConfig {
 }
 
 impl OrpoSettings {
-    pub fn run_length(&self) -> RunLength {
-        match (self.max_steps, self.epochs) {
-            (Some(steps), _) => RunLength::Steps(steps),
-            (None, Some(e)) => RunLength::Epochs(e),
-            (None, None) => RunLength::Epochs(1.0),
-        }
-    }
-
     /// The loss settings of the LLM engine.
     pub fn loss(&self) -> OrpoLoss {
         OrpoLoss {
@@ -192,28 +112,9 @@ impl OrpoSettings {
 /// Checks what serde cannot: ranges, exclusive keys, module names, keys `init` ignores.
 pub fn validate(cfg: &OrpoStageConfig) -> Result<(), ConfigIssue> {
     let s = cfg.resolve();
-    validate_run_length(
-        (cfg.epochs, cfg.max_steps),
-        (cfg.warmup_ratio, cfg.warmup_steps),
-        s.learning_rate,
-    )?;
+    validate_train(&cfg.train_keys(), &s.train)?;
     positive_finite("beta", s.beta, "0.1 as in the ORPO paper")?;
-    at_least("batch_size", Some(s.batch_size), 1)?;
-    at_least("gradient_accumulation", Some(s.gradient_accumulation), 1)?;
-    at_least("max_seq_len", Some(s.max_seq_len), 2)?;
-    non_negative_finite("weight_decay", s.weight_decay)?;
-    non_negative_finite("max_grad_norm", s.max_grad_norm)?;
-    if !(s.eval_fraction > 0.0 && s.eval_fraction < 1.0) {
-        return Err(ConfigIssue::new(
-            "eval_fraction",
-            format!(
-                "must be in (0, 1), got {}; 0.2 holds out 20% of the pairs",
-                s.eval_fraction
-            ),
-        ));
-    }
-    at_least("eval_every", s.eval_every, 1)?;
-    at_least("save_every", Some(s.save_every), 1)?;
+    validate_eval_fraction(s.eval_fraction)?;
     at_least("max_eval_pairs", s.max_eval_pairs, 1)?;
     if s.init == Init::ContinueSft && !cfg.lora.is_empty() {
         return Err(ConfigIssue::new(

@@ -493,3 +493,47 @@ fn the_stage_refuses_bad_keys_by_name() {
     let starter: OrpoStageConfig = pick_table(Orpo::STARTER, "orpo").unwrap();
     config::validate(&starter).unwrap();
 }
+
+/// Every error's message shows its cause (a `{{0}}` in a format once printed a literal `{0}`).
+#[test]
+fn every_error_message_shows_its_cause() {
+    let cause = "the disk is on fire";
+    let llm = || Box::new(LlmError::Invalid(cause.into()));
+    let errors: Vec<Box<dyn std::error::Error>> = vec![
+        Box::new(TrainError::Resume {
+            stage: "orpo",
+            source: Box::new(ResumeError::Restore {
+                dir: PathBuf::from("ckpt"),
+                source: LlmError::Invalid(cause.into()),
+            }),
+        }),
+        Box::new(TrainError::Checkpoint(CheckpointError::Io {
+            path: PathBuf::from("ckpt"),
+            source: std::io::Error::other(cause),
+        })),
+        Box::new(TrainError::Metrics(MetricsError {
+            path: PathBuf::from("metrics.jsonl"),
+            message: cause.into(),
+        })),
+        Box::new(TrainError::llm("orpo", "step 3")(LlmError::Invalid(
+            cause.into(),
+        ))),
+        Box::new(PolicyError::SftAdapter {
+            path: PathBuf::from("sft"),
+            source: llm(),
+        }),
+        Box::new(PairsError::Render {
+            line: 3,
+            id: "1a2b".into(),
+            source: llm(),
+        }),
+        Box::new(OutputError {
+            path: PathBuf::from("out"),
+            source: std::io::Error::other(cause),
+        }),
+    ];
+    for e in errors {
+        let text = e.to_string();
+        assert!(text.contains(cause) && !text.contains("{0}"), "{text}");
+    }
+}

@@ -3,13 +3,17 @@
 //! applied), so the cache key, `pipe show` and `pipe status` see the effective values: changing
 //! a preset's default in code or any effective setting changes the key.
 
+use std::ops::Deref;
+
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::contract::ConfigIssue;
 use crate::train::fit::Overlength;
-use crate::train::lora_settings::{validate_lora, LoraKeys, LoraSettings, ALL_LINEAR};
-use crate::train::validate::{at_least, non_negative_finite, validate_run_length};
-use crate::train::{LrScheduler, RunLength};
+use crate::train::lora_settings::{validate_lora, ALL_LINEAR};
+use crate::train::settings::{trainer_table, validate_train, TrainDefaults, TrainSettings};
+use crate::train::validate::{at_least, non_negative_finite};
+#[cfg(test)]
+use crate::train::RunLength;
 
 /// Named sets of defaults for the keys a user leaves out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -26,146 +30,49 @@ pub enum Preset {
     MemoryEfficient,
 }
 
-/// The `[sft]` table as written; [`SftConfig::resolve`] gives the effective settings.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SftConfig {
-    #[serde(default)]
-    pub preset: Preset,
-    pub epochs: Option<f64>,
-    pub max_steps: Option<usize>,
-    pub learning_rate: Option<f64>,
-    pub lr_scheduler: Option<LrScheduler>,
-    pub warmup_ratio: Option<f64>,
-    pub warmup_steps: Option<usize>,
-    pub batch_size: Option<usize>,
-    pub gradient_accumulation: Option<usize>,
-    pub max_seq_len: Option<usize>,
-    pub overlength: Option<Overlength>,
-    pub weight_decay: Option<f64>,
-    pub max_grad_norm: Option<f64>,
-    pub neftune_alpha: Option<f64>,
-    pub seed: Option<u64>,
-    pub eval_every: Option<usize>,
-    pub save_every: Option<usize>,
-    pub train_on_prompt: Option<bool>,
-    pub max_eval_rows: Option<usize>,
-    pub samples: Option<usize>,
-    pub sample_max_new_tokens: Option<usize>,
-    #[serde(default)]
-    pub lora: LoraKeys,
+trainer_table! {
+    /// The `[sft]` table as written (its own keys, then the shared training keys);
+    /// [`SftConfig::resolve`] gives the effective settings.
+    pub struct SftConfig {
+        #[serde(default)]
+        pub preset: Preset,
+        pub overlength: Option<Overlength>,
+        pub neftune_alpha: Option<f64>,
+        pub train_on_prompt: Option<bool>,
+        pub max_eval_rows: Option<usize>,
+        pub samples: Option<usize>,
+        pub sample_max_new_tokens: Option<usize>,
+    }
 }
 
-/// The effective settings of a run: the preset's defaults under the explicit keys.
+/// The effective settings of a run: the preset's defaults under the explicit keys. The shared
+/// training settings are flattened into it (and reached through it: `settings.batch_size`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SftSettings {
     pub preset: Preset,
-    /// Exactly one of `epochs` and `max_steps` is set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epochs: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_steps: Option<usize>,
-    pub learning_rate: f64,
-    pub lr_scheduler: LrScheduler,
-    /// Exactly one of `warmup_ratio` and `warmup_steps` is set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warmup_ratio: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warmup_steps: Option<usize>,
-    pub batch_size: usize,
-    pub gradient_accumulation: usize,
-    pub max_seq_len: usize,
+    #[serde(flatten)]
+    pub train: TrainSettings,
     pub overlength: Overlength,
-    pub weight_decay: f64,
-    /// 0 disables clipping.
-    pub max_grad_norm: f64,
     /// 0 disables NEFTune.
     pub neftune_alpha: f64,
-    /// `None`: the project seed.
-    pub seed: Option<u64>,
-    /// `None`: evaluate only before and after training.
-    pub eval_every: Option<usize>,
-    pub save_every: usize,
     pub train_on_prompt: bool,
     /// `None`: every val row.
     pub max_eval_rows: Option<usize>,
     pub samples: usize,
     pub sample_max_new_tokens: usize,
-    pub lora: LoraSettings,
+}
+
+impl Deref for SftSettings {
+    type Target = TrainSettings;
+    fn deref(&self) -> &TrainSettings {
+        &self.train
+    }
 }
 
 /// One preset's values for the keys it fills.
 struct Defaults {
-    epochs: f64,
-    learning_rate: f64,
-    warmup_ratio: f64,
-    batch_size: usize,
-    gradient_accumulation: usize,
-    max_seq_len: usize,
-    weight_decay: f64,
+    train: TrainDefaults,
     neftune_alpha: f64,
-    r: usize,
-    alpha: f64,
-    target_modules: &'static [&'static str],
-}
-
-impl Preset {
-    fn defaults(self) -> Defaults {
-        match self {
-            Preset::Fast => Defaults {
-                epochs: 1.0,
-                learning_rate: 3e-4,
-                warmup_ratio: 0.03,
-                batch_size: 8,
-                gradient_accumulation: 1,
-                max_seq_len: 256,
-                weight_decay: 0.0,
-                neftune_alpha: 0.0,
-                r: 8,
-                alpha: 16.0,
-                target_modules: &["q_proj", "v_proj"],
-            },
-            Preset::Balanced => Defaults {
-                epochs: 2.0,
-                learning_rate: 2e-4,
-                warmup_ratio: 0.03,
-                batch_size: 4,
-                gradient_accumulation: 2,
-                max_seq_len: 512,
-                weight_decay: 0.0,
-                neftune_alpha: 0.0,
-                r: 16,
-                alpha: 32.0,
-                target_modules: &[ALL_LINEAR],
-            },
-            Preset::Quality => Defaults {
-                epochs: 3.0,
-                learning_rate: 1e-4,
-                warmup_ratio: 0.05,
-                batch_size: 4,
-                gradient_accumulation: 4,
-                max_seq_len: 1024,
-                weight_decay: 0.01,
-                neftune_alpha: 5.0,
-                r: 32,
-                alpha: 64.0,
-                target_modules: &[ALL_LINEAR],
-            },
-            Preset::MemoryEfficient => Defaults {
-                epochs: 2.0,
-                learning_rate: 2e-4,
-                warmup_ratio: 0.03,
-                batch_size: 1,
-                gradient_accumulation: 8,
-                max_seq_len: 256,
-                weight_decay: 0.0,
-                neftune_alpha: 0.0,
-                r: 8,
-                alpha: 16.0,
-                target_modules: &["q_proj", "k_proj", "v_proj", "o_proj"],
-            },
-        }
-    }
 }
 
 /// Defaults no preset changes.
@@ -174,46 +81,62 @@ const SAVE_EVERY: usize = 50;
 const SAMPLES: usize = 3;
 const SAMPLE_MAX_NEW_TOKENS: usize = 48;
 
+impl Preset {
+    fn defaults(self) -> Defaults {
+        let train = |epochs, learning_rate, warmup_ratio, (batch, accumulation, seq), wd| {
+            move |r, alpha, targets: &[&str]| TrainDefaults {
+                epochs,
+                learning_rate,
+                warmup_ratio,
+                batch_size: batch,
+                gradient_accumulation: accumulation,
+                max_seq_len: seq,
+                weight_decay: wd,
+                max_grad_norm: MAX_GRAD_NORM,
+                save_every: SAVE_EVERY,
+                lora_r: r,
+                lora_alpha: alpha,
+                target_modules: targets.iter().map(|s| s.to_string()).collect(),
+            }
+        };
+        match self {
+            Preset::Fast => Defaults {
+                train: train(1.0, 3e-4, 0.03, (8, 1, 256), 0.0)(8, 16.0, &["q_proj", "v_proj"]),
+                neftune_alpha: 0.0,
+            },
+            Preset::Balanced => Defaults {
+                train: train(2.0, 2e-4, 0.03, (4, 2, 512), 0.0)(16, 32.0, &[ALL_LINEAR]),
+                neftune_alpha: 0.0,
+            },
+            Preset::Quality => Defaults {
+                train: train(3.0, 1e-4, 0.05, (4, 4, 1024), 0.01)(32, 64.0, &[ALL_LINEAR]),
+                neftune_alpha: 5.0,
+            },
+            Preset::MemoryEfficient => Defaults {
+                train: train(2.0, 2e-4, 0.03, (1, 8, 256), 0.0)(
+                    8,
+                    16.0,
+                    &["q_proj", "k_proj", "v_proj", "o_proj"],
+                ),
+                neftune_alpha: 0.0,
+            },
+        }
+    }
+}
+
 impl SftConfig {
     /// The effective settings: explicit keys over the preset's defaults.
     pub fn resolve(&self) -> SftSettings {
         let d = self.preset.defaults();
-        let (epochs, max_steps) = match (self.epochs, self.max_steps) {
-            (_, Some(steps)) => (None, Some(steps)),
-            (Some(e), None) => (Some(e), None),
-            (None, None) => (Some(d.epochs), None),
-        };
-        let (warmup_ratio, warmup_steps) = match (self.warmup_ratio, self.warmup_steps) {
-            (_, Some(steps)) => (None, Some(steps)),
-            (Some(r), None) => (Some(r), None),
-            (None, None) => (Some(d.warmup_ratio), None),
-        };
-        let targets: Vec<String> = d.target_modules.iter().map(|s| s.to_string()).collect();
         SftSettings {
             preset: self.preset,
-            epochs,
-            max_steps,
-            learning_rate: self.learning_rate.unwrap_or(d.learning_rate),
-            lr_scheduler: self.lr_scheduler.unwrap_or(LrScheduler::Cosine),
-            warmup_ratio,
-            warmup_steps,
-            batch_size: self.batch_size.unwrap_or(d.batch_size),
-            gradient_accumulation: self
-                .gradient_accumulation
-                .unwrap_or(d.gradient_accumulation),
-            max_seq_len: self.max_seq_len.unwrap_or(d.max_seq_len),
+            train: self.train_keys().resolve(&d.train),
             overlength: self.overlength.unwrap_or_default(),
-            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
-            max_grad_norm: self.max_grad_norm.unwrap_or(MAX_GRAD_NORM),
             neftune_alpha: self.neftune_alpha.unwrap_or(d.neftune_alpha),
-            seed: self.seed,
-            eval_every: self.eval_every,
-            save_every: self.save_every.unwrap_or(SAVE_EVERY),
             train_on_prompt: self.train_on_prompt.unwrap_or(false),
             max_eval_rows: self.max_eval_rows,
             samples: self.samples.unwrap_or(SAMPLES),
             sample_max_new_tokens: self.sample_max_new_tokens.unwrap_or(SAMPLE_MAX_NEW_TOKENS),
-            lora: self.lora.resolve(d.r, d.alpha, &targets),
         }
     }
 }
@@ -225,33 +148,12 @@ impl Serialize for SftConfig {
     }
 }
 
-impl SftSettings {
-    pub fn run_length(&self) -> RunLength {
-        match (self.max_steps, self.epochs) {
-            (Some(steps), _) => RunLength::Steps(steps),
-            (None, Some(e)) => RunLength::Epochs(e),
-            (None, None) => RunLength::Epochs(1.0),
-        }
-    }
-}
-
 /// Checks what serde cannot: ranges, exclusive keys, module names. Keys are named as in the
 /// table (`learning_rate`, `lora.r`).
 pub fn validate(cfg: &SftConfig) -> Result<(), ConfigIssue> {
     let s = cfg.resolve();
-    validate_run_length(
-        (cfg.epochs, cfg.max_steps),
-        (cfg.warmup_ratio, cfg.warmup_steps),
-        s.learning_rate,
-    )?;
-    at_least("batch_size", Some(s.batch_size), 1)?;
-    at_least("gradient_accumulation", Some(s.gradient_accumulation), 1)?;
-    at_least("max_seq_len", Some(s.max_seq_len), 2)?;
-    non_negative_finite("weight_decay", s.weight_decay)?;
-    non_negative_finite("max_grad_norm", s.max_grad_norm)?;
+    validate_train(&cfg.train_keys(), &s.train)?;
     non_negative_finite("neftune_alpha", s.neftune_alpha)?;
-    at_least("eval_every", s.eval_every, 1)?;
-    at_least("save_every", Some(s.save_every), 1)?;
     at_least("max_eval_rows", s.max_eval_rows, 1)?;
     at_least("sample_max_new_tokens", Some(s.sample_max_new_tokens), 1)?;
     validate_lora(&s.lora)

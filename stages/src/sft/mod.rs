@@ -16,7 +16,6 @@ mod tests;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -32,23 +31,23 @@ use crate::base::{BaseModel, BaseModelError};
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
 use crate::ingest::artifact::{self as ingest, ExamplesError, TRAIN_FILE, VAL_FILE};
 use crate::llm::loss::{TargetLogProbs, DEFAULT_CHUNK};
-use crate::llm::{LlamaModel, LlmError, Mode, TargetMask, TokenBatch};
-use crate::progress::{Bar, Progress};
-use crate::train::checkpoint::{self, CheckpointError};
+use crate::llm::{LlamaModel, LlmError, Mode, TargetMask, TextTokenizer, TokenBatch};
+use crate::progress::Progress;
+use crate::train::driver::{
+    Driver, Finished, Objective, Prepared, RunPlace, RunTotals, TrainError, Values, METRICS_PARTIAL,
+};
 use crate::train::eval::completion_loss;
 use crate::train::fit::{FitCounts, Overlength};
 use crate::train::greedy::greedy;
-use crate::train::memory::{peak_rss_mb, reset_peak};
-use crate::train::metrics::MetricsError;
+use crate::train::memory::reset_peak;
 use crate::train::output::{copy, save_adapter, write_json, write_jsonl, OutputError};
-use crate::train::resume::{fingerprint, resume, ResumeError, RunCheckpoint, ThisRun};
+use crate::train::resume::fingerprint;
+#[cfg(test)]
+use crate::train::resume::ResumeError;
 use crate::train::rng::{derive, Stream};
+use crate::train::settings::TrainSettings;
 use crate::train::step::Hooks;
-use crate::train::step::{culprits, kept_checkpoint, NonFinite};
-use crate::train::{
-    neftune, EvalResult, MetricRecord, MetricsLog, Plan, Schedule, StepFailure, StepOutcome,
-    Trainer,
-};
+use crate::train::{neftune, EvalResult, MetricRecord, Plan};
 
 /// The `sft` stage.
 pub struct Sft;
@@ -76,29 +75,21 @@ pub enum SftError {
         dropped: usize,
         hint: &'static str,
     },
-    /// Boxed: the largest variant, and `Result<_, SftError>` is returned everywhere.
-    #[error(transparent)]
-    NonFinite(Box<NonFinite>),
     #[error("sft: {context}: {source}")]
     Llm {
         context: String,
         #[source]
         source: Box<LlmError>,
     },
+    /// The step loop's errors: non-finite values, checkpoints, the metrics log, a stop.
     #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    #[error("sft: {{0}}")]
-    Resume(#[from] ResumeError),
-    #[error(transparent)]
-    Metrics(#[from] MetricsError),
+    Train(#[from] TrainError),
     #[error("cannot write {}: {source}", path.display())]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("sft: stopped after step {0} as asked (a simulated crash)")]
-    Interrupted(usize),
 }
 
 fn llm(context: impl Into<String>) -> impl FnOnce(LlmError) -> SftError {
@@ -106,13 +97,6 @@ fn llm(context: impl Into<String>) -> impl FnOnce(LlmError) -> SftError {
     move |source| SftError::Llm {
         context,
         source: Box::new(source),
-    }
-}
-
-fn candle(context: &str) -> impl FnOnce(candle_core::Error) -> SftError + '_ {
-    move |e| SftError::Llm {
-        context: context.to_string(),
-        source: Box::new(e.into()),
     }
 }
 
@@ -183,54 +167,28 @@ impl Stage for Sft {
 
 /// Bumped when the checkpoint layout or meaning changes: older checkpoints are ignored.
 const STATE_FORMAT: u32 = 1;
-const METRICS_PARTIAL: &str = "metrics.jsonl";
 
-/// What a checkpoint records besides tensors: where the run is and what it has measured.
+/// What sft's checkpoints keep besides the common state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct RunState {
-    format: u32,
-    /// The run this checkpoint belongs to (settings, seed, data, base model).
-    fingerprint: String,
-    /// Optimizer steps completed.
-    step: usize,
-    tokens: usize,
+struct SftExtra {
+    /// Target tokens the loss counted so far.
     target_tokens: usize,
-    train_seconds: f64,
-    wall_seconds: f64,
-    /// The loss of every completed step.
-    losses: Vec<f64>,
-    eval_before: EvalResult,
-    /// The latest evaluation and the step it ran after.
-    last_eval: (usize, EvalResult),
+    /// The greedy answers to the sample prompts before training.
     samples_before: Vec<String>,
 }
 
-impl RunCheckpoint for RunState {
-    fn identity(&self) -> (u32, &str) {
-        (self.format, &self.fingerprint)
-    }
-
-    fn step(&self) -> usize {
-        self.step
-    }
-}
-
-/// Everything a run needs, prepared from the settings and the inputs.
-struct Run<'a> {
-    settings: SftSettings,
+/// Completion-only (or whole-sequence) NLL on ingest's rows, with val loss, perplexity and
+/// greedy samples.
+struct SftObjective<'a> {
+    settings: &'a SftSettings,
     seed: u64,
-    model: LlamaModel,
     train: Vec<TokenRow>,
-    plan: Plan,
-    trainer: Trainer,
     eval_batches: Vec<TokenBatch>,
     pad: u32,
-    partial: PathBuf,
-    fingerprint: String,
-    progress: &'a dyn Progress,
-    started: Instant,
-    /// The step of the checkpoint on disk, if any.
-    saved_step: Option<usize>,
+    sample_rows: Vec<(&'a TokenRow, &'a ingest::Example)>,
+    stop: &'a [u32],
+    tokenizer: &'a TextTokenizer,
+    samples_after: Vec<String>,
 }
 
 pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> StageResult {
@@ -257,111 +215,79 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
         .attach_lora(&settings.lora.engine_config(seed))
         .map_err(llm("cannot attach LoRA"))?;
     let lengths: Vec<usize> = train.iter().map(TokenRow::len).collect();
-    let plan = Plan::new(
-        &lengths,
-        settings.batch_size,
-        settings.gradient_accumulation,
-        settings.run_length(),
-        seed,
-    );
-    let schedule = schedule(&settings, plan.total_steps());
-    let (trainer, trainable) = Trainer::for_lora(
-        &model,
-        settings.weight_decay,
-        schedule,
-        settings.max_grad_norm,
-    )
-    .map_err(candle("cannot create the optimizer"))?;
     let pad = info.pad_token_id;
     let eval_batches = eval_batches(&val, settings.batch_size, pad, &device)?;
-    report_data(
-        cx.progress(),
-        &settings,
-        &train_counts,
-        &val_counts,
-        val.len(),
-        &plan,
-        schedule.warmup,
-        trainable,
-    );
     let rows = train.iter().chain(&val).map(|r| (r.id.as_str(), r.len()));
     let fingerprint = fingerprint(STATE_FORMAT, &settings, seed, &info.name, &[], rows);
     let partial = cx.partial_dir().map_err(|source| SftError::Write {
         path: PathBuf::from("the checkpoint directory under artifacts/.partial/sft"),
         source,
     })?;
-    let mut run = Run {
-        settings,
+    let objective = SftObjective {
+        settings: &settings,
         seed,
-        model,
         train,
-        plan,
-        trainer,
         eval_batches,
         pad,
+        sample_rows: sample_rows(&val, &val_rows, settings.samples),
+        stop: &info.eos_token_ids,
+        tokenizer: &tokenizer,
+        samples_after: Vec::new(),
+    };
+    let place = RunPlace {
         partial: partial.to_path_buf(),
+        format: STATE_FORMAT,
         fingerprint,
         progress: cx.progress(),
-        started: Instant::now(),
-        saved_step: None,
     };
-    let sample_rows: Vec<(&TokenRow, &ingest::Example)> =
-        sample_rows(&val, &val_rows, run.settings.samples);
-    let stop = &info.eos_token_ids;
-    let (mut state, mut log, resumed_from) = match run.resume()? {
-        Some(state) => {
-            let log = MetricsLog::open(&run.partial.join(METRICS_PARTIAL), Some(state.step))?;
-            let step = state.step;
-            (state, log, Some(step))
-        }
-        None => {
-            let (state, log) = run.fresh_start(&sample_rows, stop, &tokenizer)?;
-            (state, log, None)
-        }
-    };
-    run.train_steps(&mut state, &mut log, hooks)?;
-    let after = match state.last_eval {
-        (step, result) if step == state.step => result,
-        _ => run.evaluate()?,
-    };
-    let samples_after = run.samples(&sample_rows, stop, &tokenizer)?;
-    state.wall_seconds += run.started.elapsed().as_secs_f64();
+    let (mut driver, trainable) =
+        Driver::new(objective, model, &lengths, &settings.train, seed, place)?;
+    report_data(
+        cx.progress(),
+        &settings,
+        (&train_counts, &val_counts),
+        val.len(),
+        &driver.plan,
+        driver.trainer.schedule().warmup,
+        trainable,
+    );
+    let finished = driver.run(hooks)?;
 
     let out = cx.out_dir().to_path_buf();
-    let base_name = save_adapter(&run.model, &info.name, &info.path, &out.join(ADAPTER_DIR))
-        .map_err(llm("cannot write the adapter"))?;
-    copy(&run.partial.join(METRICS_PARTIAL), &out.join(METRICS_FILE))?;
-    let samples = samples_file(&sample_rows, &state.samples_before, &samples_after);
+    let base_name = save_adapter(
+        &driver.model,
+        &info.name,
+        &info.path,
+        &out.join(ADAPTER_DIR),
+    )
+    .map_err(llm("cannot write the adapter"))?;
+    copy(
+        &driver.partial().join(METRICS_PARTIAL),
+        &out.join(METRICS_FILE),
+    )?;
+    let objective = &driver.objective;
+    let samples = samples_file(
+        &objective.sample_rows,
+        &finished.state.extra.samples_before,
+        &objective.samples_after,
+    );
     write_jsonl(&out.join(SAMPLES_FILE), &samples)?;
+    let run = RunTotals::of(&finished, &driver.plan, trainable, seed);
     let summary = summarize(
-        &run,
-        &state,
-        after,
+        objective,
+        &finished,
         (train_counts, val_counts),
-        resumed_from,
-        trainable,
-        base_name,
+        (run, base_name),
     );
     write_json(&out.join(SUMMARY_FILE), &summary)?;
     cx.progress().info(&format!(
         "sft: eval loss {} after {} steps, {:.0} tok/s",
-        report::eval_pair(&state.eval_before, &after),
+        report::eval_pair(&finished.state.eval_before, &finished.after),
         summary.steps,
         summary.tokens_per_s
     ));
     set_headline_metrics(cx, &summary);
     Ok(())
-}
-
-/// The learning rate of every step of a run of `total` steps.
-fn schedule(settings: &SftSettings, total: usize) -> Schedule {
-    Schedule::new(
-        settings.learning_rate,
-        settings.lr_scheduler,
-        total,
-        settings.warmup_steps,
-        settings.warmup_ratio,
-    )
 }
 
 /// The lines of `samples.jsonl`.
@@ -455,8 +381,7 @@ fn sample_rows<'r>(
 fn report_data(
     progress: &dyn Progress,
     s: &SftSettings,
-    train: &FitCounts,
-    val: &FitCounts,
+    (train, val): (&FitCounts, &FitCounts),
     eval_rows: usize,
     plan: &Plan,
     warmup: usize,
@@ -494,117 +419,48 @@ fn report_data(
     ));
 }
 
-impl Run<'_> {
-    /// Restores the checkpoint of this run, if there is one.
-    fn resume(&mut self) -> Result<Option<RunState>, SftError> {
-        let this = ThisRun {
-            stage: "sft",
-            partial: &self.partial,
-            format: STATE_FORMAT,
-            fingerprint: &self.fingerprint,
-            total_steps: self.plan.total_steps(),
-            progress: self.progress,
-        };
-        let state: Option<RunState> = resume(&this, &self.model, &mut self.trainer)?;
-        self.saved_step = state.as_ref().map(|s| s.step);
-        Ok(state)
+impl Objective for SftObjective<'_> {
+    type Eval = EvalResult;
+    type Extra = SftExtra;
+    type Batch = TokenBatch;
+
+    fn stage(&self) -> &'static str {
+        "sft"
     }
 
-    /// A run from step 0: the evaluation and samples before training, and a new log.
-    fn fresh_start(
-        &mut self,
-        sample_rows: &[(&TokenRow, &ingest::Example)],
-        stop: &[u32],
-        tokenizer: &crate::llm::TextTokenizer,
-    ) -> Result<(RunState, MetricsLog), SftError> {
-        let before = self.evaluate()?;
-        self.progress.info(&format!(
-            "sft: eval loss before training {:.4} (perplexity {:.2}) over {} tokens",
-            before.loss, before.perplexity, before.tokens
-        ));
-        let samples_before = self.samples(sample_rows, stop, tokenizer)?;
-        let mut log = MetricsLog::open(&self.partial.join(METRICS_PARTIAL), None)?;
-        log.append(&MetricRecord {
-            step: 0,
-            epoch: 0.0,
-            eval_loss: Some(before.loss),
-            eval_perplexity: Some(before.perplexity),
-            ..MetricRecord::default()
-        })?;
-        let state = RunState {
-            format: STATE_FORMAT,
-            fingerprint: self.fingerprint.clone(),
-            step: 0,
-            tokens: 0,
-            target_tokens: 0,
-            train_seconds: 0.0,
-            wall_seconds: 0.0,
-            losses: Vec::new(),
-            eval_before: before,
-            last_eval: (0, before),
-            samples_before,
-        };
-        Ok((state, log))
+    fn unit(&self) -> &'static str {
+        "train rows"
     }
 
-    /// Runs the remaining steps, logging, evaluating and checkpointing as configured.
-    fn train_steps(
-        &mut self,
-        state: &mut RunState,
-        log: &mut MetricsLog,
-        hooks: Hooks,
-    ) -> Result<(), SftError> {
-        let total = self.plan.total_steps();
-        let bar = self.progress.bar(Some(total as u64), "steps");
-        bar.set_position(state.step as u64);
-        let wall_at_start = state.wall_seconds;
-        for step in state.step..total {
-            let clock = Instant::now();
-            let (outcome, tokens, targets) = self.step(step)?;
-            let seconds = clock.elapsed().as_secs_f64();
-            state.step = step + 1;
-            state.tokens += tokens;
-            state.target_tokens += targets;
-            state.train_seconds += seconds;
-            state.losses.push(outcome.loss);
-            let mut record = MetricRecord::for_step(&self.plan, step, &outcome, tokens, seconds);
-            if self
-                .plan
-                .evaluates_after(step + 1, self.settings.eval_every)
-            {
-                let result = self.evaluate()?;
-                record.eval_loss = Some(result.loss);
-                record.eval_perplexity = Some(result.perplexity);
-                state.last_eval = (step + 1, result);
-                self.progress.debug(&format!(
-                    "sft: step {}: eval loss {:.4} (perplexity {:.2})",
-                    step + 1,
-                    result.loss,
-                    result.perplexity
-                ));
-            }
-            log.append(&record)?;
-            update_bar(bar.as_ref(), &record);
-            if self.plan.saves_after(step + 1, self.settings.save_every) {
-                state.wall_seconds = wall_at_start + self.started.elapsed().as_secs_f64();
-                self.save(state)?;
-            }
-            if hooks.stop_after == Some(step + 1) {
-                return Err(SftError::Interrupted(step + 1));
-            }
+    fn evaluate(&self, model: &LlamaModel) -> Result<EvalResult, TrainError> {
+        let result = completion_loss(model, &self.eval_batches)
+            .map_err(TrainError::llm("sft", "cannot evaluate on the val rows"))?;
+        if !result.loss.is_finite() {
+            return Err(TrainError::llm("sft", "evaluation")(LlmError::Invalid(
+                format!(
+                    "the val loss is {} over {} tokens: the model's outputs are not finite",
+                    result.loss, result.tokens
+                ),
+            )));
         }
-        state.wall_seconds = wall_at_start;
-        bar.finish();
-        Ok(())
+        Ok(result)
     }
 
-    /// One optimizer step; returns what it did, the tokens it processed and the target tokens
-    /// it counted.
-    fn step(&mut self, step: usize) -> Result<(StepOutcome, usize, usize), SftError> {
-        let planned = self.plan.step(step);
+    fn fresh_extra(&self, model: &LlamaModel) -> Result<SftExtra, TrainError> {
+        Ok(SftExtra {
+            target_tokens: 0,
+            samples_before: self.samples(model)?,
+        })
+    }
+
+    fn prepare(
+        &self,
+        model: &LlamaModel,
+        step: usize,
+        micro_batches: &[Vec<usize>],
+    ) -> Result<Prepared<TokenBatch>, TrainError> {
         let train_on_prompt = self.settings.train_on_prompt;
-        let rows: Vec<Vec<&TokenRow>> = planned
-            .micro_batches
+        let rows: Vec<Vec<&TokenRow>> = micro_batches
             .iter()
             .map(|b| b.iter().map(|&i| &self.train[i]).collect())
             .collect();
@@ -612,87 +468,99 @@ impl Run<'_> {
             .iter()
             .map(|b| {
                 let examples: Vec<_> = b.iter().map(|r| r.example.clone()).collect();
-                TokenBatch::new(&examples, self.pad, self.model.device())
+                TokenBatch::new(&examples, self.pad, model.device())
             })
             .collect::<Result<_, _>>()
-            .map_err(llm(format!("step {}: cannot build the batch", step + 1)))?;
-        let targets: Vec<usize> = rows
+            .map_err(TrainError::llm(
+                "sft",
+                format!("step {}: cannot build the batch", step + 1),
+            ))?;
+        let weights: Vec<usize> = rows
             .iter()
             .map(|b| b.iter().map(|r| r.targets(train_on_prompt)).sum())
             .collect();
         let tokens: usize = rows.iter().flatten().map(|r| r.len()).sum();
-        let which = if train_on_prompt {
+        Ok(Prepared {
+            batches,
+            weights,
+            tokens,
+        })
+    }
+
+    fn micro_loss(
+        &self,
+        model: &LlamaModel,
+        batch: &TokenBatch,
+        step: usize,
+        micro: usize,
+    ) -> Result<(Tensor, Values), LlmError> {
+        let which = if self.settings.train_on_prompt {
             TargetMask::Sequence
         } else {
             TargetMask::Completion
         };
-        let (seed, alpha, model) = (self.seed, self.settings.neftune_alpha, &self.model);
-        let result = self.trainer.step(step, &targets, |i| {
-            let dropout_seed = derive(seed, Stream::Dropout, step as u64, i as u64);
-            let noise_seed = derive(seed, Stream::Neftune, step as u64, i as u64);
-            micro_loss(model, &batches[i], dropout_seed, alpha, noise_seed, which)
-        });
-        match result {
-            Ok(outcome) => Ok((outcome, tokens, targets.iter().sum())),
-            Err(StepFailure::NonFinite { what, value, micro }) => {
-                Err(SftError::NonFinite(Box::new(NonFinite {
-                    stage: "sft",
-                    what,
-                    value,
-                    step: step + 1,
-                    total: self.plan.total_steps(),
-                    unit: "train rows",
-                    rows: culprits(&rows, micro, |r| r.describe()),
-                    kept: kept_checkpoint(self.saved_step, &self.partial, self.settings.save_every),
-                    lr: self.trainer.schedule().lr(step),
-                })))
-            }
-            Err(StepFailure::Llm(source)) => Err(SftError::Llm {
-                context: format!("step {}", step + 1),
-                source: Box::new(source),
-            }),
-        }
+        let dropout_seed = derive(self.seed, Stream::Dropout, step as u64, micro as u64);
+        let noise_seed = derive(self.seed, Stream::Neftune, step as u64, micro as u64);
+        let alpha = self.settings.neftune_alpha;
+        let loss = micro_loss(model, batch, dropout_seed, alpha, noise_seed, which)?;
+        Ok((loss, Values::new()))
     }
 
-    fn save(&mut self, state: &RunState) -> Result<(), SftError> {
-        let tensors = self.trainer.checkpoint_tensors(&self.model);
-        checkpoint::save(&self.partial, state, &tensors)?;
-        self.saved_step = Some(state.step);
+    fn describe(&self, row: usize) -> String {
+        self.train[row].describe()
+    }
+
+    fn log_eval(&self, eval: &EvalResult, record: &mut MetricRecord) {
+        record.eval_loss = Some(eval.loss);
+        record.eval_perplexity = Some(eval.perplexity);
+    }
+
+    fn before_line(&self, before: &EvalResult) -> String {
+        format!(
+            "sft: eval loss before training {:.4} (perplexity {:.2}) over {} tokens",
+            before.loss, before.perplexity, before.tokens
+        )
+    }
+
+    fn bar_message(&self, r: &MetricRecord) -> String {
+        format!(
+            "loss {:.3} lr {:.1e} {:.0} tok/s{}",
+            r.loss.unwrap_or(f64::NAN),
+            r.lr.unwrap_or(0.0),
+            r.tokens_per_s.unwrap_or(0.0),
+            r.eval_loss
+                .map(|l| format!(" eval {l:.3}"))
+                .unwrap_or_default()
+        )
+    }
+
+    fn account(&self, extra: &mut SftExtra, weights: &[usize]) {
+        extra.target_tokens += weights.iter().sum::<usize>();
+    }
+
+    fn after_training(&mut self, model: &LlamaModel) -> Result<(), TrainError> {
+        self.samples_after = self.samples(model)?;
         Ok(())
     }
+}
 
-    fn evaluate(&self) -> Result<EvalResult, SftError> {
-        let result = completion_loss(&self.model, &self.eval_batches)
-            .map_err(llm("cannot evaluate on the val rows"))?;
-        if !result.loss.is_finite() {
-            return Err(SftError::Llm {
-                context: "evaluation".into(),
-                source: Box::new(LlmError::Invalid(format!(
-                    "the val loss is {} over {} tokens: the model's outputs are not finite",
-                    result.loss, result.tokens
-                ))),
-            });
-        }
-        Ok(result)
-    }
-
+impl SftObjective<'_> {
     /// Greedy answers to the sample prompts with the current weights.
-    fn samples(
-        &self,
-        rows: &[(&TokenRow, &ingest::Example)],
-        stop: &[u32],
-        tokenizer: &crate::llm::TextTokenizer,
-    ) -> Result<Vec<String>, SftError> {
-        rows.iter()
+    fn samples(&self, model: &LlamaModel) -> Result<Vec<String>, TrainError> {
+        self.sample_rows
+            .iter()
             .map(|(t, _)| {
                 let ids = greedy(
-                    &self.model,
+                    model,
                     &t.example.prompt,
                     self.settings.sample_max_new_tokens,
-                    stop,
+                    self.stop,
                 )
-                .and_then(|ids| tokenizer.decode(&ids, true))
-                .map_err(llm(format!("cannot sample row {}", t.describe())))?;
+                .and_then(|ids| self.tokenizer.decode(&ids, true))
+                .map_err(TrainError::llm(
+                    "sft",
+                    format!("cannot sample row {}", t.describe()),
+                ))?;
                 Ok(ids.trim().to_string())
             })
             .collect()
@@ -728,58 +596,35 @@ fn micro_loss(
     Ok(lp.token_mean_nll(which)?.0)
 }
 
-fn update_bar(bar: &dyn Bar, r: &MetricRecord) {
-    bar.set_position(r.step as u64);
-    bar.set_message(format!(
-        "loss {:.3} lr {:.1e} {:.0} tok/s{}",
-        r.loss.unwrap_or(f64::NAN),
-        r.lr.unwrap_or(0.0),
-        r.tokens_per_s.unwrap_or(0.0),
-        r.eval_loss
-            .map(|l| format!(" eval {l:.3}"))
-            .unwrap_or_default()
-    ));
-}
-
 fn summarize(
-    run: &Run<'_>,
-    state: &RunState,
-    after: EvalResult,
+    objective: &SftObjective<'_>,
+    finished: &Finished<EvalResult, SftExtra>,
     (train, val): (FitCounts, FitCounts),
-    resumed_from_step: Option<usize>,
-    trainable_parameters: u64,
-    base_model: String,
+    (run, base_model): (RunTotals, String),
 ) -> SftSummary {
+    let (state, after) = (&finished.state, finished.after);
     let losses = &state.losses;
     let tail = &losses[losses.len().saturating_sub(10)..];
     let tail_mean = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
     SftSummary {
         base_model,
-        steps: state.step,
-        epochs: run.plan.epoch_at(state.step),
+        settings: SftSettings {
+            train: TrainSettings {
+                seed: Some(run.seed),
+                ..objective.settings.train.clone()
+            },
+            ..objective.settings.clone()
+        },
+        run,
         train,
         val,
-        eval_rows: run.eval_batches.iter().map(|b| b.batch_size()).sum(),
-        train_loss_first: losses.first().copied().unwrap_or(f64::NAN),
-        train_loss_last: losses.last().copied().unwrap_or(f64::NAN),
+        eval_rows: objective.eval_batches.iter().map(|b| b.batch_size()).sum(),
         train_loss_final_mean: tail_mean,
         eval_loss_before: state.eval_before.loss,
         eval_loss_after: after.loss,
         perplexity_before: state.eval_before.perplexity,
         perplexity_after: after.perplexity,
         eval_tokens: after.tokens,
-        tokens: state.tokens,
-        target_tokens: state.target_tokens,
-        train_seconds: state.train_seconds,
-        wall_seconds: state.wall_seconds,
-        tokens_per_s: state.tokens as f64 / state.train_seconds.max(1e-9),
-        peak_rss_mb: peak_rss_mb(),
-        resumed_from_step,
-        trainable_parameters,
-        seed: run.seed,
-        settings: SftSettings {
-            seed: Some(run.seed),
-            ..run.settings.clone()
-        },
+        target_tokens: state.extra.target_tokens,
     }
 }

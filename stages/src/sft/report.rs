@@ -2,6 +2,7 @@
 //! (the summary, a terminal chart of train and eval loss over the steps, the samples).
 
 use std::io::Write;
+use std::ops::Deref;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -9,23 +10,23 @@ use serde::{Deserialize, Serialize};
 use super::artifact::{METRICS_FILE, SAMPLES_FILE, SUMMARY_FILE};
 use super::config::SftSettings;
 use crate::train::chart;
+use crate::train::driver::RunTotals;
 use crate::train::fit::FitCounts;
 use crate::train::metrics::{self, MetricRecord};
 use crate::train::EvalResult;
 
-/// `summary.json`.
+/// `summary.json`: the fields every trainer writes (`run`, flattened, and reached through
+/// the summary: `summary.steps`) and sft's own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SftSummary {
     /// PEFT's `base_model_name_or_path` of the adapter.
     pub base_model: String,
-    pub steps: usize,
-    pub epochs: f64,
+    #[serde(flatten)]
+    pub run: RunTotals,
     pub train: FitCounts,
     pub val: FitCounts,
     /// Val rows evaluated (`max_eval_rows` may cap them).
     pub eval_rows: usize,
-    pub train_loss_first: f64,
-    pub train_loss_last: f64,
     /// Mean train loss of the last 10 steps (or fewer): less noisy than the last one.
     pub train_loss_final_mean: f64,
     pub eval_loss_before: f64,
@@ -34,21 +35,16 @@ pub struct SftSummary {
     pub perplexity_after: f64,
     /// Completion tokens each evaluation scores.
     pub eval_tokens: usize,
-    /// Tokens through the model in training steps (prompt and completion, no padding).
-    pub tokens: usize,
     /// Tokens the loss counted.
     pub target_tokens: usize,
-    /// Seconds in training steps (evaluations and samples excluded).
-    pub train_seconds: f64,
-    /// Seconds of the whole stage, over every resumed attempt.
-    pub wall_seconds: f64,
-    pub tokens_per_s: f64,
-    pub peak_rss_mb: Option<f64>,
-    /// The checkpoint step this run resumed from, if it did.
-    pub resumed_from_step: Option<usize>,
-    pub trainable_parameters: u64,
-    pub seed: u64,
     pub settings: SftSettings,
+}
+
+impl Deref for SftSummary {
+    type Target = RunTotals;
+    fn deref(&self) -> &RunTotals {
+        &self.run
+    }
 }
 
 /// One line of `samples.jsonl`: a val prompt answered greedily before and after training.

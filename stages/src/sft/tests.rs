@@ -448,3 +448,47 @@ fn the_stage_refuses_bad_keys_by_name() {
     let starter: SftConfig = pick_table(Sft::STARTER, "sft").unwrap();
     config::validate(&starter).unwrap();
 }
+
+/// Every error's message shows its cause (a `{{0}}` in a format once printed a literal `{0}`).
+#[test]
+fn every_error_message_shows_its_cause() {
+    let cause = "the disk is on fire";
+    let errors = [
+        SftError::Train(TrainError::Resume {
+            stage: "sft",
+            source: Box::new(ResumeError::Restore {
+                dir: PathBuf::from("ckpt"),
+                source: LlmError::Invalid(cause.into()),
+            }),
+        }),
+        SftError::Llm {
+            context: "step 3".into(),
+            source: Box::new(LlmError::Invalid(cause.into())),
+        },
+        SftError::Render {
+            file: "train.jsonl".into(),
+            id: "1a2b".into(),
+            source_row: 3,
+            source: Box::new(LlmError::Invalid(cause.into())),
+        },
+        SftError::Write {
+            path: PathBuf::from("out"),
+            source: std::io::Error::other(cause),
+        },
+    ];
+    for e in errors {
+        let text = e.to_string();
+        assert!(text.contains(cause) && !text.contains("{0}"), "{text}");
+    }
+    let resume = SftError::Train(TrainError::Resume {
+        stage: "sft",
+        source: Box::new(ResumeError::Restore {
+            dir: PathBuf::from("ckpt"),
+            source: LlmError::Invalid(cause.into()),
+        }),
+    });
+    assert!(
+        resume.to_string().starts_with("sft: cannot restore"),
+        "{resume}"
+    );
+}

@@ -108,6 +108,22 @@ pub fn sparkline(values: &[f64]) -> String {
         .collect()
 }
 
+/// The values of one metric over the steps (`loss` and `eval_loss` are fields of the record,
+/// the others are in its map).
+pub fn series(records: &[super::metrics::MetricRecord], key: &str) -> Vec<(usize, f64)> {
+    records
+        .iter()
+        .filter_map(|r| {
+            let v = match key {
+                "loss" => r.loss,
+                "eval_loss" => r.eval_loss,
+                _ => r.extra.get(key).copied(),
+            };
+            v.map(|v| (r.step, v))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

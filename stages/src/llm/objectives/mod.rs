@@ -1,5 +1,6 @@
-//! What training minimises: token batches with their target masks, the SFT loss and ORPO.
+//! What training minimises: token batches with their target masks, the SFT loss, ORPO and DPO.
 
 pub mod batch;
+pub mod dpo;
 pub mod loss;
 pub mod orpo;

@@ -1,16 +1,49 @@
-//! The score stage's preference pairs turned into token ids: read from `pairs.jsonl`, split
-//! into train and held-out pairs by a seeded hash of their ids, rendered with the model's chat
-//! template (the rendering sft and generate use) and fitted to `max_seq_len`.
+//! The score stage's preference pairs turned into token ids for the preference trainers
+//! (orpo, dpo): read from `pairs.jsonl`, split into train and held-out pairs by a seeded hash
+//! of their ids, rendered with the model's chat template (the rendering sft and generate use)
+//! and fitted to `max_seq_len`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::OrpoError;
 use crate::base::BaseModel;
-use crate::llm::{Example, PreferencePair};
+use crate::llm::{Example, LlmError, PreferencePair};
 use crate::score::artifact::{Pair, PAIRS_FILE};
 use crate::train::fit::{fit, Fit, FitCounts, Overlength};
+
+/// Why the pairs cannot be trained on. Messages name the file and line, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PairsError {
+    #[error("{}:{line}: {message}", path.display())]
+    Pairs {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{}: score kept 0 pairs; lower score.min_margin (or add score.extra_pairs) so that some prompts yield a pair, then `pipe run --from score`", path.display())]
+    NoPairs { path: PathBuf },
+    #[error("{}: {stage} needs at least 2 pairs (one to train on, one to hold out), score kept {count}; lower score.min_margin or generate more candidates", path.display())]
+    TooFewPairs {
+        stage: &'static str,
+        path: PathBuf,
+        count: usize,
+    },
+    #[error("{PAIRS_FILE} line {line} (pair id {id}): cannot render it with the chat template: {source}")]
+    Render {
+        line: usize,
+        id: String,
+        #[source]
+        source: Box<LlmError>,
+    },
+    #[error("[{stage}] none of the {rows} {side} pairs fits `max_seq_len` = {max_seq_len} (prompt + the longer answer); raise `max_seq_len`")]
+    NoRows {
+        stage: &'static str,
+        side: &'static str,
+        rows: usize,
+        max_seq_len: usize,
+    },
+}
 
 /// A pair as token ids, with what identifies it to a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +55,8 @@ pub struct PairRow {
 }
 
 impl PairRow {
-    /// Tokens of the longer of its two sequences (prompt + completion).
+    /// Tokens of the longer of its two sequences (prompt + completion); never 0.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.pair.prompt.len() + self.pair.chosen.len().max(self.pair.rejected.len())
     }
@@ -48,8 +82,8 @@ pub struct PairCounts {
 }
 
 /// Reads every pair of `path`; an empty file is an error that says how to get pairs.
-pub fn read_pairs(path: &Path) -> Result<Vec<(usize, Pair)>, OrpoError> {
-    let bad = |line: usize, message: String| OrpoError::Pairs {
+pub fn read_pairs(path: &Path) -> Result<Vec<(usize, Pair)>, PairsError> {
+    let bad = |line: usize, message: String| PairsError::Pairs {
         path: path.to_path_buf(),
         line,
         message,
@@ -65,7 +99,7 @@ pub fn read_pairs(path: &Path) -> Result<Vec<(usize, Pair)>, OrpoError> {
         pairs.push((i + 1, pair));
     }
     if pairs.is_empty() {
-        return Err(OrpoError::NoPairs {
+        return Err(PairsError::NoPairs {
             path: path.to_path_buf(),
         });
     }
@@ -116,7 +150,7 @@ pub fn encode(
     base: &BaseModel,
     pairs: &[(usize, Pair)],
     max_seq_len: usize,
-) -> Result<(Vec<PairRow>, FitCounts), OrpoError> {
+) -> Result<(Vec<PairRow>, FitCounts), PairsError> {
     let mut counts = FitCounts {
         rows: pairs.len(),
         ..FitCounts::default()
@@ -155,10 +189,10 @@ pub fn encode(
 }
 
 /// One pair through the chat template: the prompt ids and the two completions.
-fn render(base: &BaseModel, pair: &Pair, line: usize) -> Result<PreferencePair, OrpoError> {
+fn render(base: &BaseModel, pair: &Pair, line: usize) -> Result<PreferencePair, PairsError> {
     let rendered = |response: &str| {
         base.render_example(pair.system.as_deref(), &pair.prompt, response)
-            .map_err(|source| OrpoError::Render {
+            .map_err(|source| PairsError::Render {
                 line,
                 id: pair.id.clone(),
                 source: Box::new(source),
@@ -167,21 +201,19 @@ fn render(base: &BaseModel, pair: &Pair, line: usize) -> Result<PreferencePair, 
     let chosen = rendered(&pair.chosen)?;
     let rejected = rendered(&pair.rejected)?;
     if chosen.prompt_ids != rejected.prompt_ids {
-        return Err(OrpoError::Render {
+        return Err(PairsError::Render {
             line,
             id: pair.id.clone(),
-            source: Box::new(crate::llm::LlmError::Invalid(
+            source: Box::new(LlmError::Invalid(
                 "the chat template renders the prompt differently before the chosen and the rejected answer".into(),
             )),
         });
     }
     if chosen.completion_ids.is_empty() || rejected.completion_ids.is_empty() {
-        return Err(OrpoError::Render {
+        return Err(PairsError::Render {
             line,
             id: pair.id.clone(),
-            source: Box::new(crate::llm::LlmError::Invalid(
-                "an answer renders to no tokens".into(),
-            )),
+            source: Box::new(LlmError::Invalid("an answer renders to no tokens".into())),
         });
     }
     Ok(PreferencePair {
@@ -189,6 +221,99 @@ fn render(base: &BaseModel, pair: &Pair, line: usize) -> Result<PreferencePair, 
         chosen: chosen.completion_ids,
         rejected: rejected.completion_ids,
     })
+}
+
+/// The pairs of a run, split, rendered and fitted.
+pub struct Pairs {
+    pub train: Vec<PairRow>,
+    pub eval: Vec<PairRow>,
+    pub counts: PairCounts,
+}
+
+/// Reads, splits, renders and fits the pairs of `path` for `stage`; each side must keep at
+/// least one.
+pub fn prepare(
+    stage: &'static str,
+    base: &BaseModel,
+    path: &Path,
+    (eval_fraction, max_seq_len): (f64, usize),
+    seed: u64,
+) -> Result<Pairs, PairsError> {
+    let all = read_pairs(path)?;
+    if all.len() < 2 {
+        return Err(PairsError::TooFewPairs {
+            stage,
+            path: path.to_path_buf(),
+            count: all.len(),
+        });
+    }
+    let total = all.len();
+    let split = split(all, eval_fraction, seed);
+    let (train, train_counts) = encode(base, &split.train, max_seq_len)?;
+    let (eval, eval_counts) = encode(base, &split.eval, max_seq_len)?;
+    for (side, rows, counts) in [
+        ("train", &train, &train_counts),
+        ("held-out", &eval, &eval_counts),
+    ] {
+        if rows.is_empty() {
+            return Err(PairsError::NoRows {
+                stage,
+                side,
+                rows: counts.rows,
+                max_seq_len,
+            });
+        }
+    }
+    Ok(Pairs {
+        train,
+        eval,
+        counts: PairCounts {
+            pairs: total,
+            train: train_counts,
+            eval: eval_counts,
+        },
+    })
+}
+
+/// Says how many pairs train and how many are held out, and what fitting did.
+pub fn report_counts(
+    progress: &dyn crate::progress::Progress,
+    stage: &str,
+    counts: &PairCounts,
+    eval_pairs: usize,
+    max_seq_len: usize,
+) {
+    let dropped = counts.train.dropped() + counts.eval.dropped();
+    let truncated = counts.train.truncated + counts.eval.truncated;
+    progress.info(&format!(
+        "{stage}: {} pairs: {} to train on, {eval_pairs} held out{}",
+        counts.pairs,
+        counts.train.kept,
+        if dropped + truncated > 0 {
+            format!(" ({truncated} truncated, {dropped} dropped over max_seq_len {max_seq_len})")
+        } else {
+            String::new()
+        }
+    ));
+}
+
+/// Held-out pairs sorted by length in batches: fixed, so every evaluation scores the same
+/// batches.
+pub fn eval_batches(eval: &[PairRow], batch_size: usize) -> Vec<Vec<PreferencePair>> {
+    eval_batch_rows(eval, batch_size)
+        .into_iter()
+        .map(|rows| rows.into_iter().map(|r| r.pair.clone()).collect())
+        .collect()
+}
+
+/// The rows of each batch of [`eval_batches`].
+pub fn eval_batch_rows(eval: &[PairRow], batch_size: usize) -> Vec<Vec<&PairRow>> {
+    let mut order: Vec<&PairRow> = eval.iter().collect();
+    order.sort_by_key(|r| r.len());
+    order
+        .chunks(batch_size.max(1))
+        .map(<[&PairRow]>::to_vec)
+        .collect()
 }
 
 #[cfg(test)]
