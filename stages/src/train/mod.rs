@@ -1,7 +1,8 @@
 //! Training machinery shared by the trainer stages (sft, orpo): the settings and checks their
 //! tables share (LoRA, run length, fitting rows into `max_seq_len`), the learning-rate
 //! schedule, AdamW with savable state, gradient accumulation and clipping, length-grouped
-//! batching planned from the seed, atomic checkpoints, NEFTune noise, the metrics log,
+//! batching planned from the seed, atomic checkpoints, NEFTune noise, the metrics log (and
+//! its TensorBoard event file),
 //! evaluation, greedy samples and the peak-memory probe.
 
 pub mod batching;
@@ -22,6 +23,7 @@ pub mod resume;
 pub mod rng;
 pub mod schedule;
 pub mod step;
+pub mod tensorboard;
 pub mod validate;
 
 pub use batching::{Plan, PlannedStep, RunLength};
