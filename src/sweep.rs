@@ -181,6 +181,7 @@ pub fn run(
     let _lock = WorkspaceLock::acquire(store.root())?;
     store.clean_scratch()?;
     let mut sweep = Sweep::new(&store, &loaded);
+    sweep.save()?;
     for (i, l) in loaded.iter().enumerate() {
         if loud {
             println!(
