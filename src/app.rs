@@ -15,7 +15,7 @@ use crate::lock::WorkspaceLock;
 use crate::runner::{execute, plan, RunOptions, Workspace};
 use crate::tool_host::{tool_error, Host};
 use crate::ui::{TerminalUi, Verbosity};
-use crate::{gc, show, status, verify};
+use crate::{compare, gc, show, status, sweep, verify};
 
 /// Parses the command line and runs it against `registry` and `tools`; the binary's whole
 /// `main` (inside whatever process setup the binary does first).
@@ -134,6 +134,11 @@ fn dispatch(
     if let Command::Init(args) = &cli.command {
         return init(globals, args, registry);
     }
+    let ui = TerminalUi::new(verbosity(globals));
+    // A sweep loads one config per variant.
+    if let Command::Run(args @ RunArgs { sweep: true, .. }) = &cli.command {
+        return sweep::run(globals, args, registry, &ui);
+    }
     let overrides = globals
         .set
         .iter()
@@ -141,7 +146,6 @@ fn dispatch(
         .collect::<Result<Vec<_>>>()?;
     let config = PipelineConfig::load(&globals.config, &overrides, registry)?;
     let ws = Workspace::new(config, registry)?;
-    let ui = TerminalUi::new(verbosity(globals));
     match &cli.command {
         Command::Run(args) => run(&ws, args, &ui),
         Command::Status(args) => status::print(&ws, args.verify),
@@ -149,6 +153,7 @@ fn dispatch(
         Command::Show(args) => show::print(&ws, args),
         Command::Dag(args) => dag(&ws, args),
         Command::Gc(args) => gc::collect(&ws, args),
+        Command::Compare(args) => compare::print(&ws, args),
         Command::Init(_) => unreachable!("handled above"),
     }
 }

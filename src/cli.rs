@@ -51,6 +51,8 @@ pub enum Command {
     Dag(DagArgs),
     /// Delete old artifacts and checkpoints (lists them and asks first).
     Gc(GcArgs),
+    /// A table of every cached artifact of a stage: the params that differ, the metrics.
+    Compare(CompareArgs),
     /// Write a commented starter pipeline.toml.
     Init(InitArgs),
 }
@@ -72,6 +74,10 @@ pub struct RunArgs {
     /// Show what would run, and why, without running anything.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    /// Run every combination of comma-separated `-s` values (`-s orpo.beta=0.1,0.2`), one
+    /// variant after another; stages whose keys the variants share are built once.
+    #[arg(long)]
+    pub sweep: bool,
 }
 
 #[derive(Debug, Args)]
@@ -126,4 +132,27 @@ pub struct InitArgs {
     /// Overwrite an existing file.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The stage whose artifacts to compare.
+    #[arg(default_value = "eval")]
+    pub stage: String,
+    /// Order the rows by this metric (highest first; `--asc` for lowest first). The rows of
+    /// the latest sweep stay first.
+    #[arg(long, value_name = "METRIC")]
+    pub sort: Option<String>,
+    /// With --sort: lowest first.
+    #[arg(long, requires = "sort")]
+    pub asc: bool,
+    /// Print the comparison as JSON.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print the comparison as CSV.
+    #[arg(long)]
+    pub csv: bool,
+    /// Also write one HTML page: the table, the training curves overlaid, each artifact's view.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
 }

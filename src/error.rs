@@ -30,6 +30,9 @@ pub enum PipeError {
     /// `pipe verify` found corrupt artifacts (each was already reported).
     #[error("{0}")]
     Corrupt(String),
+    /// Some variants of a sweep failed (each was reported; the others ran).
+    #[error("{0}")]
+    Sweep(String),
     /// A corrupt file in the artifact store (manifest, digest cache).
     #[error("{path}: {message}")]
     Store { path: PathBuf, message: String },

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod dag;
 pub mod digest;
@@ -15,6 +16,7 @@ pub mod runner;
 pub mod show;
 pub mod status;
 pub mod store;
+pub mod sweep;
 pub mod tool_host;
 pub mod ui;
 pub mod verify;

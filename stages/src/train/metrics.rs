@@ -1,6 +1,7 @@
 //! The per-step training log (`metrics.jsonl`, one JSON object a line, as TRL's
 //! `log_history`). It is written to the partial directory as training goes, so a resumed run
-//! keeps the lines up to its checkpoint and drops those of steps it will redo.
+//! keeps the lines up to its checkpoint and drops those of steps it will redo. Every line also
+//! goes to a TensorBoard event file beside it (see [`super::tensorboard`]).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -8,6 +9,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use super::tensorboard::{self, EventWriter, EVENTS_FILE};
 
 /// One line of `metrics.jsonl`. Training fields are absent on the evaluation-only line of
 /// step 0 (before training); `eval_*` fields are present on steps that evaluated.
@@ -67,11 +70,12 @@ pub struct MetricsError {
     pub message: String,
 }
 
-/// An append-only writer of [`MetricRecord`] lines.
+/// An append-only writer of [`MetricRecord`] lines and of their TensorBoard events.
 #[derive(Debug)]
 pub struct MetricsLog {
     path: PathBuf,
     file: File,
+    events: EventWriter,
 }
 
 impl MetricsLog {
@@ -94,9 +98,11 @@ impl MetricsLog {
             .append(true)
             .open(path)
             .map_err(|e| error(path, e))?;
+        let events = open_events(&events_path(path), keep_through, &kept)?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
+            events,
         })
     }
 
@@ -106,12 +112,62 @@ impl MetricsLog {
         self.file
             .write_all(line.as_bytes())
             .and_then(|_| self.file.flush())
-            .map_err(|e| error(&self.path, e))
+            .map_err(|e| error(&self.path, e))?;
+        let events = &mut self.events;
+        events
+            .write_scalars(record.step as i64, &scalars(record))
+            .map_err(|e| error(events.path(), e))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The TensorBoard event file beside a `metrics.jsonl`.
+pub fn events_path(log: &Path) -> PathBuf {
+    log.with_file_name(EVENTS_FILE)
+}
+
+/// The event file of a log opened with `keep_through`: resumed when it exists, else started
+/// with the kept records (a checkpoint made before event files existed).
+fn open_events(
+    path: &Path,
+    keep_through: Option<usize>,
+    kept: &[MetricRecord],
+) -> Result<EventWriter, MetricsError> {
+    if let (Some(step), true) = (keep_through, path.exists()) {
+        return EventWriter::resume(path, step).map_err(|e| error(path, e));
+    }
+    let mut events = EventWriter::create(path).map_err(|e| error(path, e))?;
+    for r in kept {
+        events
+            .write_scalars(r.step as i64, &scalars(r))
+            .map_err(|e| error(path, e))?;
+    }
+    Ok(events)
+}
+
+/// A record's numbers as TensorBoard scalars, named as in `metrics.jsonl` with a `train/` or
+/// `eval/` prefix ([`tensorboard::tag`]); the step is the event's own.
+pub fn scalars(record: &MetricRecord) -> Vec<(String, f32)> {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(record) else {
+        return Vec::new();
+    };
+    fields
+        .iter()
+        .filter(|(name, _)| name.as_str() != "step")
+        .filter_map(|(name, value)| Some((tensorboard::tag(name), value.as_f64()? as f32)))
+        .collect()
+}
+
+/// Copies the event file beside the log `from` to beside `to`, if there is one.
+pub fn copy_events(from: &Path, to: &Path) -> std::io::Result<()> {
+    let events = events_path(from);
+    if events.exists() {
+        std::fs::copy(&events, events_path(to))?;
+    }
+    Ok(())
 }
 
 /// Replaces `path` with `bytes` through a synced temp file and a rename: a crash mid-way
@@ -235,5 +291,67 @@ mod tests {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         resumer.join().unwrap();
+    }
+
+    #[test]
+    fn every_line_is_also_a_tensorboard_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut log = MetricsLog::open(&path, None).unwrap();
+        log.append(&MetricRecord {
+            eval_loss: Some(2.5),
+            ..record(0)
+        })
+        .unwrap();
+        let mut trained = MetricRecord {
+            lr: Some(1e-3),
+            ..record(1)
+        };
+        trained.extra.insert("rewards/margins".into(), 0.25);
+        trained.extra.insert("eval_rewards/accuracies".into(), 0.75);
+        log.append(&trained).unwrap();
+        drop(log);
+        let events = tensorboard::read(&events_path(&path)).unwrap();
+        let steps: Vec<i64> = events.iter().map(|e| e.step).collect();
+        assert_eq!(
+            steps,
+            vec![0, 0, 1],
+            "the version record, then one event a line"
+        );
+        let mut tags: Vec<(String, f32)> = events[2].scalars.clone();
+        tags.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            tags,
+            vec![
+                ("eval/rewards/accuracies".to_string(), 0.75),
+                ("train/epoch".to_string(), 0.0),
+                ("train/loss".to_string(), 0.5),
+                ("train/lr".to_string(), 1e-3),
+                ("train/rewards/margins".to_string(), 0.25),
+            ]
+        );
+        assert!(events[1].scalars.contains(&("eval/loss".to_string(), 2.5)));
+
+        MetricsLog::open(&path, Some(0)).unwrap();
+        let steps: Vec<i64> = tensorboard::read(&events_path(&path))
+            .unwrap()
+            .iter()
+            .map(|e| e.step)
+            .collect();
+        assert_eq!(
+            steps,
+            vec![0, 0],
+            "a resume drops the events of steps it redoes"
+        );
+
+        // A checkpoint from before event files: the kept lines are written as events.
+        std::fs::remove_file(events_path(&path)).unwrap();
+        MetricsLog::open(&path, Some(0)).unwrap();
+        assert_eq!(tensorboard::read(&events_path(&path)).unwrap().len(), 2);
+
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        copy_events(&path, &out.join("metrics.jsonl")).unwrap();
+        assert!(out.join(EVENTS_FILE).is_file());
     }
 }

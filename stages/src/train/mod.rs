@@ -2,7 +2,8 @@
 //! the settings and checks their tables share (LoRA, run length, fitting rows into
 //! `max_seq_len`), the preference pairs and starting model of orpo and dpo, the learning-rate
 //! schedule, AdamW with savable state, gradient accumulation and clipping, length-grouped
-//! batching planned from the seed, atomic checkpoints, NEFTune noise, the metrics log,
+//! batching planned from the seed, atomic checkpoints, NEFTune noise, the metrics log (and
+//! its TensorBoard event file),
 //! evaluation, greedy samples and the peak-memory probe.
 
 pub mod batching;
@@ -28,6 +29,7 @@ pub mod rng;
 pub mod schedule;
 pub mod settings;
 pub mod step;
+pub mod tensorboard;
 pub mod validate;
 
 pub use batching::{Plan, PlannedStep, RunLength};

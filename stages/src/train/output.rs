@@ -24,9 +24,11 @@ fn error(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
     }
 }
 
-/// Copies `from` (e.g. the metrics log of the partial directory) to `to`.
+/// Copies `from` (e.g. the metrics log of the partial directory) to `to`; a metrics log brings
+/// its TensorBoard event file along.
 pub fn copy(from: &Path, to: &Path) -> Result<(), OutputError> {
-    std::fs::copy(from, to).map(|_| ()).map_err(error(to))
+    std::fs::copy(from, to).map(|_| ()).map_err(error(to))?;
+    super::metrics::copy_events(from, to).map_err(error(to))
 }
 
 /// `value` as pretty JSON with a final newline.
