@@ -67,10 +67,20 @@ def rope_of(cfg):
     else:
         theta, local_theta = cfg.rope_theta, getattr(cfg, "rope_local_base_freq", None)
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
-    if kind not in ("default", "linear"):
-        raise SystemExit(f"verify-export: rope type {kind} is not in the numpy forward")
-    factor = scaling["factor"] if kind == "linear" else 1.0
-    return theta, factor, local_theta
+    if kind == "default":
+        return theta, lambda inv: inv, local_theta
+    if kind == "linear":
+        return theta, lambda inv: inv / scaling["factor"], local_theta
+    if kind == "llama3":
+        def llama3(inv):
+            old = scaling["original_max_position_embeddings"]
+            lo, hi, f = scaling["low_freq_factor"], scaling["high_freq_factor"], scaling["factor"]
+            wavelen = 2 * np.pi / inv
+            smooth = (old / wavelen - lo) / (hi - lo)
+            mid = (1 - smooth) * inv / f + smooth * inv
+            return np.where(wavelen < old / hi, inv, np.where(wavelen > old / lo, inv / f, mid))
+        return theta, llama3, local_theta
+    raise SystemExit(f"verify-export: rope type {kind} is not in the numpy forward")
 
 
 def hf_forward(model_dir):
@@ -83,7 +93,7 @@ def hf_forward(model_dir):
     cfg = AutoConfig.from_pretrained(model_dir)
     w = read_safetensors(model_dir + "/model.safetensors")
     gemma = cfg.model_type == "gemma3_text"
-    theta, factor, local_theta = rope_of(cfg)
+    theta, scaled, local_theta = rope_of(cfg)
     nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
     scale = (getattr(cfg, "query_pre_attn_scalar", None) or hd) ** -0.5
@@ -101,8 +111,8 @@ def hf_forward(model_dir):
     def rotate_half(x):
         return np.concatenate([-x[..., hd // 2:], x[..., : hd // 2]], -1)
 
-    def angles(t, base, f):
-        inv = 1.0 / (base ** (np.arange(0, hd, 2) / hd)) / f
+    def angles(t, base, scale):
+        inv = scale(1.0 / (base ** (np.arange(0, hd, 2) / hd)))
         emb = np.concatenate([np.outer(np.arange(t), inv)] * 2, -1)
         return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
 
@@ -116,8 +126,8 @@ def hf_forward(model_dir):
         x = w["model.embed_tokens.weight"][ids]
         if gemma:
             x = x * np.float32(cfg.hidden_size ** 0.5)
-        full_rope = angles(t, theta, factor)
-        local_rope = angles(t, local_theta, 1.0) if local_theta else full_rope
+        full_rope = angles(t, theta, scaled)
+        local_rope = angles(t, local_theta, lambda inv: inv) if local_theta else full_rope
         pos = np.arange(t)
         causal = np.where(pos[None, :] > pos[:, None], -np.inf, 0).astype(np.float32)
         windowed = causal + np.where(pos[:, None] - pos[None, :] >= (window or t + 1), -np.inf, 0)
