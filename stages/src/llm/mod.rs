@@ -14,6 +14,8 @@ pub mod testing;
 pub mod text;
 
 #[cfg(test)]
+mod arch_fixture_tests;
+#[cfg(test)]
 mod fixture_tests;
 
 pub use decode::generator::{FinishReason, Generation, GenerationConfig, Generator};
@@ -30,7 +32,7 @@ pub use io::merge::{merge_adapters, merge_adapters_into_model};
 pub use io::peft::{AdapterConfig, LoraWeights, PeftAdapter};
 pub use io::spec::{ModelFormat, ModelSpec, ResolvedModel};
 pub use io::weights::ModelWeights;
-pub use model::config::{Architecture, ModelConfig, RopeScaling};
+pub use model::config::{Architecture, LayerType, Llama3Scaling, ModelConfig, RopeScaling};
 pub use model::lora::{LoraConfig, LoraLayer, Mode, TargetModule};
 pub use model::LlamaModel;
 pub use objectives::batch::{Example, TargetMask, TokenBatch};

@@ -131,7 +131,8 @@ impl ModelWeights {
 
 /// How many tensors a model with `config` has, or `None` if that overflows.
 pub fn expected_tensor_count(config: &ModelConfig) -> Option<usize> {
-    let per_layer = if config.attention_bias { 12 } else { 9 };
+    let norms = config.architecture.family().layer_norms.len();
+    let per_layer = 7 + norms + if config.attention_bias { 3 } else { 0 };
     let outside = 2 + usize::from(!config.tie_word_embeddings);
     config
         .num_hidden_layers
@@ -173,8 +174,10 @@ pub fn expected_shapes(config: &ModelConfig) -> BTreeMap<String, Vec<usize>> {
         let mut add = |suffix: &str, shape: Vec<usize>| {
             shapes.insert(format!("{p}.{suffix}"), shape);
         };
-        add("input_layernorm.weight", vec![h]);
-        add("post_attention_layernorm.weight", vec![h]);
+        for &(slot, name) in config.architecture.family().layer_norms {
+            let width = if slot.per_head() { config.head_dim } else { h };
+            add(&format!("{name}.weight"), vec![width]);
+        }
         add("self_attn.q_proj.weight", vec![q_rows, h]);
         add("self_attn.k_proj.weight", vec![kv_rows, h]);
         add("self_attn.v_proj.weight", vec![kv_rows, h]);

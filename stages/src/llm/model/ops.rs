@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+use crate::llm::model::family::Activation;
 use crate::llm::model::kernels;
 use crate::llm::model::softmax::softmax_last_dim_op;
 
@@ -75,6 +76,18 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         kernels::swiglu::swiglu_fused(gate, up)
     } else {
         gate.silu()? * up
+    }
+}
+
+/// The gated activation `act(gate) * up` of a family's MLP: the fused kernel on the CPU, else
+/// candle's `silu` / `gelu` (tanh approximation; primitives with a backward) times `up`.
+pub fn gated_activation(gate: &Tensor, up: &Tensor, act: Activation) -> Result<Tensor> {
+    match act {
+        Activation::Silu => swiglu(gate, up),
+        Activation::GeluTanh if kernels::applies(gate) && gate.dtype() == up.dtype() => {
+            kernels::swiglu::gated_fused(gate, up, act)
+        }
+        Activation::GeluTanh => gate.gelu()? * up,
     }
 }
 
