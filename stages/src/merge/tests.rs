@@ -22,12 +22,12 @@ struct Fixture {
 }
 
 fn fixture_for(ws: tempfile::TempDir, model_path: &str) -> Fixture {
-    let model = stage_artifact(
-        "model",
-        &format!("[model]\npath = {model_path:?}\n"),
-        ws.path(),
-        &[],
-    );
+    fixture_with(ws, &format!("[model]\npath = {model_path:?}\n"))
+}
+
+/// A workspace with a committed `model` artifact for the `[model]` table `toml`.
+fn fixture_with(ws: tempfile::TempDir, toml: &str) -> Fixture {
+    let model = stage_artifact("model", toml, ws.path(), &[]);
     Fixture { ws, model }
 }
 
@@ -449,7 +449,11 @@ fn arch_fixture_edited(family: &str, edit: impl FnOnce(&mut serde_json::Value)) 
         serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
     edit(&mut config);
     std::fs::write(&config_path, config.to_string()).unwrap();
-    fixture_for(ws, family)
+    // The fixtures' tokenizer files carry no chat template.
+    fixture_with(
+        ws,
+        &format!("[model]\npath = {family:?}\nchat_template = \"chatml\"\n"),
+    )
 }
 
 /// Qwen3 and Gemma-3 through merge: the HF directory and the llama.cpp-named GGUF (Gemma's

@@ -87,8 +87,16 @@ pub fn gated_activation(gate: &Tensor, up: &Tensor, act: Activation) -> Result<T
         Activation::GeluTanh if kernels::applies(gate) && gate.dtype() == up.dtype() => {
             kernels::swiglu::gated_fused(gate, up, act)
         }
-        Activation::GeluTanh => gate.gelu()? * up,
+        Activation::GeluTanh => gelu_tanh_composed(gate)? * up,
     }
+}
+
+/// GELU with the tanh approximation from primitives: `x/2·(1 + tanh(√(2/π)(x + 0.044715x³)))`.
+/// Not candle's `gelu`, whose backward rounds the constants (1e-7 off transformers' gradient).
+pub fn gelu_tanh_composed(x: &Tensor) -> Result<Tensor> {
+    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+    let inner = ((x + (x.powf(3.0)? * 0.044_715)?)? * SQRT_2_OVER_PI)?;
+    (x * 0.5)? * (inner.tanh()? + 1.0)?
 }
 
 /// Numerically stable `log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|))`.
