@@ -61,7 +61,7 @@ fn workspace(family: &str, config_file: &str, edit: impl FnOnce(&mut serde_json:
     ws
 }
 
-fn sft_runs(family: &str) {
+fn sft_runs(family: &str, arch: &str) {
     for config_file in ["config.json", "config.transformers5.json"] {
         let ws = workspace(family, config_file, |_| {});
         let run = ws.ok(&["run"]);
@@ -76,13 +76,18 @@ fn sft_runs(family: &str) {
         let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
         let steps = metrics
             .lines()
-            .filter(|l| l.contains("\"loss\"") && !l.contains("eval"))
+            .filter(|l| l.contains("\"loss\":") && l.contains("\"lr\":"))
             .count();
-        assert!(steps >= 3, "{family}: {metrics}");
+        assert_eq!(steps, 3, "{family}: {metrics}");
+        assert!(!metrics.contains("NaN") && !metrics.contains("null"), "{metrics}");
         assert!(dir.join("adapter/adapter_model.safetensors").is_file());
+        assert!(
+            ws.ok(&["show", "sft"]).stdout.contains("samples"),
+            "{family}: sft show"
+        );
         let model = ws.ok(&["show", "model"]);
         assert!(
-            model.stdout.contains(family.split('_').next().unwrap()),
+            model.stdout.contains(&format!("arch        {arch}:")),
             "{family}: {}",
             model.stdout
         );
@@ -91,32 +96,32 @@ fn sft_runs(family: &str) {
 
 #[test]
 fn sft_runs_on_llama_with_linear_rope_scaling() {
-    sft_runs("llama_linear_rope");
+    sft_runs("llama_linear_rope", "Llama");
 }
 
 #[test]
 fn sft_runs_on_llama_with_llama3_rope_scaling() {
-    sft_runs("llama3_rope");
+    sft_runs("llama3_rope", "Llama");
 }
 
 #[test]
 fn sft_runs_on_qwen2() {
-    sft_runs("qwen2");
+    sft_runs("qwen2", "Qwen2");
 }
 
 #[test]
 fn sft_runs_on_qwen3() {
-    sft_runs("qwen3");
+    sft_runs("qwen3", "Qwen3");
 }
 
 #[test]
 fn sft_runs_on_gemma3_text() {
-    sft_runs("gemma3_text");
+    sft_runs("gemma3_text", "Gemma3");
 }
 
 #[test]
 fn sft_runs_on_mistral() {
-    sft_runs("mistral");
+    sft_runs("mistral", "Mistral");
 }
 
 /// What pipe does not implement fails the model stage with the field named, never a panic
