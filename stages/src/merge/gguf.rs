@@ -435,7 +435,7 @@ fn pre_tokenizer_name(pre: &Json) -> LlmResult<&'static str> {
         .and_then(|p| p["pattern"]["Regex"].as_str())
         .unwrap_or("");
     let name = match kinds.as_slice() {
-        ["ByteLevel"] if parts[0]["use_regex"].as_bool() != Some(false) => Some("gpt2"),
+        ["ByteLevel"] if parts[0]["use_regex"].as_bool() != Some(false) => Some("gpt-2"),
         ["Digits", "ByteLevel"] if parts[0]["individual_digits"].as_bool() == Some(true) => {
             Some("smollm")
         }
@@ -445,7 +445,7 @@ fn pre_tokenizer_name(pre: &Json) -> LlmResult<&'static str> {
     };
     name.ok_or_else(|| {
         LlmError::Tokenizer(format!(
-            "the pre-tokenizer {pre} has no llama.cpp name pipe knows (gpt2, smollm, llama-bpe, qwen2); set gguf = \"none\""
+            "the pre-tokenizer {pre} has no llama.cpp name pipe knows (gpt-2, smollm, llama-bpe, qwen2); set gguf = \"none\""
         ))
     })
 }

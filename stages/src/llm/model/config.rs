@@ -563,12 +563,14 @@ impl ModelConfig {
         let types = self.resolved_layer_types();
         map.remove("hidden_act");
         map.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
-        map.insert(
-            "query_pre_attn_scalar".into(),
-            self.query_pre_attn_scalar
-                .unwrap_or(self.head_dim as f64)
-                .into(),
-        );
+        // transformers 5 validates it as an integer.
+        let scalar = self.query_pre_attn_scalar.unwrap_or(self.head_dim as f64);
+        let scalar: Value = if scalar.fract() == 0.0 && scalar.abs() < 1e15 {
+            (scalar as i64).into()
+        } else {
+            scalar.into()
+        };
+        map.insert("query_pre_attn_scalar".into(), scalar);
         map.insert("sliding_window".into(), self.sliding_window.into());
         if let Some(pattern) = sliding_window_pattern(&types) {
             map.insert("sliding_window_pattern".into(), pattern.into());
