@@ -50,7 +50,12 @@ fn workspace(family: &str, config_file: &str, edit: impl FnOnce(&mut serde_json:
     let ws = Ws::new(support::pipe_bin(), PIPELINE);
     let src = fixture_model(family);
     std::fs::create_dir_all(ws.path("arch")).unwrap();
-    for file in ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    for file in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
         std::fs::copy(src.join(file), ws.path("arch").join(file)).unwrap();
     }
     let mut config: serde_json::Value =
@@ -79,7 +84,10 @@ fn sft_runs(family: &str, arch: &str) {
             .filter(|l| l.contains("\"loss\":") && l.contains("\"lr\":"))
             .count();
         assert_eq!(steps, 3, "{family}: {metrics}");
-        assert!(!metrics.contains("NaN") && !metrics.contains("null"), "{metrics}");
+        assert!(
+            !metrics.contains("NaN") && !metrics.contains("null"),
+            "{metrics}"
+        );
         assert!(dir.join("adapter/adapter_model.safetensors").is_file());
         assert!(
             ws.ok(&["show", "sft"]).stdout.contains("samples"),
@@ -124,21 +132,32 @@ fn sft_runs_on_mistral() {
     sft_runs("mistral", "Mistral");
 }
 
+/// An edit of a fixture's config.json.
+type ConfigEdit = Box<dyn FnOnce(&mut serde_json::Value)>;
+
 /// What pipe does not implement fails the model stage with the field named, never a panic
 /// and never a silently different model.
 #[test]
 fn unsupported_configs_are_refused_naming_the_field() {
-    let cases: [(&str, Box<dyn FnOnce(&mut serde_json::Value)>, &str); 4] = [
+    let cases: [(&str, ConfigEdit, &str); 4] = [
         (
             "llama_linear_rope",
-            Box::new(|c| c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0})),
+            Box::new(|c| {
+                c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0})
+            }),
             "rope_scaling type `yarn` is not supported",
         ),
         (
             "gemma3_text",
             Box::new(|c| {
-                c["layer_types"] = serde_json::json!(["sliding_attention", "sliding_attention",
-                    "chunked_attention", "sliding_attention", "sliding_attention", "full_attention"])
+                c["layer_types"] = serde_json::json!([
+                    "sliding_attention",
+                    "sliding_attention",
+                    "chunked_attention",
+                    "sliding_attention",
+                    "sliding_attention",
+                    "full_attention"
+                ])
             }),
             "`layer_types[2]`",
         ),
@@ -157,7 +176,11 @@ fn unsupported_configs_are_refused_naming_the_field() {
         let ws = workspace(family, "config.json", edit);
         let run = ws.run(&["run"]);
         assert_ne!(run.code, 0, "{family}: {}", run.all());
-        assert!(run.all().contains(needle), "{family}: `{needle}` missing:\n{}", run.all());
+        assert!(
+            run.all().contains(needle),
+            "{family}: `{needle}` missing:\n{}",
+            run.all()
+        );
         assert!(!run.all().contains("panicked"), "{}", run.all());
         assert!(ws.entries("sft").is_empty());
     }

@@ -81,7 +81,10 @@ fn load(name: &'static str) -> Family {
     let dir = family_dir(name);
     let hub = ModelConfig::from_config_json(&dir.join("model/config.json")).unwrap();
     let t5 = ModelConfig::from_config_json(&dir.join("model/config.transformers5.json")).unwrap();
-    assert_eq!(hub, t5, "{name}: config.json and config.transformers5.json differ");
+    assert_eq!(
+        hub, t5,
+        "{name}: config.json and config.transformers5.json differ"
+    );
     let mut weights = ModelWeights::from_hf_dir(&dir.join("model"), &Device::Cpu).unwrap();
     weights.validate(&hub).unwrap();
     let base = LlamaModel::from_tensors(&hub, weights.into_map()).unwrap();
@@ -286,11 +289,20 @@ fn check_train_step(fam: &Family, tag: &str, worst: &mut Worst) {
     )
     .unwrap();
     let out = sft_loss(&model, &batch, Mode::Train { seed: 0 }, DEFAULT_CHUNK).unwrap();
-    let loss = out.loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    let loss = out
+        .loss
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     let want = step["loss"].as_f64().unwrap();
     let err = (loss - want).abs();
     worst.loss = worst.loss.max(err);
-    assert!(err < LOSS_TOL, "{} {tag}: train loss {loss} vs {want}", fam.name);
+    assert!(
+        err < LOSS_TOL,
+        "{} {tag}: train loss {loss} vs {want}",
+        fam.name
+    );
     let grads = out.loss.backward().unwrap();
     let norms = step["lora_grad_norms"].as_object().unwrap();
     let mut total_sq = 0.0;
@@ -323,7 +335,12 @@ fn check_train_step(fam: &Family, tag: &str, worst: &mut Worst) {
             seen += 1;
         }
     }
-    assert_eq!(seen, norms.len(), "{} {tag}: LoRA tensors compared", fam.name);
+    assert_eq!(
+        seen,
+        norms.len(),
+        "{} {tag}: LoRA tensors compared",
+        fam.name
+    );
     let total = total_sq.sqrt();
     let want = step["lora_grad_norm_total"].as_f64().unwrap();
     assert!(
@@ -354,13 +371,21 @@ fn decode_step_logits(model: &LlamaModel, seq: &[u32]) -> Vec<f32> {
 /// The 8-bit packed decode (what generate, eval and chat use) on the base model and with the
 /// adapter attached: top-10 logits within [`PACKED_LOGIT_TOL`], the same top-1.
 fn check_packed(fam: &Family, worst: &mut Worst) {
-    for (section, model) in [("cases", fam.base.clone()), ("adapter_applied", fam.with_adapter())] {
+    for (section, model) in [
+        ("cases", fam.base.clone()),
+        ("adapter_applied", fam.with_adapter()),
+    ] {
         let mut packed = model;
         assert!(packed.pack_for_decode().unwrap() > 0);
         for (case, seq) in fam.cases() {
             let what = format!("{} packed {section}.{case}", fam.name);
             let logits = decode_step_logits(&packed, &seq);
-            let err = check_top10(&what, &fam.expected[section][case], &logits, PACKED_LOGIT_TOL);
+            let err = check_top10(
+                &what,
+                &fam.expected[section][case],
+                &logits,
+                PACKED_LOGIT_TOL,
+            );
             worst.packed_logit = worst.packed_logit.max(err);
         }
     }
@@ -372,7 +397,13 @@ fn check_family(name: &'static str) {
     let mut fused = Worst::default();
     with_kernels(true, || {
         check_section(&fam, &fam.base, "cases", "fused", &mut fused);
-        check_section(&fam, &fam.with_adapter(), "adapter_applied", "fused", &mut fused);
+        check_section(
+            &fam,
+            &fam.with_adapter(),
+            "adapter_applied",
+            "fused",
+            &mut fused,
+        );
         check_section(&fam, &fam.merged(), "adapter_merged", "fused", &mut fused);
         check_train_step(&fam, "fused", &mut fused);
         check_packed(&fam, &mut fused);
@@ -380,7 +411,13 @@ fn check_family(name: &'static str) {
     let mut plain = Worst::default();
     with_kernels(false, || {
         check_section(&fam, &fam.base, "cases", "plain", &mut plain);
-        check_section(&fam, &fam.with_adapter(), "adapter_applied", "plain", &mut plain);
+        check_section(
+            &fam,
+            &fam.with_adapter(),
+            "adapter_applied",
+            "plain",
+            &mut plain,
+        );
         check_train_step(&fam, "plain", &mut plain);
     });
     eprintln!("{name}: fused {fused:?}");

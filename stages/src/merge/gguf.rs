@@ -19,8 +19,7 @@ use crate::llm::gguf::{
     GEMMA3_LOCAL_ROPE_THETA, GEMMA3_SWA_PATTERN,
 };
 use crate::llm::{
-    Architecture, GgufFile, LayerType, LlmError, LlmResult, ModelConfig, RopeScaling,
-    TextTokenizer,
+    Architecture, GgufFile, LayerType, LlmError, LlmResult, ModelConfig, RopeScaling, TextTokenizer,
 };
 
 /// The element type of a GGUF export (`gguf` in `[merge]`).
@@ -282,7 +281,9 @@ fn check_llama_cpp_runs(c: &ModelConfig) -> LlmResult<()> {
     } else {
         c.head_dim as f64
     };
-    if c.query_pre_attn_scalar.is_some_and(|s| s != llama_cpp_scalar) {
+    if c.query_pre_attn_scalar
+        .is_some_and(|s| s != llama_cpp_scalar)
+    {
         return refuse(format!(
             "llama.cpp scales attention by {llama_cpp_scalar}^-1/2, the config's `query_pre_attn_scalar` is {:?}",
             c.query_pre_attn_scalar

@@ -467,24 +467,47 @@ fn qwen3_and_gemma3_export_to_hf_and_gguf_and_reload() {
         let ids: Vec<u32> = (0..20).map(|i| (i * 37 + 5) % 4000).collect();
         let want = reference_logits(&fx, &sft, &orpo, &ids);
         let hf = logits_of(&out.path().join(MODEL_DIR), &ids);
-        assert!(max_diff(&hf, &want) < 1e-4, "{family} hf: {}", max_diff(&hf, &want));
+        assert!(
+            max_diff(&hf, &want) < 1e-4,
+            "{family} hf: {}",
+            max_diff(&hf, &want)
+        );
         let path = out.path().join(GGUF_FILE);
         let loaded = load_model_path(&path, &Device::Cpu).unwrap();
         let b = base(&fx);
         let (got, was) = (&loaded.config, b.model.config());
         assert_eq!(got.architecture, was.architecture, "{family}");
-        assert_eq!(got.resolved_layer_types(), was.resolved_layer_types(), "{family}");
         assert_eq!(
-            (got.sliding_window, got.rope_local_theta, got.attention_scale()),
-            (was.sliding_window, was.rope_local_theta, was.attention_scale()),
+            got.resolved_layer_types(),
+            was.resolved_layer_types(),
+            "{family}"
+        );
+        assert_eq!(
+            (
+                got.sliding_window,
+                got.rope_local_theta,
+                got.attention_scale()
+            ),
+            (
+                was.sliding_window,
+                was.rope_local_theta,
+                was.attention_scale()
+            ),
             "{family}"
         );
         let gguf = logits_of(&path, &ids);
-        assert!(max_diff(&gguf, &want) < 2e-2, "{family} gguf: {}", max_diff(&gguf, &want));
+        assert!(
+            max_diff(&gguf, &want) < 2e-2,
+            "{family} gguf: {}",
+            max_diff(&gguf, &want)
+        );
         let s = summary(out.path());
         for e in &s.exports {
             let f = &e.fidelity;
-            assert!(f.nll_diff < 1e-3 && f.top10_logit_diff < 1e-2, "{family}: {f:?}");
+            assert!(
+                f.nll_diff < 1e-3 && f.top10_logit_diff < 1e-2,
+                "{family}: {f:?}"
+            );
             assert_eq!(f.greedy_agree, f.greedy_tokens, "{family}: {f:?}");
         }
         if let Some(dir) = std::env::var_os("PIPE_EXPORT_TO") {
@@ -513,7 +536,10 @@ fn gemma3_gguf_export_refuses_what_llama_cpp_would_run_differently() {
         .write(&fx.ws.path().join("x.gguf"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("rope base 10000") && err.contains("gguf = \"none\""), "{err}");
+    assert!(
+        err.contains("rope base 10000") && err.contains("gguf = \"none\""),
+        "{err}"
+    );
 }
 
 fn copy_tree(from: &Path, to: &Path) {

@@ -685,7 +685,10 @@ mod tests {
             hf_tensor_name("blk.7.attn_output.weight", Architecture::Llama).as_deref(),
             Some("model.layers.7.self_attn.o_proj.weight")
         );
-        assert_eq!(hf_tensor_name("blk.x.attn_q.weight", Architecture::Llama), None);
+        assert_eq!(
+            hf_tensor_name("blk.x.attn_q.weight", Architecture::Llama),
+            None
+        );
         assert_eq!(
             hf_tensor_name("blk.1.attn_q_norm.weight", Architecture::Llama),
             None
@@ -698,13 +701,41 @@ mod tests {
     #[test]
     fn norm_names_follow_the_family() {
         let cases = [
-            (Architecture::Qwen3, "blk.2.attn_q_norm.weight", "model.layers.2.self_attn.q_norm.weight"),
-            (Architecture::Qwen3, "blk.2.attn_k_norm.weight", "model.layers.2.self_attn.k_norm.weight"),
-            (Architecture::Qwen3, "blk.2.ffn_norm.weight", "model.layers.2.post_attention_layernorm.weight"),
-            (Architecture::Gemma3, "blk.0.ffn_norm.weight", "model.layers.0.pre_feedforward_layernorm.weight"),
-            (Architecture::Gemma3, "blk.0.post_attention_norm.weight", "model.layers.0.post_attention_layernorm.weight"),
-            (Architecture::Gemma3, "blk.0.post_ffw_norm.weight", "model.layers.0.post_feedforward_layernorm.weight"),
-            (Architecture::Gemma3, "blk.0.attn_norm.weight", "model.layers.0.input_layernorm.weight"),
+            (
+                Architecture::Qwen3,
+                "blk.2.attn_q_norm.weight",
+                "model.layers.2.self_attn.q_norm.weight",
+            ),
+            (
+                Architecture::Qwen3,
+                "blk.2.attn_k_norm.weight",
+                "model.layers.2.self_attn.k_norm.weight",
+            ),
+            (
+                Architecture::Qwen3,
+                "blk.2.ffn_norm.weight",
+                "model.layers.2.post_attention_layernorm.weight",
+            ),
+            (
+                Architecture::Gemma3,
+                "blk.0.ffn_norm.weight",
+                "model.layers.0.pre_feedforward_layernorm.weight",
+            ),
+            (
+                Architecture::Gemma3,
+                "blk.0.post_attention_norm.weight",
+                "model.layers.0.post_attention_layernorm.weight",
+            ),
+            (
+                Architecture::Gemma3,
+                "blk.0.post_ffw_norm.weight",
+                "model.layers.0.post_feedforward_layernorm.weight",
+            ),
+            (
+                Architecture::Gemma3,
+                "blk.0.attn_norm.weight",
+                "model.layers.0.input_layernorm.weight",
+            ),
         ];
         for (arch, gguf, hf) in cases {
             assert_eq!(hf_tensor_name(gguf, arch).as_deref(), Some(hf), "{gguf}");

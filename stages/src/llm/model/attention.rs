@@ -158,8 +158,7 @@ impl Attention {
         let scores = scores
             .reshape((batch, kv_heads, group, queries, keys))?
             .broadcast_add(mask)?;
-        let probs =
-            softmax_last_dim(&scores)?.reshape((batch, kv_heads, group * queries, keys))?;
+        let probs = softmax_last_dim(&scores)?.reshape((batch, kv_heads, group * queries, keys))?;
         probs.matmul(v)?.reshape((batch, heads, queries, dim))
     }
 }

@@ -264,9 +264,11 @@ impl ModelConfig {
         let num_key_value_heads = fields
             .opt_usize("num_key_value_heads")?
             .unwrap_or(num_attention_heads);
-        let head_dim = fields
-            .opt_usize("head_dim")?
-            .unwrap_or(default_head_dim(architecture, hidden_size, num_attention_heads));
+        let head_dim = fields.opt_usize("head_dim")?.unwrap_or(default_head_dim(
+            architecture,
+            hidden_size,
+            num_attention_heads,
+        ));
         // Qwen2 always has q/k/v biases and its config has no `attention_bias` field.
         let attention_bias = architecture == Architecture::Qwen2
             || fields.opt_bool("attention_bias")?.unwrap_or(false);
@@ -538,8 +540,8 @@ impl ModelConfig {
     /// (`max_window_layers`), as transformers derives `layer_types` from them.
     fn qwen_hf_fields(&self, map: &mut serde_json::Map<String, Value>) {
         let types = self.resolved_layer_types();
-        let windowed = self.sliding_window.is_some()
-            && types.contains(&LayerType::SlidingAttention);
+        let windowed =
+            self.sliding_window.is_some() && types.contains(&LayerType::SlidingAttention);
         let full_first = types
             .iter()
             .take_while(|t| **t == LayerType::FullAttention)
@@ -595,9 +597,10 @@ fn layer_types_json(types: &[LayerType]) -> Value {
 fn sliding_window_pattern(types: &[LayerType]) -> Option<usize> {
     let first_full = types.iter().position(|t| *t == LayerType::FullAttention)?;
     let p = first_full + 1;
-    let matches = types.iter().enumerate().all(|(i, t)| {
-        (*t == LayerType::FullAttention) == (i + 1).is_multiple_of(p)
-    });
+    let matches = types
+        .iter()
+        .enumerate()
+        .all(|(i, t)| (*t == LayerType::FullAttention) == (i + 1).is_multiple_of(p));
     matches.then_some(p)
 }
 
@@ -792,8 +795,7 @@ fn rope_of(fields: &JsonFields<'_>, arch: Architecture, max_pos: usize) -> LlmRe
     };
     let local_theta = match obj.get("sliding_attention") {
         Some(v) => {
-            if rope_scaling_from(fields, v, "rope_parameters.sliding_attention", max_pos)?
-                .is_some()
+            if rope_scaling_from(fields, v, "rope_parameters.sliding_attention", max_pos)?.is_some()
             {
                 return Err(LlmError::bad_file(
                     fields.path,
@@ -1048,7 +1050,10 @@ mod tests {
         ))
         .unwrap_err()
         .to_string();
-        assert!(err.contains("rope_scaling type `yarn` is not supported"), "{err}");
+        assert!(
+            err.contains("rope_scaling type `yarn` is not supported"),
+            "{err}"
+        );
         let err = parse(with(
             base("llama"),
             serde_json::json!({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}}),
@@ -1070,14 +1075,20 @@ mod tests {
         ))
         .unwrap_err()
         .to_string();
-        assert!(err.contains("`layer_types[1]`") && err.contains("chunked_attention"), "{err}");
+        assert!(
+            err.contains("`layer_types[1]`") && err.contains("chunked_attention"),
+            "{err}"
+        );
         let err = parse(with(
             base("gemma3_text"),
             serde_json::json!({"layer_types": ["full_attention"]}),
         ))
         .unwrap_err()
         .to_string();
-        assert!(err.contains("`layer_types` has 1 entries for 6 layers"), "{err}");
+        assert!(
+            err.contains("`layer_types` has 1 entries for 6 layers"),
+            "{err}"
+        );
         let err = parse(with(
             base("gemma3_text"),
             serde_json::json!({"rope_parameters": {"full_attention": {"rope_theta": 1e6},
@@ -1096,14 +1107,20 @@ mod tests {
             ("use_bidirectional_attention", serde_json::json!(true)),
             ("hidden_activation", serde_json::json!("relu")),
         ] {
-            let err = parse(with(base("gemma3_text"), serde_json::json!({ field: value })))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(field), "{field}: {err}");
-        }
-        let err = parse(with(base("qwen3"), serde_json::json!({"hidden_act": "gelu"})))
+            let err = parse(with(
+                base("gemma3_text"),
+                serde_json::json!({ field: value }),
+            ))
             .unwrap_err()
             .to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+        let err = parse(with(
+            base("qwen3"),
+            serde_json::json!({"hidden_act": "gelu"}),
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("`hidden_act` is `gelu`"), "{err}");
     }
 

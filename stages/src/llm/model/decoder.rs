@@ -510,7 +510,10 @@ impl LlamaModel {
                 }
             }
         }
-        out.insert("model.norm.weight".to_string(), stored_norm(&family, &self.norm));
+        out.insert(
+            "model.norm.weight".to_string(),
+            stored_norm(&family, &self.norm),
+        );
         if !self.config.tie_word_embeddings {
             out.insert("lm_head.weight".to_string(), self.lm_head.weight().clone());
         }
@@ -616,7 +619,12 @@ fn build_layer(config: &ModelConfig, weights: &mut WeightMap, i: usize) -> LlmRe
         ],
         family.activation,
     );
-    Ok(DecoderLayer::new(norms, attention, mlp, config.rms_norm_eps))
+    Ok(DecoderLayer::new(
+        norms,
+        attention,
+        mlp,
+        config.rms_norm_eps,
+    ))
 }
 
 /// A norm weight as the kernels apply it: Gemma's stored `w` becomes `1 + w` (computed in the

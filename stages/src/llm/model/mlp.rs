@@ -3,8 +3,8 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::llm::model::lora::Mode;
 use crate::llm::model::family::Activation;
+use crate::llm::model::lora::Mode;
 use crate::llm::model::ops::gated_activation;
 use crate::llm::model::projection::Projection;
 

@@ -209,7 +209,10 @@ mod tests {
         let grown = rope.frequencies(Some(15));
         // len 16 = 2 × original: base × (2·2 − 1)^(d/(d−2)).
         let d = config.head_dim as f64;
-        let want = base_frequencies(config.rope_theta * 3f64.powf(d / (d - 2.0)), config.head_dim);
+        let want = base_frequencies(
+            config.rope_theta * 3f64.powf(d / (d - 2.0)),
+            config.head_dim,
+        );
         for (g, w) in grown.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-15 * w.abs().max(1e-30), "{g} vs {w}");
         }

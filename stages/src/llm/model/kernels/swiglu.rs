@@ -26,7 +26,8 @@ pub fn gated_fused(gate: &Tensor, up: &Tensor, act: Activation) -> Result<Tensor
             up.dims()
         )
     }
-    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu { act })
+    gate.contiguous()?
+        .apply_op2(&up.contiguous()?, SwiGlu { act })
 }
 
 struct SwiGlu {
@@ -54,7 +55,10 @@ fn activation<T: Real>(act: Activation, x: T) -> (T, T) {
             let t = (a * (x + b * x * x * x)).tanh();
             let value = half * x * (T::one() + t);
             let inner = a * (T::one() + T::from_f64(3.0) * b * x * x);
-            (value, half * (T::one() + t) + half * x * (T::one() - t * t) * inner)
+            (
+                value,
+                half * (T::one() + t) + half * x * (T::one() - t * t) * inner,
+            )
         }
     }
 }
@@ -124,11 +128,8 @@ impl CustomOp2 for SwiGlu {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let both = gate.apply_op3_no_bwd(
-            up,
-            &grad.contiguous()?,
-            &SwiGluBackward { act: self.act },
-        )?;
+        let both =
+            gate.apply_op3_no_bwd(up, &grad.contiguous()?, &SwiGluBackward { act: self.act })?;
         Ok((Some(both.get(0)?), Some(both.get(1)?)))
     }
 }
