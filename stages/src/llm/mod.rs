@@ -27,7 +27,7 @@ pub use io::base_ref::{portable_base_reference, resolve_base_reference, BaseMode
 pub use io::export::{write_safetensors, ExportDtype, HfExport};
 pub use io::gguf::GgufFile;
 pub use io::hub::{HubAccess, HubCache, HubRemote};
-pub use io::loader::{load_model, load_model_path, LoadedModel, ModelSource};
+pub use io::loader::{load_model, load_model_path, load_model_random, LoadedModel, ModelSource};
 pub use io::merge::{merge_adapters, merge_adapters_into_model};
 pub use io::peft::{AdapterConfig, LoraWeights, PeftAdapter};
 pub use io::spec::{ModelFormat, ModelSpec, ResolvedModel};

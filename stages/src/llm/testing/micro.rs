@@ -22,7 +22,8 @@ pub fn micro_config(architecture: Architecture) -> ModelConfig {
         intermediate_size: 24,
         num_hidden_layers: 2,
         num_attention_heads: 4,
-        num_key_value_heads: 2,
+        // Gemma-3-1b attends with one kv head (multi-query attention).
+        num_key_value_heads: if gemma { 1 } else { 2 },
         head_dim: 4,
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
