@@ -13,7 +13,9 @@ use candle_core::{Device, Tensor};
 use super::gguf_header::read_header;
 use super::weights::{check_tensor_count, expected_shapes, ModelWeights};
 use crate::llm::error::{LlmError, LlmResult};
-use crate::llm::model::config::{Architecture, LayerType, Llama3Scaling, ModelConfig, RopeScaling};
+use crate::llm::model::config::{
+    Architecture, LayerType, Llama3Scaling, ModelConfig, RopeScaling, MAX_LAYERS,
+};
 use crate::llm::model::family::{NormForm, NormSlot};
 
 /// An opened GGUF file: its parsed header (metadata and tensor directory) and a reader
@@ -168,6 +170,12 @@ impl GgufFile {
             config.head_dim as f64
         });
         if let Some(window) = window {
+            if config.num_hidden_layers > MAX_LAYERS {
+                return Err(self.bad(format!(
+                    "`gemma3.block_count` is {}; pipe reads at most {MAX_LAYERS} layers",
+                    config.num_hidden_layers
+                )));
+            }
             config.sliding_window = Some(window);
             config.rope_local_theta = Some(GEMMA3_LOCAL_ROPE_THETA);
             let types: Vec<LayerType> = (0..config.num_hidden_layers)

@@ -898,8 +898,21 @@ fn attention_pattern_of(
         }
         Architecture::Gemma3 => Some(window.unwrap_or(4096)),
     };
-    let types = match fields.present("layer_types") {
-        Some(value) => layer_types_from(fields, value, layers)?,
+    let listed = match fields.present("layer_types") {
+        Some(value) => Some(layer_types_from(fields, value, layers)?),
+        None => None,
+    };
+    let Some(window) = window else {
+        return Ok((None, None));
+    };
+    if layers > MAX_LAYERS {
+        return Err(LlmError::bad_file(
+            fields.path,
+            format!("`num_hidden_layers` is {layers}; pipe reads at most {MAX_LAYERS} layers"),
+        ));
+    }
+    let types = match listed {
+        Some(types) => types,
         None => match arch {
             Architecture::Gemma3 => {
                 let pattern = match fields.opt_usize("sliding_window_pattern")? {
@@ -930,8 +943,12 @@ fn attention_pattern_of(
             }
         },
     };
-    Ok(canonical_pattern(window, types))
+    Ok(canonical_pattern(Some(window), types))
 }
+
+/// More layers than any model has: a per-layer pattern is only derived below this, so a
+/// crafted `num_hidden_layers` cannot size an allocation.
+pub(crate) const MAX_LAYERS: usize = 1 << 16;
 
 /// Uniform layers need no list: all full attention is no window, all sliding is the window
 /// on every layer.
