@@ -20,7 +20,7 @@ pub enum LlmError {
     MissingField { path: PathBuf, field: String },
     /// A model family we do not implement.
     #[error(
-        "unsupported architecture `{0}`: pipe implements Llama, SmolLM/SmolLM2, Mistral and Qwen2"
+        "unsupported architecture `{0}`: pipe implements Llama, SmolLM/SmolLM2, Mistral, Qwen2, Qwen3 and Gemma-3 text (gemma3_text)"
     )]
     UnsupportedArchitecture(String),
     /// A tensor that is missing or has the wrong shape.

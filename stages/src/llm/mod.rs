@@ -14,6 +14,8 @@ pub mod testing;
 pub mod text;
 
 #[cfg(test)]
+mod arch_fixture_tests;
+#[cfg(test)]
 mod fixture_tests;
 
 pub use decode::generator::{FinishReason, Generation, GenerationConfig, Generator};
@@ -25,12 +27,12 @@ pub use io::base_ref::{portable_base_reference, resolve_base_reference, BaseMode
 pub use io::export::{write_safetensors, ExportDtype, HfExport};
 pub use io::gguf::GgufFile;
 pub use io::hub::{HubAccess, HubCache, HubRemote};
-pub use io::loader::{load_model, load_model_path, LoadedModel, ModelSource};
+pub use io::loader::{load_model, load_model_path, load_model_random, LoadedModel, ModelSource};
 pub use io::merge::{merge_adapters, merge_adapters_into_model};
 pub use io::peft::{AdapterConfig, LoraWeights, PeftAdapter};
 pub use io::spec::{ModelFormat, ModelSpec, ResolvedModel};
 pub use io::weights::ModelWeights;
-pub use model::config::{Architecture, ModelConfig, RopeScaling};
+pub use model::config::{Architecture, LayerType, Llama3Scaling, ModelConfig, RopeScaling};
 pub use model::lora::{LoraConfig, LoraLayer, Mode, TargetModule};
 pub use model::LlamaModel;
 pub use objectives::batch::{Example, TargetMask, TokenBatch};

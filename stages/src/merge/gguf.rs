@@ -14,8 +14,13 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::llm::gguf::{gguf_tensor_name, llama3_divisors, permute_rows};
-use crate::llm::{Architecture, GgufFile, LlmError, LlmResult, ModelConfig, TextTokenizer};
+use crate::llm::gguf::{
+    gguf_architecture_name, gguf_tensor_name, llama3_divisors, permute_rows, to_llama_cpp_norm,
+    GEMMA3_LOCAL_ROPE_THETA, GEMMA3_SWA_PATTERN,
+};
+use crate::llm::{
+    Architecture, GgufFile, LayerType, LlmError, LlmResult, ModelConfig, RopeScaling, TextTokenizer,
+};
 
 /// The element type of a GGUF export (`gguf` in `[merge]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -87,7 +92,8 @@ impl GgufExport<'_> {
             .dtype
             .ggml()
             .ok_or_else(|| LlmError::Invalid("gguf = \"none\": nothing to write".into()))?;
-        let arch = arch_name(self.config.architecture);
+        check_llama_cpp_runs(self.config)?;
+        let arch = gguf_architecture_name(self.config.architecture);
         let tensors = self.tensors(arch, ggml)?;
         let mut metadata = self.model_metadata(arch);
         metadata.extend(self.tokenizer_metadata()?);
@@ -106,12 +112,14 @@ impl GgufExport<'_> {
     fn tensors(&self, arch: &str, ggml: GgmlDType) -> LlmResult<Vec<(String, QTensor)>> {
         let mut out = Vec::with_capacity(self.weights.len() + 1);
         for (name, tensor) in self.weights {
-            let gguf_name = gguf_tensor_name(name).ok_or_else(|| {
+            let architecture = self.config.architecture;
+            let gguf_name = gguf_tensor_name(name, architecture).ok_or_else(|| {
                 LlmError::tensor(name, "no llama.cpp name for this tensor".to_string())
             })?;
             let tensor = tensor
                 .to_dtype(DType::F32)
                 .map_err(|e| LlmError::tensor(name, e))?;
+            let tensor = to_llama_cpp_norm(name, tensor, architecture)?;
             let tensor = match permuted_heads(arch, name, self.config) {
                 Some(heads) => permute_rows(&tensor, heads, true).map_err(|e| {
                     LlmError::tensor(
@@ -127,7 +135,7 @@ impl GgufExport<'_> {
             })?;
             out.push((gguf_name, q));
         }
-        if let Some(scaling) = &self.config.rope_scaling {
+        if let Some(RopeScaling::Llama3(scaling)) = &self.config.rope_scaling {
             // Llama-3 GGUFs carry the scaled RoPE as per-frequency divisors.
             let divisors: Vec<f32> =
                 llama3_divisors(scaling, self.config.rope_theta, self.config.head_dim)
@@ -186,11 +194,27 @@ impl GgufExport<'_> {
             ),
             (format!("{arch}.vocab_size"), u32v(c.vocab_size)),
         ];
-        if let Some(s) = &c.rope_scaling {
-            m.push((
+        match &c.rope_scaling {
+            Some(RopeScaling::Llama3(s)) => m.push((
                 format!("{arch}.rope.scaling.original_context_length"),
                 u32v(s.original_max_position_embeddings),
-            ));
+            )),
+            Some(RopeScaling::Linear { factor }) => {
+                m.push((
+                    format!("{arch}.rope.scaling.type"),
+                    Value::String("linear".into()),
+                ));
+                m.push((
+                    format!("{arch}.rope.scaling.factor"),
+                    Value::F32(*factor as f32),
+                ));
+            }
+            Some(RopeScaling::Dynamic { .. }) | None => {}
+        }
+        if c.architecture == Architecture::Gemma3 {
+            if let Some(window) = c.sliding_window {
+                m.push((format!("{arch}.attention.sliding_window"), u32v(window)));
+            }
         }
         m
     }
@@ -219,11 +243,53 @@ impl GgufExport<'_> {
     }
 }
 
-fn arch_name(architecture: Architecture) -> &'static str {
-    match architecture {
-        Architecture::Qwen2 => "qwen2",
-        Architecture::Llama | Architecture::Mistral => "llama",
+/// Refuses a model llama.cpp would run with different math than transformers: it has no
+/// dynamic-NTK rope, and fixes Gemma-3's layer pattern, local rope base and attention scale
+/// instead of reading them from the file.
+fn check_llama_cpp_runs(c: &ModelConfig) -> LlmResult<()> {
+    let refuse = |what: String| {
+        Err(LlmError::Invalid(format!(
+            "cannot write a GGUF for this {} model: {what}; export the HF directory instead (gguf = \"none\")",
+            c.architecture.model_type()
+        )))
+    };
+    if let Some(RopeScaling::Dynamic { .. }) = c.rope_scaling {
+        return refuse("llama.cpp has no dynamic-NTK rope scaling".into());
     }
+    if c.architecture != Architecture::Gemma3 {
+        return Ok(());
+    }
+    let llama_cpp_types: Vec<LayerType> = (0..c.num_hidden_layers)
+        .map(|i| match (i + 1) % GEMMA3_SWA_PATTERN {
+            0 => LayerType::FullAttention,
+            _ => LayerType::SlidingAttention,
+        })
+        .collect();
+    if c.sliding_window.is_some() && c.resolved_layer_types() != llama_cpp_types {
+        return refuse(format!(
+            "llama.cpp runs one global layer every {GEMMA3_SWA_PATTERN}, the config's `layer_types` differ"
+        ));
+    }
+    if c.sliding_window.is_some() && c.rope_local_theta != Some(GEMMA3_LOCAL_ROPE_THETA) {
+        return refuse(format!(
+            "llama.cpp uses rope base {GEMMA3_LOCAL_ROPE_THETA} on sliding-window layers, the config has {:?}",
+            c.rope_local_theta
+        ));
+    }
+    let llama_cpp_scalar = if c.num_hidden_layers == 62 {
+        (c.hidden_size / c.num_attention_heads) as f64
+    } else {
+        c.head_dim as f64
+    };
+    if c.query_pre_attn_scalar
+        .is_some_and(|s| s != llama_cpp_scalar)
+    {
+        return refuse(format!(
+            "llama.cpp scales attention by {llama_cpp_scalar}^-1/2, the config's `query_pre_attn_scalar` is {:?}",
+            c.query_pre_attn_scalar
+        ));
+    }
+    Ok(())
 }
 
 /// llama.cpp's converter permutes q/k rows for the `llama` architecture only.
@@ -370,7 +436,7 @@ fn pre_tokenizer_name(pre: &Json) -> LlmResult<&'static str> {
         .and_then(|p| p["pattern"]["Regex"].as_str())
         .unwrap_or("");
     let name = match kinds.as_slice() {
-        ["ByteLevel"] if parts[0]["use_regex"].as_bool() != Some(false) => Some("gpt2"),
+        ["ByteLevel"] if parts[0]["use_regex"].as_bool() != Some(false) => Some("gpt-2"),
         ["Digits", "ByteLevel"] if parts[0]["individual_digits"].as_bool() == Some(true) => {
             Some("smollm")
         }
@@ -380,7 +446,7 @@ fn pre_tokenizer_name(pre: &Json) -> LlmResult<&'static str> {
     };
     name.ok_or_else(|| {
         LlmError::Tokenizer(format!(
-            "the pre-tokenizer {pre} has no llama.cpp name pipe knows (gpt2, smollm, llama-bpe, qwen2); set gguf = \"none\""
+            "the pre-tokenizer {pre} has no llama.cpp name pipe knows (gpt-2, smollm, llama-bpe, qwen2); set gguf = \"none\""
         ))
     })
 }

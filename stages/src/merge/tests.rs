@@ -22,12 +22,12 @@ struct Fixture {
 }
 
 fn fixture_for(ws: tempfile::TempDir, model_path: &str) -> Fixture {
-    let model = stage_artifact(
-        "model",
-        &format!("[model]\npath = {model_path:?}\n"),
-        ws.path(),
-        &[],
-    );
+    fixture_with(ws, &format!("[model]\npath = {model_path:?}\n"))
+}
+
+/// A workspace with a committed `model` artifact for the `[model]` table `toml`.
+fn fixture_with(ws: tempfile::TempDir, toml: &str) -> Fixture {
+    let model = stage_artifact("model", toml, ws.path(), &[]);
     Fixture { ws, model }
 }
 
@@ -423,4 +423,134 @@ fn show_names_a_summary_of_an_older_format() {
         out.contains("older format") && out.contains("--from merge"),
         "{out}"
     );
+}
+
+/// A workspace holding a copy of an architecture fixture's HF directory
+/// (tests/fixtures/archs/<family>/model) as its `model` artifact.
+fn arch_fixture(family: &str) -> Fixture {
+    arch_fixture_edited(family, |_| {})
+}
+
+/// [`arch_fixture`] with its config.json edited first.
+fn arch_fixture_edited(family: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Fixture {
+    let ws = tempfile::tempdir().unwrap();
+    let src = crate::llm::testing::workspace_root()
+        .join("tests/fixtures/archs")
+        .join(family)
+        .join("model");
+    let dst = ws.path().join(family);
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+    }
+    let config_path = dst.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    // The fixtures' tokenizer files carry no chat template.
+    fixture_with(
+        ws,
+        &format!("[model]\npath = {family:?}\nchat_template = \"chatml\"\n"),
+    )
+}
+
+/// Qwen3 and Gemma-3 through merge: the HF directory and the llama.cpp-named GGUF (Gemma's
+/// norms stored `1 + w`, q/k norms, sliding-window metadata) load back in pipe's loader with
+/// the merged model's logits, within the engine fixtures' tolerances.
+#[test]
+fn qwen3_and_gemma3_export_to_hf_and_gguf_and_reload() {
+    for family in ["qwen3", "gemma3_text"] {
+        let fx = arch_fixture(family);
+        let (out, sft, orpo) = run_merge(&fx, "dtype = \"f32\"\ngguf = \"f16\"\n");
+        let ids: Vec<u32> = (0..20).map(|i| (i * 37 + 5) % 4000).collect();
+        let want = reference_logits(&fx, &sft, &orpo, &ids);
+        let hf = logits_of(&out.path().join(MODEL_DIR), &ids);
+        assert!(
+            max_diff(&hf, &want) < 1e-4,
+            "{family} hf: {}",
+            max_diff(&hf, &want)
+        );
+        let path = out.path().join(GGUF_FILE);
+        let loaded = load_model_path(&path, &Device::Cpu).unwrap();
+        let b = base(&fx);
+        let (got, was) = (&loaded.config, b.model.config());
+        assert_eq!(got.architecture, was.architecture, "{family}");
+        assert_eq!(
+            got.resolved_layer_types(),
+            was.resolved_layer_types(),
+            "{family}"
+        );
+        assert_eq!(
+            (
+                got.sliding_window,
+                got.rope_local_theta,
+                got.attention_scale()
+            ),
+            (
+                was.sliding_window,
+                was.rope_local_theta,
+                was.attention_scale()
+            ),
+            "{family}"
+        );
+        let gguf = logits_of(&path, &ids);
+        assert!(
+            max_diff(&gguf, &want) < 2e-2,
+            "{family} gguf: {}",
+            max_diff(&gguf, &want)
+        );
+        let s = summary(out.path());
+        for e in &s.exports {
+            let f = &e.fidelity;
+            assert!(
+                f.nll_diff < 1e-3 && f.top10_logit_diff < 1e-2,
+                "{family}: {f:?}"
+            );
+            assert_eq!(f.greedy_agree, f.greedy_tokens, "{family}: {f:?}");
+        }
+        if let Some(dir) = std::env::var_os("PIPE_EXPORT_TO") {
+            let target = Path::new(&dir).join(family);
+            std::fs::create_dir_all(&target).unwrap();
+            copy_tree(out.path(), &target);
+        }
+    }
+}
+
+/// A Gemma-3 whose layers llama.cpp would run differently is refused for GGUF, naming why.
+#[test]
+fn gemma3_gguf_export_refuses_what_llama_cpp_would_run_differently() {
+    let fx = arch_fixture_edited("gemma3_text", |c| c["rope_local_base_freq"] = 5000.0.into());
+    let b = base(&fx);
+    let weights: BTreeMap<String, Tensor> = b.model.weights().into_iter().collect();
+    let export = GgufExport {
+        config: b.model.config(),
+        weights: &weights,
+        tokenizer: TokenizerSource::Hf(&b.tokenizer),
+        chat_template: None,
+        name: "gemma",
+        dtype: GgufType::F16,
+    };
+    let err = export
+        .write(&fx.ws.path().join("x.gguf"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("rope base 10000") && err.contains("gguf = \"none\""),
+        "{err}"
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }

@@ -69,7 +69,8 @@ pub enum ModelError {
 
 impl Stage for Model {
     const NAME: &'static str = "model";
-    const VERSION: u32 = 1;
+    // 2: model.json's config gained the layer pattern, local rope and rope scaling kinds.
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "check the base model (weights, tokenizer, chat template) every ML stage trains or runs";
     const DEPS: &'static [&'static str] = &[];
@@ -319,6 +320,23 @@ fn write_info(info: &ModelInfo, out: &mut dyn Write) -> std::io::Result<()> {
         c.max_position_embeddings,
         c.tie_word_embeddings
     )?;
+    if let Some(scaling) = &c.rope_scaling {
+        writeln!(out, "            rope scaling {}", scaling.to_hf_json())?;
+    }
+    if let Some(window) = c.sliding_window {
+        let sliding = (0..c.num_hidden_layers)
+            .filter(|&i| c.layer_window(i).is_some())
+            .count();
+        let local = c
+            .rope_local_theta
+            .map(|t| format!(", rope theta {t} there"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "            sliding window {window} on {sliding} of {} layers{local}",
+            c.num_hidden_layers
+        )?;
+    }
     writeln!(out, "parameters  {:.1}M", info.parameters as f64 / 1e6)?;
     writeln!(
         out,

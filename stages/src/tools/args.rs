@@ -112,6 +112,10 @@ pub struct BenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Seeded random weights instead of the checkpoint's: `--model` may be an HF directory
+    /// with only config.json and tokenizer.json, to measure any model shape.
+    #[arg(long)]
+    pub random_weights: bool,
     /// Run one phase in this process and print its result as JSON (used internally: each
     /// phase runs in a child process so its peak memory is its own).
     #[arg(long, hide = true, value_name = "PHASE")]

@@ -78,8 +78,10 @@ impl Tool for Bench {
             .map(str::parse)
             .transpose()
             .map_err(|e: LlmError| ToolError::Usage(format!("{e}")))?;
+        let mut model = model_options(&args.model, host)?;
+        model.random_weights = args.random_weights.then_some(0);
         let options = BenchOptions {
-            model: model_options(&args.model, host)?,
+            model,
             batch: args.batch,
             seq: args.seq,
             steps: args.steps,
@@ -159,6 +161,7 @@ fn model_options(args: &ModelArgs, host: &dyn ToolHost) -> Result<ModelOptions, 
         device,
         template: args.template.clone(),
         exact: args.exact,
+        random_weights: None,
     })
 }
 

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use crate::llm::device::DeviceChoice;
 use crate::llm::{
-    load_model, merge_adapters_into_model, ChatTemplate, LlamaModel, LlmError, LlmResult,
-    ModelSpec, PeftAdapter, TextTokenizer,
+    load_model, load_model_random, merge_adapters_into_model, ChatTemplate, LlamaModel, LlmError,
+    LlmResult, ModelSpec, PeftAdapter, TextTokenizer,
 };
 
 /// The adapter directory inside a training stage's artifact (sft's; orpo names its own alike).
@@ -35,6 +35,9 @@ pub struct ModelOptions {
     /// Decode with the exact f32 weights instead of 8-bit copies (slower, bit-for-bit the
     /// float path).
     pub exact: bool,
+    /// Seeded random weights instead of the checkpoint's (an HF directory with config.json
+    /// and tokenizer.json suffices): `pipe bench --random-weights`.
+    pub random_weights: Option<u64>,
 }
 
 /// A model ready for inference.
@@ -52,7 +55,10 @@ impl ModelSession {
     pub fn open(options: &ModelOptions) -> LlmResult<Self> {
         let device = options.device.open()?;
         let (spec, stage_adapter) = base_and_stage_adapter(options)?;
-        let loaded = load_model(&spec, &options.model_root, &device)?;
+        let loaded = match options.random_weights {
+            Some(seed) => load_model_random(&spec, &options.model_root, &device, seed)?,
+            None => load_model(&spec, &options.model_root, &device)?,
+        };
         let template = loaded.template(options.template.as_deref());
         let mut model = LlamaModel::from_tensors(&loaded.config, loaded.weights.into_map())?;
         let mut adapter_dirs = options.adapters.clone();

@@ -13,7 +13,10 @@ use candle_core::{Device, Tensor};
 use super::gguf_header::read_header;
 use super::weights::{check_tensor_count, expected_shapes, ModelWeights};
 use crate::llm::error::{LlmError, LlmResult};
-use crate::llm::model::config::{Architecture, ModelConfig, RopeScaling};
+use crate::llm::model::config::{
+    Architecture, LayerType, Llama3Scaling, ModelConfig, RopeScaling, MAX_LAYERS,
+};
+use crate::llm::model::family::{NormForm, NormSlot};
 
 /// An opened GGUF file: its parsed header (metadata and tensor directory) and a reader
 /// positioned anywhere, used to fetch tensor data on demand.
@@ -82,11 +85,7 @@ impl GgufFile {
     /// The architecture description from the metadata and the tensor directory.
     pub fn config(&self) -> LlmResult<ModelConfig> {
         let arch_name = self.architecture_name()?;
-        let architecture = match arch_name {
-            "llama" => Architecture::Llama,
-            "qwen2" => Architecture::Qwen2,
-            other => return Err(LlmError::UnsupportedArchitecture(other.to_string())),
-        };
+        let architecture = gguf_architecture(arch_name)?;
         let key = |suffix: &str| format!("{arch_name}.{suffix}");
         let need = |suffix: &str| -> LlmResult<usize> {
             self.usize(&key(suffix))?
@@ -106,7 +105,11 @@ impl GgufFile {
         };
         let intermediate_size = need("feed_forward_length")?;
         let num_hidden_layers = need("block_count")?;
-        let rope_theta = self.float(&key("rope.freq_base"))?.unwrap_or(10_000.0);
+        let default_theta = match architecture {
+            Architecture::Gemma3 => 1_000_000.0,
+            _ => 10_000.0,
+        };
+        let rope_theta = self.float(&key("rope.freq_base"))?.unwrap_or(default_theta);
         let vocab_size = match self.usize(&key("vocab_size"))? {
             Some(n) => n,
             None => self.embedding_rows()?,
@@ -131,10 +134,17 @@ impl GgufFile {
             tie_word_embeddings: !self.has_tensor("output.weight"),
             attention_bias: self.has_tensor("blk.0.attn_q.bias"),
             sliding_window: None,
+            layer_types: None,
+            rope_local_theta: None,
+            query_pre_attn_scalar: None,
             bos_token_id: self.u32("tokenizer.ggml.bos_token_id")?,
             eos_token_ids: self.eos_token_ids()?,
             pad_token_id: self.u32("tokenizer.ggml.padding_token_id")?,
         };
+        let mut config = config;
+        if architecture == Architecture::Gemma3 {
+            self.gemma3_attention(&mut config)?;
+        }
         config.validate().map_err(|m| self.bad(m))?;
         let tensors = self
             .content
@@ -146,12 +156,54 @@ impl GgufFile {
         Ok(config)
     }
 
+    /// Gemma-3's attention as llama.cpp runs it (it stores no pattern, local base or query
+    /// scalar): five sliding-window layers (base 1e4) per global one when
+    /// `gemma3.attention.sliding_window` is set, scores scaled by `head_dim^-1/2` (by
+    /// `(hidden/heads)^-1/2` for the 62-layer 27B).
+    fn gemma3_attention(&self, config: &mut ModelConfig) -> LlmResult<()> {
+        let window = self
+            .usize("gemma3.attention.sliding_window")?
+            .filter(|&w| w > 0);
+        config.query_pre_attn_scalar = Some(if config.num_hidden_layers == 62 {
+            (config.hidden_size / config.num_attention_heads) as f64
+        } else {
+            config.head_dim as f64
+        });
+        if let Some(window) = window {
+            if config.num_hidden_layers > MAX_LAYERS {
+                return Err(self.bad(format!(
+                    "`gemma3.block_count` is {}; pipe reads at most {MAX_LAYERS} layers",
+                    config.num_hidden_layers
+                )));
+            }
+            config.sliding_window = Some(window);
+            config.rope_local_theta = Some(GEMMA3_LOCAL_ROPE_THETA);
+            let types: Vec<LayerType> = (0..config.num_hidden_layers)
+                .map(|i| match (i + 1) % GEMMA3_SWA_PATTERN {
+                    0 => LayerType::FullAttention,
+                    _ => LayerType::SlidingAttention,
+                })
+                .collect();
+            let uniform = types.iter().all(|t| *t == LayerType::SlidingAttention);
+            config.layer_types = (!uniform).then_some(types);
+        }
+        if self
+            .float("gemma3.final_logit_softcapping")?
+            .is_some_and(|v| v != 0.0)
+        {
+            return Err(self.bad(
+                "`gemma3.final_logit_softcapping` is set; pipe implements Gemma-3 without logit soft-capping",
+            ));
+        }
+        Ok(())
+    }
+
     /// Every tensor the config implies is in the directory with its shape, checked before any
     /// tensor data is read.
     fn check_directory(&self, config: &ModelConfig) -> LlmResult<()> {
         check_tensor_count(config, self.content.tensor_infos.len()).map_err(|m| self.bad(m))?;
         for (hf_name, shape) in expected_shapes(config) {
-            let Some(gguf_name) = gguf_tensor_name(&hf_name) else {
+            let Some(gguf_name) = gguf_tensor_name(&hf_name, config.architecture) else {
                 continue;
             };
             let Some(info) = self.tensor_info(&gguf_name) else {
@@ -188,15 +240,16 @@ impl GgufFile {
         names.sort();
         let mut tensors = HashMap::with_capacity(names.len());
         for gguf_name in names {
-            let Some(hf_name) = hf_tensor_name(&gguf_name) else {
+            let Some(hf_name) = hf_tensor_name(&gguf_name, config.architecture) else {
                 if is_ignored_tensor(&gguf_name) {
                     continue;
                 }
                 return Err(LlmError::tensor(
                     &gguf_name,
                     format!(
-                        "{}: unexpected tensor for a Llama-family model",
-                        self.path.display()
+                        "{}: unexpected tensor for a {} model",
+                        self.path.display(),
+                        config.architecture.model_type()
                     ),
                 ));
             };
@@ -210,6 +263,7 @@ impl GgufFile {
                 })?,
                 _ => tensor,
             };
+            let tensor = from_llama_cpp_norm(&hf_name, tensor, config.architecture)?;
             tensors.insert(hf_name, tensor);
         }
         Ok(ModelWeights::new(tensors))
@@ -258,7 +312,7 @@ impl GgufFile {
         head_dim: usize,
     ) -> LlmResult<Option<RopeScaling>> {
         if !self.has_tensor("rope_freqs.weight") {
-            return Ok(None);
+            return self.rope_scaling_keys(arch);
         }
         let divisors = {
             let mut file = File::open(&self.path).map_err(|e| LlmError::io(&self.path, e))?;
@@ -277,10 +331,29 @@ impl GgufFile {
             .usize(&format!("{arch}.rope.scaling.original_context_length"))?
             .unwrap_or(8192);
         fit_llama3_rope(&divisors, theta, head_dim, original)
-            .map(Some)
+            .map(|s| Some(RopeScaling::Llama3(s)))
             .ok_or_else(|| {
                 self.bad("`rope_freqs.weight` does not match Llama-3 rope scaling; this rope scaling is not supported")
             })
+    }
+
+    /// `<arch>.rope.scaling.type` and `.factor`, as llama.cpp's converter writes linear
+    /// scaling (deepseek-coder); other types are refused by name.
+    fn rope_scaling_keys(&self, arch: &str) -> LlmResult<Option<RopeScaling>> {
+        let type_key = format!("{arch}.rope.scaling.type");
+        let factor_key = format!("{arch}.rope.scaling.factor");
+        match self.string(&type_key)? {
+            None | Some("none") => Ok(None),
+            Some("linear") => {
+                let factor = self
+                    .float(&factor_key)?
+                    .ok_or_else(|| self.missing(&factor_key))?;
+                Ok((factor != 1.0).then_some(RopeScaling::Linear { factor }))
+            }
+            Some(other) => Err(self.bad(format!(
+                "`{type_key}` is `{other}`; pipe reads linear scaling and llama3's rope_freqs"
+            ))),
+        }
     }
 
     /// `eos_token_id`, plus the end-of-turn token when the file names a different one
@@ -378,8 +451,47 @@ fn is_ignored_tensor(gguf_name: &str) -> bool {
     gguf_name == "rope_freqs.weight"
 }
 
-/// The HF name of a llama.cpp tensor (`blk.3.attn_q.weight` → `model.layers.3.self_attn.q_proj.weight`).
-pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
+/// The architecture of a GGUF's `general.architecture`.
+pub fn gguf_architecture(name: &str) -> LlmResult<Architecture> {
+    match name {
+        "llama" => Ok(Architecture::Llama),
+        "qwen2" => Ok(Architecture::Qwen2),
+        "qwen3" => Ok(Architecture::Qwen3),
+        "gemma3" => Ok(Architecture::Gemma3),
+        other => Err(LlmError::UnsupportedArchitecture(other.to_string())),
+    }
+}
+
+/// llama.cpp's `general.architecture` for a model: Mistral is written as `llama`.
+pub fn gguf_architecture_name(architecture: Architecture) -> &'static str {
+    match architecture {
+        Architecture::Llama | Architecture::Mistral => "llama",
+        Architecture::Qwen2 => "qwen2",
+        Architecture::Qwen3 => "qwen3",
+        Architecture::Gemma3 => "gemma3",
+    }
+}
+
+/// llama.cpp runs Gemma-3 with five sliding-window layers per global one...
+pub(crate) const GEMMA3_SWA_PATTERN: usize = 6;
+/// ...and the sliding-window layers with rope base 1e4.
+pub(crate) const GEMMA3_LOCAL_ROPE_THETA: f64 = 10_000.0;
+
+/// The projections' llama.cpp names.
+const PROJECTIONS: &[(&str, &str)] = &[
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+/// The HF name of a llama.cpp tensor of an `architecture` model
+/// (`blk.3.attn_q.weight` → `model.layers.3.self_attn.q_proj.weight`; a norm maps by its
+/// role, so Gemma's `blk.3.ffn_norm` is `pre_feedforward_layernorm`).
+pub fn hf_tensor_name(gguf_name: &str, architecture: Architecture) -> Option<String> {
     match gguf_name {
         "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
         "output_norm.weight" => return Some("model.norm.weight".into()),
@@ -393,23 +505,23 @@ pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
     if kind != "weight" && kind != "bias" {
         return None;
     }
-    let hf_module = match module {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
+    let family = architecture.family();
+    let hf_module = PROJECTIONS
+        .iter()
+        .find(|(_, g)| *g == module)
+        .map(|(hf, _)| *hf)
+        .or_else(|| {
+            family
+                .layer_norms
+                .iter()
+                .find(|(slot, _)| slot.gguf_name() == module)
+                .map(|(_, hf)| *hf)
+        })?;
     Some(format!("model.layers.{layer}.{hf_module}.{kind}"))
 }
 
 /// The llama.cpp tensor name of an HF tensor, the inverse of [`hf_tensor_name`].
-pub fn gguf_tensor_name(hf_name: &str) -> Option<String> {
+pub fn gguf_tensor_name(hf_name: &str, architecture: Architecture) -> Option<String> {
     match hf_name {
         "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
         "model.norm.weight" => return Some("output_norm.weight".into()),
@@ -419,19 +531,49 @@ pub fn gguf_tensor_name(hf_name: &str) -> Option<String> {
     let rest = hf_name.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let (module, kind) = rest.rsplit_once('.')?;
-    let gguf_module = match module {
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
+    let gguf_module = PROJECTIONS
+        .iter()
+        .find(|(hf, _)| *hf == module)
+        .map(|(_, g)| *g)
+        .or_else(|| {
+            architecture
+                .family()
+                .slot_of(module)
+                .map(NormSlot::gguf_name)
+        })?;
     Some(format!("blk.{layer}.{gguf_module}.{kind}"))
+}
+
+/// Whether an HF tensor is a norm weight that llama.cpp stores as applied (`1 + w`) for
+/// `architecture`: its converter adds one to every Gemma `*norm.weight`.
+fn shifted_norm(hf_name: &str, architecture: Architecture) -> bool {
+    architecture.family().norm == NormForm::OnePlusWeight && hf_name.ends_with("norm.weight")
+}
+
+/// A tensor read from a GGUF, in HF's form: Gemma's norms lose the one llama.cpp added.
+fn from_llama_cpp_norm(
+    hf_name: &str,
+    tensor: Tensor,
+    architecture: Architecture,
+) -> LlmResult<Tensor> {
+    if shifted_norm(hf_name, architecture) {
+        Ok((tensor - 1.0).map_err(|e| LlmError::tensor(hf_name, e))?)
+    } else {
+        Ok(tensor)
+    }
+}
+
+/// A tensor about to be written to a GGUF, in llama.cpp's form (Gemma's norms plus one).
+pub fn to_llama_cpp_norm(
+    hf_name: &str,
+    tensor: Tensor,
+    architecture: Architecture,
+) -> LlmResult<Tensor> {
+    if shifted_norm(hf_name, architecture) {
+        Ok((tensor + 1.0).map_err(|e| LlmError::tensor(hf_name, e))?)
+    } else {
+        Ok(tensor)
+    }
 }
 
 /// How many heads a permuted tensor is grouped in: q_proj by the attention heads, k_proj by
@@ -482,13 +624,13 @@ fn fit_llama3_rope(
     theta: f64,
     head_dim: usize,
     original: usize,
-) -> Option<RopeScaling> {
+) -> Option<Llama3Scaling> {
     let factor = divisors.iter().copied().fold(f32::MIN, f32::max) as f64;
     if divisors.len() != head_dim / 2 || factor < 1.0 {
         return None;
     }
     [(1.0, 4.0)].into_iter().find_map(|(low, high)| {
-        let scaling = RopeScaling {
+        let scaling = Llama3Scaling {
             factor,
             low_freq_factor: low,
             high_freq_factor: high,
@@ -504,7 +646,7 @@ fn fit_llama3_rope(
 }
 
 /// transformers' `_compute_llama3_parameters`, expressed as the divisor of each base frequency.
-pub(crate) fn llama3_divisors(scaling: &RopeScaling, theta: f64, head_dim: usize) -> Vec<f64> {
+pub(crate) fn llama3_divisors(scaling: &Llama3Scaling, theta: f64, head_dim: usize) -> Vec<f64> {
     let original = scaling.original_max_position_embeddings as f64;
     let low_wavelen = original / scaling.low_freq_factor;
     let high_wavelen = original / scaling.high_freq_factor;
@@ -541,15 +683,76 @@ mod tests {
             "blk.3.attn_norm.weight",
             "blk.3.ffn_norm.weight",
         ] {
-            let hf = hf_tensor_name(name).unwrap();
-            assert_eq!(gguf_tensor_name(&hf).as_deref(), Some(name));
+            let hf = hf_tensor_name(name, Architecture::Llama).unwrap();
+            assert_eq!(
+                gguf_tensor_name(&hf, Architecture::Llama).as_deref(),
+                Some(name)
+            );
         }
         assert_eq!(
-            hf_tensor_name("blk.7.attn_output.weight").as_deref(),
+            hf_tensor_name("blk.7.attn_output.weight", Architecture::Llama).as_deref(),
             Some("model.layers.7.self_attn.o_proj.weight")
         );
-        assert_eq!(hf_tensor_name("blk.x.attn_q.weight"), None);
-        assert_eq!(hf_tensor_name("blk.1.attn_q_norm.weight"), None);
+        assert_eq!(
+            hf_tensor_name("blk.x.attn_q.weight", Architecture::Llama),
+            None
+        );
+        assert_eq!(
+            hf_tensor_name("blk.1.attn_q_norm.weight", Architecture::Llama),
+            None
+        );
+    }
+
+    /// Norms map by role: llama.cpp's `ffn_norm` is Llama's `post_attention_layernorm` but
+    /// Gemma's `pre_feedforward_layernorm`; Gemma's `post_attention_layernorm` is
+    /// `post_attention_norm`.
+    #[test]
+    fn norm_names_follow_the_family() {
+        let cases = [
+            (
+                Architecture::Qwen3,
+                "blk.2.attn_q_norm.weight",
+                "model.layers.2.self_attn.q_norm.weight",
+            ),
+            (
+                Architecture::Qwen3,
+                "blk.2.attn_k_norm.weight",
+                "model.layers.2.self_attn.k_norm.weight",
+            ),
+            (
+                Architecture::Qwen3,
+                "blk.2.ffn_norm.weight",
+                "model.layers.2.post_attention_layernorm.weight",
+            ),
+            (
+                Architecture::Gemma3,
+                "blk.0.ffn_norm.weight",
+                "model.layers.0.pre_feedforward_layernorm.weight",
+            ),
+            (
+                Architecture::Gemma3,
+                "blk.0.post_attention_norm.weight",
+                "model.layers.0.post_attention_layernorm.weight",
+            ),
+            (
+                Architecture::Gemma3,
+                "blk.0.post_ffw_norm.weight",
+                "model.layers.0.post_feedforward_layernorm.weight",
+            ),
+            (
+                Architecture::Gemma3,
+                "blk.0.attn_norm.weight",
+                "model.layers.0.input_layernorm.weight",
+            ),
+        ];
+        for (arch, gguf, hf) in cases {
+            assert_eq!(hf_tensor_name(gguf, arch).as_deref(), Some(hf), "{gguf}");
+            assert_eq!(gguf_tensor_name(hf, arch).as_deref(), Some(gguf), "{hf}");
+        }
+        assert_eq!(
+            hf_tensor_name("blk.0.post_ffw_norm.weight", Architecture::Qwen3),
+            None
+        );
     }
 
     /// The permutation as llama.cpp's convert_hf_to_gguf.py writes it, on explicit indices:
@@ -594,7 +797,7 @@ mod tests {
 
     #[test]
     fn llama3_rope_divisors_are_refitted() {
-        let scaling = RopeScaling {
+        let scaling = Llama3Scaling {
             factor: 32.0,
             low_freq_factor: 1.0,
             high_freq_factor: 4.0,

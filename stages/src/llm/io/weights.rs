@@ -11,6 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::llm::error::{LlmError, LlmResult};
 use crate::llm::io::hf_files::{SAFETENSORS_FILE, SAFETENSORS_INDEX};
 use crate::llm::model::config::ModelConfig;
+use crate::llm::model::family::NormForm;
 
 /// HF-named f32 tensors (`model.embed_tokens.weight`, `model.layers.0.self_attn.q_proj.weight`,
 /// ..., `model.norm.weight`, and `lm_head.weight` when the embeddings are untied).
@@ -84,6 +85,33 @@ impl ModelWeights {
         Ok(ModelWeights::new(read_safetensors(path, device)?))
     }
 
+    /// Seeded random weights for every tensor of `config` (uniform, std 0.02 as transformers'
+    /// `initializer_range`; norms at their identity: 1, or 0 for Gemma's `1 + w`), for
+    /// measuring speed on shapes whose checkpoints are not at hand.
+    pub fn random(config: &ModelConfig, seed: u64, device: &Device) -> LlmResult<Self> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let identity = match config.architecture.family().norm {
+            NormForm::Weight => 1.0f32,
+            NormForm::OnePlusWeight => 0.0,
+        };
+        let bound = 0.02f32 * 3f32.sqrt();
+        let mut tensors = HashMap::new();
+        for (name, shape) in expected_shapes(config) {
+            let count: usize = shape.iter().product();
+            let values: Vec<f32> = if name.ends_with("norm.weight") {
+                vec![identity; count]
+            } else {
+                (0..count)
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect()
+            };
+            let tensor = Tensor::from_vec(values, shape, device)?;
+            tensors.insert(name, tensor);
+        }
+        Ok(ModelWeights::new(tensors))
+    }
+
     /// Makes the tensor set exactly what `config` describes: every expected tensor present with
     /// the expected shape, nothing unexpected. A tied checkpoint that also stores `lm_head`
     /// loses it (the model reads the embedding) and stale `rotary_emb.inv_freq` buffers of old
@@ -131,7 +159,8 @@ impl ModelWeights {
 
 /// How many tensors a model with `config` has, or `None` if that overflows.
 pub fn expected_tensor_count(config: &ModelConfig) -> Option<usize> {
-    let per_layer = if config.attention_bias { 12 } else { 9 };
+    let norms = config.architecture.family().layer_norms.len();
+    let per_layer = 7 + norms + if config.attention_bias { 3 } else { 0 };
     let outside = 2 + usize::from(!config.tie_word_embeddings);
     config
         .num_hidden_layers
@@ -173,8 +202,10 @@ pub fn expected_shapes(config: &ModelConfig) -> BTreeMap<String, Vec<usize>> {
         let mut add = |suffix: &str, shape: Vec<usize>| {
             shapes.insert(format!("{p}.{suffix}"), shape);
         };
-        add("input_layernorm.weight", vec![h]);
-        add("post_attention_layernorm.weight", vec![h]);
+        for &(slot, name) in config.architecture.family().layer_norms {
+            let width = if slot.per_head() { config.head_dim } else { h };
+            add(&format!("{name}.weight"), vec![width]);
+        }
         add("self_attn.q_proj.weight", vec![q_rows, h]);
         add("self_attn.k_proj.weight", vec![kv_rows, h]);
         add("self_attn.v_proj.weight", vec![kv_rows, h]);

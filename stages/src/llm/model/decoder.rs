@@ -1,5 +1,7 @@
-//! The Llama-family decoder (Llama, SmolLM/SmolLM2, Mistral, Qwen2) with a differentiable
-//! training forward, a KV-cache path for generation, and LoRA on any projection.
+//! The decoder of every family pipe implements (Llama, SmolLM/SmolLM2, Mistral, Qwen2, Qwen3,
+//! Gemma-3 text) with a differentiable training forward, a KV-cache path for generation, and
+//! LoRA on any projection. Where the families differ, the layers read the architecture's
+//! [`Family`] description and the config's per-layer attention pattern.
 
 use std::collections::HashMap;
 
@@ -7,10 +9,11 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use crate::llm::decode::kv_cache::KvCache;
 use crate::llm::error::{LlmError, LlmResult};
-use crate::llm::model::attention::{Attention, AttentionContext};
-use crate::llm::model::config::ModelConfig;
+use crate::llm::model::attention::{Attention, AttentionContext, HeadShape};
+use crate::llm::model::config::{LayerType, ModelConfig};
+use crate::llm::model::family::{Family, NormForm, NormSlot};
 use crate::llm::model::frozen_linear::FrozenLinear;
-use crate::llm::model::layer::DecoderLayer;
+use crate::llm::model::layer::{DecoderLayer, LayerNorms};
 use crate::llm::model::lora::{stream_id, LoraConfig, LoraLayer, Mode, TargetModule};
 use crate::llm::model::mlp::Mlp;
 use crate::llm::model::ops::rms_norm;
@@ -29,6 +32,8 @@ pub struct LlamaModel {
     /// The embedding matrix itself when the config ties them.
     lm_head: FrozenLinear,
     rope: Rope,
+    /// The rope of sliding-window layers with their own base (Gemma-3).
+    local_rope: Option<Rope>,
     /// The LoRA configuration of the attached adapter, if any.
     lora: Option<LoraConfig>,
 }
@@ -45,7 +50,8 @@ impl LlamaModel {
         let layers = (0..config.num_hidden_layers)
             .map(|i| build_layer(config, &mut weights, i))
             .collect::<LlmResult<Vec<_>>>()?;
-        let norm = weights.take("model.norm.weight", &[h])?;
+        let family = config.architecture.family();
+        let norm = applied_norm(&family, weights.take("model.norm.weight", &[h])?)?;
         let lm_head = if config.tie_word_embeddings {
             // HF ignores a stored lm_head when tied; so do we.
             weights.tensors.remove("lm_head.weight");
@@ -65,6 +71,7 @@ impl LlamaModel {
             norm,
             lm_head,
             rope: Rope::new(config),
+            local_rope: Rope::local(config),
             lora: None,
         })
     }
@@ -215,17 +222,32 @@ impl LlamaModel {
         let real = real_tokens(attention_mask, (batch, seq))?;
         let positions = slots.append(&real)?;
         let (dtype, device) = (self.dtype(), self.device());
+        let config = &self.config;
         let angles = self.rope.angles(&positions, (batch, seq), dtype, device)?;
-        let mask = slots.additive_mask(seq, self.config.sliding_window, dtype, device)?;
-        let cx = AttentionContext {
-            angles: &angles,
-            mask: &mask,
-            mode,
+        let local_angles = match &self.local_rope {
+            Some(rope) => Some(rope.angles(&positions, (batch, seq), dtype, device)?),
+            None => None,
         };
+        let types: Vec<LayerType> = config.resolved_layer_types();
+        let mask_for = |kind: LayerType| -> LlmResult<Option<Tensor>> {
+            if !types.contains(&kind) {
+                return Ok(None);
+            }
+            let window = match kind {
+                LayerType::SlidingAttention => config.sliding_window,
+                LayerType::FullAttention => None,
+            };
+            Ok(Some(slots.additive_mask(seq, window, dtype, device)?))
+        };
+        let full_mask = mask_for(LayerType::FullAttention)?;
+        let sliding_mask = mask_for(LayerType::SlidingAttention)?;
         let mut x = self
             .embed_tokens
             .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((batch, seq, self.config.hidden_size))?;
+            .reshape((batch, seq, config.hidden_size))?;
+        if config.architecture.family().scale_embeddings {
+            x = (x * embedding_scale(config.hidden_size))?;
+        }
         if let Some(noise) = embedding_noise {
             if noise.dims() != x.dims() {
                 return Err(LlmError::Invalid(format!(
@@ -237,10 +259,25 @@ impl LlamaModel {
             x = (x + noise.to_dtype(dtype)?)?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
+            let (mask, layer_angles) = match types[i] {
+                LayerType::FullAttention => (full_mask.as_ref(), &angles),
+                LayerType::SlidingAttention => (
+                    sliding_mask.as_ref(),
+                    local_angles.as_ref().unwrap_or(&angles),
+                ),
+            };
+            let mask = mask.ok_or_else(|| {
+                LlmError::Invalid(format!("layer {i}: no attention mask was built"))
+            })?;
+            let cx = AttentionContext {
+                angles: layer_angles,
+                mask,
+                mode,
+            };
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             x = layer.forward(&x, &cx, layer_cache)?;
         }
-        Ok(rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
+        Ok(rms_norm(&x, &self.norm, config.rms_norm_eps)?)
     }
 
     /// `[batch, seq]` u32 ids, all below the vocabulary size.
@@ -456,16 +493,14 @@ impl LlamaModel {
             "model.embed_tokens.weight".to_string(),
             self.embed_tokens.clone(),
         );
+        let family = self.config.architecture.family();
         for (i, layer) in self.layers.iter().enumerate() {
             let prefix = format!("model.layers.{i}");
-            out.insert(
-                format!("{prefix}.input_layernorm.weight"),
-                layer.input_layernorm.clone(),
-            );
-            out.insert(
-                format!("{prefix}.post_attention_layernorm.weight"),
-                layer.post_attention_layernorm.clone(),
-            );
+            for &(slot, name) in family.layer_norms {
+                if let Some(w) = layer.norm(slot) {
+                    out.insert(format!("{prefix}.{name}.weight"), stored_norm(&family, w));
+                }
+            }
             for module in TargetModule::ALL {
                 let base = layer.projection(module).base();
                 let path = module.module_path(i);
@@ -475,7 +510,10 @@ impl LlamaModel {
                 }
             }
         }
-        out.insert("model.norm.weight".to_string(), self.norm.clone());
+        out.insert(
+            "model.norm.weight".to_string(),
+            stored_norm(&family, &self.norm),
+        );
         if !self.config.tie_word_embeddings {
             out.insert("lm_head.weight".to_string(), self.lm_head.weight().clone());
         }
@@ -516,6 +554,36 @@ fn build_layer(config: &ModelConfig, weights: &mut WeightMap, i: usize) -> LlmRe
     let kv_out = config.num_key_value_heads * config.head_dim;
     let inter = config.intermediate_size;
     let bias = config.attention_bias;
+    let family = config.architecture.family();
+    let prefix = format!("model.layers.{i}");
+    let mut norm = |slot: NormSlot| -> LlmResult<Option<Tensor>> {
+        let Some(name) = family.hf_name(slot) else {
+            return Ok(None);
+        };
+        let width = if slot.per_head() { config.head_dim } else { h };
+        let w = weights.take(&format!("{prefix}.{name}.weight"), &[width])?;
+        Ok(Some(applied_norm(&family, w)?))
+    };
+    let input = norm(NormSlot::Input)?;
+    let post_attention = norm(NormSlot::PostAttention)?;
+    let pre_feedforward = norm(NormSlot::PreFeedforward)?;
+    let post_feedforward = norm(NormSlot::PostFeedforward)?;
+    let q_norm = norm(NormSlot::Query)?;
+    let k_norm = norm(NormSlot::Key)?;
+    let required = |t: Option<Tensor>, slot: NormSlot| {
+        t.ok_or_else(|| {
+            LlmError::Invalid(format!(
+                "{} layers have no {slot:?} norm",
+                config.architecture.model_type()
+            ))
+        })
+    };
+    let norms = LayerNorms {
+        input: required(input, NormSlot::Input)?,
+        post_attention,
+        pre_feedforward: required(pre_feedforward, NormSlot::PreFeedforward)?,
+        post_feedforward,
+    };
     let mut proj =
         |module: TargetModule, shape: [usize; 2], with_bias: bool| -> LlmResult<Projection> {
             let name = format!("{}.weight", module.module_path(i));
@@ -534,23 +602,52 @@ fn build_layer(config: &ModelConfig, weights: &mut WeightMap, i: usize) -> LlmRe
             proj(TargetModule::VProj, [kv_out, h], bias)?,
             proj(TargetModule::OProj, [h, q_out], false)?,
         ],
-        config.num_attention_heads,
-        config.num_key_value_heads,
-        config.head_dim,
+        [q_norm, k_norm],
+        HeadShape {
+            num_heads: config.num_attention_heads,
+            num_kv_heads: config.num_key_value_heads,
+            head_dim: config.head_dim,
+            scale: config.attention_scale(),
+            norm_eps: config.rms_norm_eps,
+        },
     );
-    let mlp = Mlp::new([
-        proj(TargetModule::GateProj, [inter, h], false)?,
-        proj(TargetModule::UpProj, [inter, h], false)?,
-        proj(TargetModule::DownProj, [h, inter], false)?,
-    ]);
-    let prefix = format!("model.layers.{i}");
+    let mlp = Mlp::new(
+        [
+            proj(TargetModule::GateProj, [inter, h], false)?,
+            proj(TargetModule::UpProj, [inter, h], false)?,
+            proj(TargetModule::DownProj, [h, inter], false)?,
+        ],
+        family.activation,
+    );
     Ok(DecoderLayer::new(
-        weights.take(&format!("{prefix}.input_layernorm.weight"), &[h])?,
+        norms,
         attention,
-        weights.take(&format!("{prefix}.post_attention_layernorm.weight"), &[h])?,
         mlp,
         config.rms_norm_eps,
     ))
+}
+
+/// A norm weight as the kernels apply it: Gemma's stored `w` becomes `1 + w` (computed in the
+/// weight's dtype, as transformers does), so one RMSNorm serves every family.
+fn applied_norm(family: &Family, stored: Tensor) -> LlmResult<Tensor> {
+    Ok(match family.norm {
+        NormForm::Weight => stored,
+        NormForm::OnePlusWeight => (stored + 1.0)?,
+    })
+}
+
+/// The inverse of [`applied_norm`]: the weight as checkpoints store it.
+fn stored_norm(family: &Family, applied: &Tensor) -> Tensor {
+    match family.norm {
+        NormForm::Weight => applied.clone(),
+        NormForm::OnePlusWeight => (applied - 1.0).unwrap_or_else(|_| applied.clone()),
+    }
+}
+
+/// Gemma's embedding scale `sqrt(hidden)`, rounded to f32 as transformers stores it (a float32
+/// buffer cast to the weights' dtype).
+fn embedding_scale(hidden: usize) -> f64 {
+    f64::from((hidden as f64).sqrt() as f32)
 }
 
 /// The input tensors, taken one by one with shape checks; whatever is left over is an error.

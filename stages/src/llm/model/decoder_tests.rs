@@ -128,6 +128,8 @@ fn every_lora_tensor_of_every_layer_and_module_gets_a_gradient() {
         Architecture::Llama,
         Architecture::Qwen2,
         Architecture::Mistral,
+        Architecture::Qwen3,
+        Architecture::Gemma3,
     ] {
         let mut model = micro_model(arch, DType::F64);
         model.attach_lora(&lora_all(2)).unwrap();
@@ -186,7 +188,12 @@ fn assert_nonzero(grads: &candle_core::backprop::GradStore, var: &Var, what: &st
 
 #[test]
 fn kv_cache_steps_give_the_full_forward_logits() {
-    for arch in [Architecture::Llama, Architecture::Qwen2] {
+    for arch in [
+        Architecture::Llama,
+        Architecture::Qwen2,
+        Architecture::Qwen3,
+        Architecture::Gemma3,
+    ] {
         let mut model = micro_model(arch, DType::F64);
         model.attach_lora(&lora_all(2)).unwrap();
         randomize_b(&model);
@@ -362,12 +369,14 @@ fn family_variants_run_qwen2_bias_untied_head_mistral_window() {
 #[test]
 fn llama3_rope_scaling_runs() {
     let mut config = micro_config(Architecture::Llama);
-    config.rope_scaling = Some(crate::llm::model::config::RopeScaling {
-        factor: 8.0,
-        low_freq_factor: 1.0,
-        high_freq_factor: 4.0,
-        original_max_position_embeddings: 16,
-    });
+    config.rope_scaling = Some(crate::llm::model::config::RopeScaling::Llama3(
+        crate::llm::model::config::Llama3Scaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 16,
+        },
+    ));
     let model = LlamaModel::from_tensors(&config, random_tensors(&config, 1, DType::F32)).unwrap();
     let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
     assert_eq!(

@@ -1,35 +1,52 @@
-//! One pre-norm decoder layer: `h = x + attn(norm(x)); y = h + mlp(norm(h))`.
+//! One pre-norm decoder layer: `h = x + post(attn(norm(x))); y = h + post(mlp(norm(h)))`,
+//! where the post-norms exist only in families that have them (Gemma's sandwich norms).
 
 use candle_core::{Result, Tensor};
 
 use crate::llm::decode::kv_cache::KvCache;
 use crate::llm::model::attention::{Attention, AttentionContext};
+use crate::llm::model::family::NormSlot;
 use crate::llm::model::lora::TargetModule;
 use crate::llm::model::mlp::Mlp;
 use crate::llm::model::ops::rms_norm;
 use crate::llm::model::projection::Projection;
 
+/// The hidden-state norms of a layer, weights as they are applied (Gemma's `1 + w` already
+/// added, see `LlamaModel::from_tensors`).
+#[derive(Debug, Clone)]
+pub struct LayerNorms {
+    pub input: Tensor,
+    pub post_attention: Option<Tensor>,
+    pub pre_feedforward: Tensor,
+    pub post_feedforward: Option<Tensor>,
+}
+
+impl LayerNorms {
+    /// The weight in `slot`, if the layer has one (q/k norms live in the attention).
+    pub fn get(&self, slot: NormSlot) -> Option<&Tensor> {
+        match slot {
+            NormSlot::Input => Some(&self.input),
+            NormSlot::PostAttention => self.post_attention.as_ref(),
+            NormSlot::PreFeedforward => Some(&self.pre_feedforward),
+            NormSlot::PostFeedforward => self.post_feedforward.as_ref(),
+            NormSlot::Query | NormSlot::Key => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DecoderLayer {
-    pub(crate) input_layernorm: Tensor,
+    pub(crate) norms: LayerNorms,
     pub(crate) attention: Attention,
-    pub(crate) post_attention_layernorm: Tensor,
     pub(crate) mlp: Mlp,
     rms_norm_eps: f64,
 }
 
 impl DecoderLayer {
-    pub fn new(
-        input_layernorm: Tensor,
-        attention: Attention,
-        post_attention_layernorm: Tensor,
-        mlp: Mlp,
-        rms_norm_eps: f64,
-    ) -> Self {
+    pub fn new(norms: LayerNorms, attention: Attention, mlp: Mlp, rms_norm_eps: f64) -> Self {
         Self {
-            input_layernorm,
+            norms,
             attention,
-            post_attention_layernorm,
             mlp,
             rms_norm_eps,
         }
@@ -41,10 +58,28 @@ impl DecoderLayer {
         cx: &AttentionContext<'_>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
-        let normed = rms_norm(x, &self.input_layernorm, self.rms_norm_eps)?;
-        let h = (x + self.attention.forward(&normed, cx, cache)?)?;
-        let normed = rms_norm(&h, &self.post_attention_layernorm, self.rms_norm_eps)?;
-        h + self.mlp.forward(&normed, cx.mode)?
+        let eps = self.rms_norm_eps;
+        let normed = rms_norm(x, &self.norms.input, eps)?;
+        let mut attended = self.attention.forward(&normed, cx, cache)?;
+        if let Some(w) = &self.norms.post_attention {
+            attended = rms_norm(&attended, w, eps)?;
+        }
+        let h = (x + attended)?;
+        let normed = rms_norm(&h, &self.norms.pre_feedforward, eps)?;
+        let mut fed = self.mlp.forward(&normed, cx.mode)?;
+        if let Some(w) = &self.norms.post_feedforward {
+            fed = rms_norm(&fed, w, eps)?;
+        }
+        h + fed
+    }
+
+    /// The applied weight of the norm in `slot` (q/k norms included).
+    pub fn norm(&self, slot: NormSlot) -> Option<&Tensor> {
+        match slot {
+            NormSlot::Query => self.attention.q_norm.as_ref(),
+            NormSlot::Key => self.attention.k_norm.as_ref(),
+            _ => self.norms.get(slot),
+        }
     }
 
     pub fn projection(&self, module: TargetModule) -> &Projection {

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod config;
 pub mod decoder;
+pub mod family;
 pub mod frozen_linear;
 pub mod kernels;
 pub mod layer;

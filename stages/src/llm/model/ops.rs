@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+use crate::llm::model::family::Activation;
 use crate::llm::model::kernels;
 use crate::llm::model::softmax::softmax_last_dim_op;
 
@@ -76,6 +77,26 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     } else {
         gate.silu()? * up
     }
+}
+
+/// The gated activation `act(gate) * up` of a family's MLP: the fused kernel on the CPU, else
+/// candle's `silu` / `gelu` (tanh approximation; primitives with a backward) times `up`.
+pub fn gated_activation(gate: &Tensor, up: &Tensor, act: Activation) -> Result<Tensor> {
+    match act {
+        Activation::Silu => swiglu(gate, up),
+        Activation::GeluTanh if kernels::applies(gate) && gate.dtype() == up.dtype() => {
+            kernels::swiglu::gated_fused(gate, up, act)
+        }
+        Activation::GeluTanh => gelu_tanh_composed(gate)? * up,
+    }
+}
+
+/// GELU with the tanh approximation from primitives: `x/2·(1 + tanh(√(2/π)(x + 0.044715x³)))`.
+/// Not candle's `gelu`, whose backward rounds the constants (1e-7 off transformers' gradient).
+pub fn gelu_tanh_composed(x: &Tensor) -> Result<Tensor> {
+    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+    let inner = ((x + (x.powf(3.0)? * 0.044_715)?)? * SQRT_2_OVER_PI)?;
+    (x * 0.5)? * (inner.tanh()? + 1.0)?
 }
 
 /// Numerically stable `log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|))`.

@@ -7,12 +7,14 @@ use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::llm::model::config::{Architecture, ModelConfig};
+use crate::llm::model::config::{Architecture, LayerType, ModelConfig};
 use crate::llm::model::decoder::LlamaModel;
+use crate::llm::model::family::NormForm;
 use crate::llm::model::lora::TargetModule;
 
 /// 2 layers, hidden 16, 4 heads over 2 kv heads, vocab 32.
 pub fn micro_config(architecture: Architecture) -> ModelConfig {
+    let gemma = architecture == Architecture::Gemma3;
     ModelConfig {
         architecture,
         vocab_size: 32,
@@ -20,7 +22,8 @@ pub fn micro_config(architecture: Architecture) -> ModelConfig {
         intermediate_size: 24,
         num_hidden_layers: 2,
         num_attention_heads: 4,
-        num_key_value_heads: 2,
+        // Gemma-3-1b attends with one kv head (multi-query attention).
+        num_key_value_heads: if gemma { 1 } else { 2 },
         head_dim: 4,
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
@@ -28,7 +31,12 @@ pub fn micro_config(architecture: Architecture) -> ModelConfig {
         max_position_embeddings: 64,
         tie_word_embeddings: architecture == Architecture::Llama,
         attention_bias: architecture == Architecture::Qwen2,
-        sliding_window: None,
+        // Gemma-3: a sliding-window layer (window 3, its own rope base) before a global one,
+        // and a score scale that differs from head_dim's.
+        sliding_window: gemma.then_some(3),
+        layer_types: gemma.then(|| vec![LayerType::SlidingAttention, LayerType::FullAttention]),
+        rope_local_theta: gemma.then_some(100.0),
+        query_pre_attn_scalar: gemma.then_some(8.0),
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
         pad_token_id: Some(0),
@@ -76,20 +84,27 @@ pub fn random_tensors(config: &ModelConfig, seed: u64, dtype: DType) -> HashMap<
                 put(format!("{}.bias", m.module_path(l)), &shape[..1], 0.1, 0.0);
             }
         }
-        put(
-            format!("model.layers.{l}.input_layernorm.weight"),
-            &[h],
-            0.2,
-            1.0,
-        );
-        put(
-            format!("model.layers.{l}.post_attention_layernorm.weight"),
-            &[h],
-            0.2,
-            1.0,
-        );
+        // Gemma stores its norm weights as offsets from one.
+        let family = config.architecture.family();
+        let norm_offset = match family.norm {
+            NormForm::Weight => 1.0,
+            NormForm::OnePlusWeight => 0.0,
+        };
+        for &(slot, name) in family.layer_norms {
+            let width = if slot.per_head() { config.head_dim } else { h };
+            put(
+                format!("model.layers.{l}.{name}.weight"),
+                &[width],
+                0.2,
+                norm_offset,
+            );
+        }
     }
-    put("model.norm.weight".into(), &[h], 0.2, 1.0);
+    let norm_offset = match config.architecture.family().norm {
+        NormForm::Weight => 1.0,
+        NormForm::OnePlusWeight => 0.0,
+    };
+    put("model.norm.weight".into(), &[h], 0.2, norm_offset);
     if !config.tie_word_embeddings {
         put("lm_head.weight".into(), &[v, h], 0.5, 0.0);
     }

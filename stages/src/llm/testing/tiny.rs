@@ -10,7 +10,9 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
-use crate::llm::io::gguf::{gguf_tensor_name, permute_rows};
+use crate::llm::io::gguf::{
+    gguf_architecture_name, gguf_tensor_name, permute_rows, to_llama_cpp_norm,
+};
 use crate::llm::io::weights::{expected_shapes, ModelWeights};
 use crate::llm::model::config::{Architecture, ModelConfig};
 
@@ -33,6 +35,9 @@ pub fn tiny_config(architecture: Architecture, vocab_size: usize, tied: bool) ->
         tie_word_embeddings: tied,
         attention_bias: architecture == Architecture::Qwen2,
         sliding_window: None,
+        layer_types: None,
+        rope_local_theta: None,
+        query_pre_attn_scalar: None,
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
         pad_token_id: Some(2),
@@ -142,19 +147,18 @@ pub fn write_gguf(
     dtype: GgmlDType,
     chat_template: Option<&str>,
 ) -> candle_core::Result<()> {
-    let arch = match config.architecture {
-        Architecture::Qwen2 => "qwen2",
-        Architecture::Llama | Architecture::Mistral => "llama",
-    };
+    let arch = gguf_architecture_name(config.architecture);
     let mut qtensors: Vec<(String, QTensor)> = Vec::new();
     for name in weights.names() {
         let tensor = weights.get(name).expect("listed name");
-        let gguf_name = gguf_tensor_name(name)
+        let gguf_name = gguf_tensor_name(name, config.architecture)
             .ok_or_else(|| candle_core::Error::Msg(format!("no GGUF name for {name}")))?;
         let tensor = match permuted_heads(arch, name, config) {
             Some(heads) => permute_rows(tensor, heads, true)?,
             None => tensor.clone(),
         };
+        let tensor = to_llama_cpp_norm(name, tensor, config.architecture)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let tensor_dtype = if tensor.rank() == 2 {
             dtype
         } else {

@@ -447,4 +447,29 @@ mod tests {
             "    <|user|>\nq<|im_end|>\n<|assistant|>\n"
         );
     }
+
+    /// Qwen3's own template (thinking blocks split out of earlier assistant turns, kept on the
+    /// last one) renders exactly as jinja2 renders it for transformers' `apply_chat_template`
+    /// (tests/fixtures/templates/qwen3_renders.json).
+    #[test]
+    fn qwen3_template_renders_as_jinja2() {
+        let dir = testing::workspace_root().join("tests/fixtures/templates");
+        let source = std::fs::read_to_string(dir.join("qwen3.jinja")).unwrap();
+        let renders: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("qwen3_renders.json")).unwrap())
+                .unwrap();
+        let special = SpecialTokens {
+            eos: Some("<|im_end|>".into()),
+            ..SpecialTokens::default()
+        };
+        let template = ChatTemplate::new("model", &source, &special).unwrap();
+        for case in renders["cases"].as_array().unwrap() {
+            let messages: Vec<ChatMessage> =
+                serde_json::from_value(case["messages"].clone()).unwrap();
+            let ours = template
+                .render(&messages, case["add_generation_prompt"].as_bool().unwrap())
+                .unwrap();
+            assert_eq!(ours, case["rendered"].as_str().unwrap(), "{}", case["name"]);
+        }
+    }
 }

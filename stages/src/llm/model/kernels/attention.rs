@@ -13,10 +13,17 @@ use super::{
 };
 
 /// `q` `[b, heads, t, d]`, `k`/`v` `[b, kv_heads, keys, d]` (rope applied), `mask` additive
-/// `[b, 1, 1, t, keys]` → `[b, t, heads·d]`. `k` and `v` may be views of the first slots of
+/// `[b, 1, 1, t, keys]`, scores scaled by `scale` (`1/sqrt(d)` for most families) →
+/// `[b, t, heads·d]`. `k` and `v` may be views of the first slots of
 /// KV-cache buffers (see [`slabbed`]); they are read in place. The query heads of kv head `j` are
 /// `j·group .. (j+1)·group` (HF's `repeat_kv` order).
-pub fn attention_fused(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+pub fn attention_fused(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let (kb, hkv, keys, kd) = k.dims4()?;
     if kb != b || kd != d || v.dims() != k.dims() || hkv == 0 || !h.is_multiple_of(hkv) {
@@ -35,7 +42,7 @@ pub fn attention_fused(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Res
     }
     let op = Attention {
         mask: mask.contiguous()?,
-        scale: 1.0 / (d as f64).sqrt(),
+        scale,
         dims: Dims {
             b,
             h,
@@ -415,12 +422,12 @@ mod tests {
     use candle_core::{Device, Var};
 
     /// The model's composition (see `Attention::attend`) plus the head merge.
-    fn plain(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    fn plain(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
         let (b, h, t, d) = q.dims4()?;
         let (_, hkv, keys, _) = k.dims4()?;
         let g = h / hkv;
         let q = q.reshape((b, hkv, g * t, d))?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?
+        let scores = (q.matmul(&k.t()?)? * scale)?
             .reshape((b, hkv, g, t, keys))?
             .broadcast_add(mask)?;
         let p = softmax_composed(&scores)?.reshape((b, hkv, g * t, keys))?;
@@ -450,15 +457,16 @@ mod tests {
     #[test]
     fn matches_the_composition_in_value_and_gradients() -> Result<()> {
         let (b, h, hkv, t, d) = (2, 6, 2, 5, 8);
-        for keys in [5, 9] {
+        // The head-dim scale, and Gemma's `query_pre_attn_scalar` one that differs from it.
+        for (keys, scale) in [(5, 1.0 / (d as f64).sqrt()), (9, 1.0 / 3.0)] {
             let q = Var::from_tensor(&randn(&[b, h, t, d], 1.5, 1)?)?;
             let k = Var::from_tensor(&randn(&[b, hkv, keys, d], 1.5, 2)?)?;
             let v = Var::from_tensor(&randn(&[b, hkv, keys, d], 1.0, 3)?)?;
             let m = mask(b, t, keys)?;
             assert_same_fn_and_grads(
                 &[&q, &k, &v],
-                |x| attention_fused(x[0], x[1], x[2], &m),
-                |x| plain(x[0], x[1], x[2], &m),
+                |x| attention_fused(x[0], x[1], x[2], &m, scale),
+                |x| plain(x[0], x[1], x[2], &m, scale),
                 1e-12,
             )?;
         }
@@ -475,15 +483,15 @@ mod tests {
         let v = randn(&[b, hkv, capacity, d], 1.0, 3)?.narrow(2, 0, keys)?;
         assert!(slabbed(&k) && !k.is_contiguous());
         let m = mask(b, t, keys)?;
-        let viewed = attention_fused(&q, &k, &v, &m)?;
-        let copied = attention_fused(&q, &k.contiguous()?, &v.contiguous()?, &m)?;
+        let viewed = attention_fused(&q, &k, &v, &m, 0.25)?;
+        let copied = attention_fused(&q, &k.contiguous()?, &v.contiguous()?, &m, 0.25)?;
         let diff = (viewed - copied)?.abs()?.max_all()?.to_scalar::<f64>()?;
         assert_eq!(diff, 0.0);
         // A transposed view is not a cache layout: it is copied, not misread.
         let kt = randn(&[b, keys, hkv, d], 1.5, 2)?.transpose(1, 2)?;
         assert!(!slabbed(&kt));
-        let plain_out = plain(&q, &kt.contiguous()?, &kt.contiguous()?, &m)?;
-        let fused_out = attention_fused(&q, &kt, &kt, &m)?;
+        let plain_out = plain(&q, &kt.contiguous()?, &kt.contiguous()?, &m, 0.25)?;
+        let fused_out = attention_fused(&q, &kt, &kt, &m, 0.25)?;
         let diff = (plain_out - fused_out)?
             .abs()?
             .max_all()?
@@ -498,7 +506,7 @@ mod tests {
         let k = randn(&[1, 2, 2, 4], 1.0, 2).unwrap();
         let m = mask(1, 2, 2).unwrap();
         assert!(
-            attention_fused(&q, &k, &k, &m).is_err(),
+            attention_fused(&q, &k, &k, &m, 0.5).is_err(),
             "3 heads over 2 kv heads"
         );
     }

@@ -113,8 +113,15 @@ fn slab_stride(layout: &Layout) -> Option<usize> {
     let (dims, stride) = (layout.dims(), layout.stride());
     let [b, h, n, d] = *dims else { return None };
     let inner = stride[3] == 1 && (n <= 1 || stride[2] == d);
-    let heads = stride[1] >= n * d && (b <= 1 || stride[0] == stride[1] * h);
-    (inner && heads).then_some(stride[1])
+    // A size-1 axis carries any stride (candle keeps the view's after a transpose): with one
+    // kv head the blocks are the sequences, with one of each there is a single block.
+    let block = match (b, h) {
+        (_, 2..) => stride[1],
+        (2.., _) => stride[0],
+        _ => n * d,
+    };
+    let heads = block >= n * d && (b <= 1 || h <= 1 || stride[0] == stride[1] * h);
+    (inner && heads).then_some(block)
 }
 
 /// The elements a [`slabbed`] (or contiguous) CPU layout spans, and its block stride.

@@ -51,7 +51,12 @@ fn batch() -> TokenBatch {
 
 #[test]
 fn fused_and_plain_models_agree_on_logits_loss_and_lora_gradients() {
-    for arch in [Architecture::Llama, Architecture::Qwen2] {
+    for arch in [
+        Architecture::Llama,
+        Architecture::Qwen2,
+        Architecture::Qwen3,
+        Architecture::Gemma3,
+    ] {
         let model = lora_model(arch);
         let batch = batch();
         let mode = Mode::Train { seed: 3 };
