@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README quick start and CI): fetches the demo model and the
-# sentence embedder when missing, then runs every test of the workspace, the model fixture
-# tests and the embedding scorer tests included.
+# sentence embedder when missing, starts the real components the cluster tests use (a one-node
+# Slurm cluster, a local S3 server), then runs every test of the workspace, the model fixture
+# tests, the embedding scorer tests and the Slurm / shared-cache tests included.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -9,4 +10,15 @@ PIPE_TEST_MODEL=$(scripts/fetch-model.sh)
 export PIPE_TEST_MODEL
 PIPE_TEST_EMBEDDER=$(scripts/fetch-embedder.sh)
 export PIPE_TEST_EMBEDDER
+# Slurm and S3 tests skip (with a loud line) only where the components cannot be installed.
+if scripts/slurm-up.sh; then
+    export PIPE_TEST_SLURM=1
+else
+    echo "!!! SLURM UNAVAILABLE: tests/slurm.rs will skip (see scripts/slurm-up.sh's message)" >&2
+fi
+if PIPE_TEST_S3=$(scripts/s3-up.sh); then
+    export PIPE_TEST_S3
+else
+    echo "!!! S3 UNAVAILABLE: the S3 cases of tests/remote.rs will skip (see scripts/s3-up.sh)" >&2
+fi
 cargo test --workspace "$@"
