@@ -10,15 +10,10 @@ PIPE_TEST_MODEL=$(scripts/fetch-model.sh)
 export PIPE_TEST_MODEL
 PIPE_TEST_EMBEDDER=$(scripts/fetch-embedder.sh)
 export PIPE_TEST_EMBEDDER
-# Slurm and S3 tests skip (with a loud line) only where the components cannot be installed.
-if scripts/slurm-up.sh; then
-    export PIPE_TEST_SLURM=1
-else
+# The Slurm and S3 tests start these themselves too (the scripts are idempotent); they skip,
+# with a loud line, only where a component cannot be installed.
+scripts/slurm-up.sh ||
     echo "!!! SLURM UNAVAILABLE: tests/slurm.rs will skip (see scripts/slurm-up.sh's message)" >&2
-fi
-if PIPE_TEST_S3=$(scripts/s3-up.sh); then
-    export PIPE_TEST_S3
-else
-    echo "!!! S3 UNAVAILABLE: the S3 cases of tests/remote.rs will skip (see scripts/s3-up.sh)" >&2
-fi
+scripts/s3-up.sh >/dev/null ||
+    echo "!!! S3 UNAVAILABLE: the S3 case of tests/remote.rs will skip (see scripts/s3-up.sh)" >&2
 cargo test --workspace "$@"

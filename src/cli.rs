@@ -53,6 +53,17 @@ pub enum Command {
     Gc(GcArgs),
     /// Write a commented starter pipeline.toml.
     Init(InitArgs),
+    /// Upload the current artifacts of these stages (default: all) to the shared cache.
+    Push(CacheArgs),
+    /// Download the current artifacts of these stages (default: all) from the shared cache.
+    Pull(CacheArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Stage names; none means every stage of the pipeline.
+    #[arg(value_name = "NAME")]
+    pub stages: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +83,10 @@ pub struct RunArgs {
     /// Show what would run, and why, without running anything.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    /// Where stages run: `local` (this process) or `slurm` (one batch job per stage);
+    /// default: `[executor] kind`, else local.
+    #[arg(long, value_name = "KIND")]
+    pub executor: Option<String>,
 }
 
 #[derive(Debug, Args)]

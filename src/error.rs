@@ -30,6 +30,9 @@ pub enum PipeError {
     /// `pipe verify` found corrupt artifacts (each was already reported).
     #[error("{0}")]
     Corrupt(String),
+    /// Ctrl-C (or SIGTERM) stopped a run; the message says what was cancelled.
+    #[error("{0}")]
+    Interrupted(String),
     /// A corrupt file in the artifact store (manifest, digest cache).
     #[error("{path}: {message}")]
     Store { path: PathBuf, message: String },
@@ -47,6 +50,7 @@ impl PipeError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Config(_) | Self::Usage(_) => 2,
+            Self::Interrupted(_) => 130,
             _ => 1,
         }
     }

@@ -13,7 +13,7 @@ use crate::dag::Dag;
 use crate::digest::DigestCache;
 use crate::error::{PipeError, Result};
 use crate::fingerprint::{explain, KeyInputs, Reason, CACHE_FORMAT};
-use crate::report::{Reporter, Why};
+use crate::report::{Counts, Reporter, Why};
 use crate::store::{now_ms, Entry, Manifest, Store};
 
 /// A loaded workspace: validated config, the stages it uses, its graph and its store.
@@ -119,6 +119,9 @@ pub enum Action {
         stale: Vec<Reason>,
     },
     Run(Why),
+    /// It had to run, but the shared cache had its artifact: downloaded, verified, committed
+    /// (announced when it was pulled).
+    Pulled(Entry),
 }
 
 /// One stage of a plan.
@@ -284,6 +287,18 @@ pub struct Outcome {
     pub ran: Vec<String>,
     pub cached: Vec<String>,
     pub reused: Vec<String>,
+    pub pulled: Vec<String>,
+}
+
+impl Outcome {
+    pub fn counts(&self) -> Counts {
+        Counts {
+            ran: self.ran.len(),
+            pulled: self.pulled.len(),
+            cached: self.cached.len(),
+            reused: self.reused.len(),
+        }
+    }
 }
 
 /// Runs the plan: cached and reused stages are announced, the others run and are committed.
@@ -314,6 +329,10 @@ pub fn execute(
                 dirs.insert(step.stage, entry.dir.clone());
                 outcome.reused.push(step.stage.to_string());
             }
+            Action::Pulled(entry) => {
+                dirs.insert(step.stage, entry.dir.clone());
+                outcome.pulled.push(step.stage.to_string());
+            }
             Action::Run(why) if dry_run => {
                 reporter.would_run(step.stage, &step.key, why);
                 outcome.ran.push(step.stage.to_string());
@@ -334,12 +353,7 @@ pub fn execute(
             }
         }
     }
-    reporter.summary(
-        outcome.ran.len(),
-        outcome.cached.len(),
-        outcome.reused.len(),
-        started.elapsed().as_secs_f64(),
-    );
+    reporter.summary(&outcome.counts(), started.elapsed().as_secs_f64());
     match failure {
         Some(e) => Err(e),
         None => Ok(outcome),
@@ -396,6 +410,7 @@ fn run_step(
     };
     let entry = ws.store.commit(scratch, manifest)?;
     remove_partial(&partial);
+    crate::remote::after_commit(ws, &entry, reporter);
     Ok((entry, seconds))
 }
 
