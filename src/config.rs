@@ -205,6 +205,7 @@ enum Origin {
 }
 
 /// A validated document.
+#[derive(Debug)]
 struct Parsed {
     project: ProjectConfig,
     stages: BTreeMap<&'static str, LoadedConfig>,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig, WriteMultipart};
+use object_store::{ClientConfigKey, ObjectStore, PutPayload, RetryConfig, WriteMultipart};
 
 use crate::store::{Entry, Manifest, Store, MANIFEST};
 
@@ -84,26 +84,31 @@ impl Remote {
                 });
             }
             "s3" => Arc::new(
-                super::aws_profile::builder()
-                    .with_url(url)
-                    .with_client_options(client_options())
-                    .with_retry(retry())
+                timeouts(super::aws_profile::builder(), |b, k, v| {
+                    b.with_config(object_store::aws::AmazonS3ConfigKey::Client(k), v)
+                })
+                .with_url(url)
+                .with_retry(retry())
                     .build()
                     .map_err(|e| unavailable(e.to_string()))?,
             ),
             "gs" => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(url)
-                    .with_client_options(client_options())
-                    .with_retry(retry())
+                timeouts(
+                    object_store::gcp::GoogleCloudStorageBuilder::from_env(),
+                    |b, k, v| b.with_config(object_store::gcp::GoogleConfigKey::Client(k), v),
+                )
+                .with_url(url)
+                .with_retry(retry())
                     .build()
                     .map_err(|e| unavailable(e.to_string()))?,
             ),
             "az" => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(url)
-                    .with_client_options(client_options())
-                    .with_retry(retry())
+                timeouts(
+                    object_store::azure::MicrosoftAzureBuilder::from_env(),
+                    |b, k, v| b.with_config(object_store::azure::AzureConfigKey::Client(k), v),
+                )
+                .with_url(url)
+                .with_retry(retry())
                     .build()
                     .map_err(|e| unavailable(e.to_string()))?,
             ),
@@ -129,10 +134,10 @@ impl Remote {
         path
     }
 
-    fn unavailable(&self, e: impl std::fmt::Display) -> RemoteError {
+    fn unavailable(&self, e: impl std::error::Error) -> RemoteError {
         RemoteError::Unavailable {
             url: self.url.clone(),
-            message: e.to_string(),
+            message: chain(&e),
         }
     }
 
@@ -327,6 +332,21 @@ impl Remote {
     }
 }
 
+/// An error with its sources: object_store's own message hides the cause (a refused
+/// connection, a TLS or credentials problem) in its source chain.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(&format!(": {more}"));
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// A path of plain names below the entry directory (no `..`, not absolute).
 fn is_plain_relative(path: &str) -> bool {
     !path.is_empty()
@@ -342,11 +362,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the I/O runtime: {e}"))
 }
 
-/// Short connect timeout (an unreachable cache must not hold a run up), generous transfer time.
-fn client_options() -> ClientOptions {
-    ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(3600))
+/// A short connect timeout (an unreachable cache must not hold a run up) and a generous
+/// transfer time (gigabytes), set key by key so the client settings the environment gave
+/// (`AWS_ALLOW_HTTP`, proxies) stay.
+fn timeouts<B>(builder: B, set: impl Fn(B, ClientConfigKey, &str) -> B) -> B {
+    let builder = set(builder, ClientConfigKey::ConnectTimeout, "5s");
+    set(builder, ClientConfigKey::Timeout, "1h")
 }
 
 fn retry() -> RetryConfig {
