@@ -211,8 +211,8 @@ fn an_unreachable_remote_is_a_warning_and_the_run_goes_on_locally() {
         started.elapsed()
     );
 
-    // `pipe pull` asked for by hand is an error, not a warning.
-    let pull = run_with(&ws, &env, &["pull", "sft"]);
+    // `pipe pull` asked for by hand is an error, not a warning (generate never ran here).
+    let pull = run_with(&ws, &env, &["pull", "generate"]);
     assert_eq!(pull.code, 1, "{}", pull.all());
     assert!(pull.stderr.contains("127.0.0.1:9") || pull.stderr.contains("pipe-nowhere"), "{}", pull.all());
 }
