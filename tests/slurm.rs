@@ -247,7 +247,7 @@ fn a_dry_run_prints_the_sbatch_lines_and_the_lock_refuses_a_second_run() {
         .to_string();
     let expected = format!(
         "sbatch --parsable --job-name=pipe-sft --chdir={root} --output={root}/artifacts/.logs/sft/{sft_key}.log \
-         --open-mode=append --no-requeue --export=ALL '--dependency=afterok:<job of ingest>:<job of model>' \
+         --open-mode=append --no-requeue --export=ALL '--dependency=afterok:<job of model>:<job of ingest>' \
          --kill-on-invalid-dep=yes --cpus-per-task=1 --time=10:00 --comment=pipe-test",
         root = root.display()
     );
