@@ -252,7 +252,13 @@ fn engine_tables(
         .map_err(|e| PipeError::Config(render_toml_error(text, origin, &e, Some("executor"))))?;
     let invalid = |key: &str, message: &str| {
         let span = key_span(doc, key).unwrap_or(0..0);
-        PipeError::Config(render_at(text, origin, span, &format!("invalid `{key}`: {message}"), ""))
+        PipeError::Config(render_at(
+            text,
+            origin,
+            span,
+            &format!("invalid `{key}`: {message}"),
+            "",
+        ))
     };
     executor
         .slurm
@@ -281,7 +287,13 @@ fn stage_resources(
     resources.check().map_err(|(key, message)| {
         let full = format!("{stage}.resources.{key}");
         let span = key_span(doc, &full).unwrap_or(0..0);
-        PipeError::Config(render_at(text, origin, span, &format!("invalid `{full}`: {message}"), ""))
+        PipeError::Config(render_at(
+            text,
+            origin,
+            span,
+            &format!("invalid `{full}`: {message}"),
+            "",
+        ))
     })?;
     Ok(Some(resources))
 }

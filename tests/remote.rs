@@ -167,7 +167,10 @@ fn a_corrupted_remote_file_is_refused_by_name_and_its_stage_runs_again() {
     a.ok(&["run", "--to", "sft"]);
     let key = &a.entries("sft")[0];
     // Same size, other bytes: only the digest can tell.
-    let file = cache.join("sft").join(key).join("adapter/adapter_model.safetensors");
+    let file = cache
+        .join("sft")
+        .join(key)
+        .join("adapter/adapter_model.safetensors");
     let mut bytes = std::fs::read(&file).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x55;
@@ -214,7 +217,11 @@ fn an_unreachable_remote_is_a_warning_and_the_run_goes_on_locally() {
     // `pipe pull` asked for by hand is an error, not a warning (generate never ran here).
     let pull = run_with(&ws, &env, &["pull", "generate"]);
     assert_eq!(pull.code, 1, "{}", pull.all());
-    assert!(pull.stderr.contains("127.0.0.1:9") || pull.stderr.contains("pipe-nowhere"), "{}", pull.all());
+    assert!(
+        pull.stderr.contains("127.0.0.1:9") || pull.stderr.contains("pipe-nowhere"),
+        "{}",
+        pull.all()
+    );
 }
 
 #[test]
@@ -229,7 +236,11 @@ fn push_and_pull_by_hand_move_the_named_stages() {
     assert!(push.stdout.contains("ingest     pushed"), "{}", push.all());
     assert!(push.stdout.contains("sft        pushed"), "{}", push.all());
     let again = a.ok(&["push", "sft"]);
-    assert!(again.stdout.contains("sft        present"), "{}", again.all());
+    assert!(
+        again.stdout.contains("sft        present"),
+        "{}",
+        again.all()
+    );
 
     let b = twin(&a);
     let pull = b.ok(&["pull", "sft", "model"]);

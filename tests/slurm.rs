@@ -131,7 +131,12 @@ fn the_chain_runs_to_eval_as_one_job_per_stage_and_from_orpo_again() {
     assert!(!again.stdout.contains(" job "), "{}", again.all());
 
     let from = ws.ok(&["run", "--executor", "slurm", "--from", "orpo"]);
-    assert_eq!(from.ran(), strs(&["eval", "merge", "orpo"]), "{}", from.all());
+    assert_eq!(
+        from.ran(),
+        strs(&["eval", "merge", "orpo"]),
+        "{}",
+        from.all()
+    );
     assert_eq!(
         from.reused(),
         strs(&["generate", "ingest", "model", "score", "sft"]),
@@ -160,14 +165,20 @@ fn a_job_that_fails_inside_shows_its_log_and_skips_what_depends_on_it() {
     // The job's own error, from its log's tail.
     assert!(out.contains("questoin"), "{out}");
     assert!(out.contains("artifacts/.logs/ingest/"), "{out}");
-    assert!(out.contains("sft        skipped  (upstream `ingest` failed)"), "{out}");
+    assert!(
+        out.contains("sft        skipped  (upstream `ingest` failed)"),
+        "{out}"
+    );
     assert!(ws.entries("ingest").is_empty() && ws.entries("sft").is_empty());
 }
 
 /// A long enough sft that a `scancel` lands between checkpoints.
 fn cancellable() -> String {
     CHAIN
-        .replace("max_steps = 2\n", "max_steps = 400\nsave_every = 10\neval_every = 1000\n")
+        .replace(
+            "max_steps = 2\n",
+            "max_steps = 400\nsave_every = 10\neval_every = 1000\n",
+        )
         .replace("time = \"10:00\"", "time = \"20:00\"")
 }
 
@@ -194,7 +205,10 @@ fn a_cancelled_sft_job_resumes_from_its_checkpoint_when_run_again() {
     let deadline = Instant::now() + Duration::from_secs(300);
     while checkpoint_step(&ws).is_none_or(|s| s < 10) {
         assert!(Instant::now() < deadline, "no sft checkpoint appeared");
-        assert!(child.try_wait().unwrap().is_none(), "the submitter ended early");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the submitter ended early"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let printed = std::fs::read_to_string(&stdout_path).unwrap();
@@ -204,11 +218,19 @@ fn a_cancelled_sft_job_resumes_from_its_checkpoint_when_run_again() {
     assert!(scancel.success());
     let status = child.wait().unwrap();
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     let printed = std::fs::read_to_string(&stdout_path).unwrap();
     assert_eq!(status.code(), Some(1), "{printed}\n{stderr}");
     assert!(stderr.contains("CANCELLED"), "{printed}\n{stderr}");
-    assert!(ws.entries("sft").is_empty(), "a cancelled job commits nothing");
+    assert!(
+        ws.entries("sft").is_empty(),
+        "a cancelled job commits nothing"
+    );
     let step = checkpoint_step(&ws).unwrap();
     assert!((10..400).contains(&step), "cancelled at step {step}");
 
@@ -216,13 +238,18 @@ fn a_cancelled_sft_job_resumes_from_its_checkpoint_when_run_again() {
     assert_eq!(rerun.ran(), strs(&["sft"]), "{}", rerun.all());
     let key = &ws.entries("sft")[0];
     let log = std::fs::read_to_string(ws.path(&format!("artifacts/.logs/sft/{key}.log"))).unwrap();
-    assert!(log.contains("resuming from the checkpoint of step"), "{log}");
+    assert!(
+        log.contains("resuming from the checkpoint of step"),
+        "{log}"
+    );
     let summary: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(ws.path(&format!("artifacts/sft/{key}/summary.json"))).unwrap(),
     )
     .unwrap();
     assert!(
-        summary["resumed_from_step"].as_u64().is_some_and(|s| s >= 10),
+        summary["resumed_from_step"]
+            .as_u64()
+            .is_some_and(|s| s >= 10),
         "{summary}"
     );
 }
@@ -252,7 +279,10 @@ fn a_dry_run_prints_the_sbatch_lines_and_the_lock_refuses_a_second_run() {
         root = root.display()
     );
     assert!(out.contains(&expected), "expected\n{expected}\nin\n{out}");
-    assert!(out.contains("run --only sft --force --executor local"), "{out}");
+    assert!(
+        out.contains("run --only sft --force --executor local"),
+        "{out}"
+    );
 
     // The submitter holds the workspace lock while its jobs run: a second run is refused,
     // naming the holder; the jobs themselves commit under it.
@@ -281,4 +311,56 @@ fn a_dry_run_prints_the_sbatch_lines_and_the_lock_refuses_a_second_run() {
     );
     assert!(child.wait().unwrap().success());
     assert_eq!(ws.entries("sft").len(), 1);
+}
+
+/// The key of `stage` in a dry run's `would run` line.
+fn planned_key(out: &str, stage: &str) -> String {
+    let prefix = format!("{stage:<10} would run ");
+    out.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no `would run` line for {stage}:\n{out}"))
+        .to_string()
+}
+
+#[test]
+fn gpus_ask_slurm_for_gpus_and_make_auto_mean_cuda_without_changing_keys() {
+    if !slurm_or_skip() {
+        return;
+    }
+    let pipeline = CHAIN.replace(
+        "[model]\npath = \"tiny\"\n",
+        "[model]\npath = \"tiny\"\n\n[model.resources]\ngpus = 1\n",
+    );
+    let ws = tiny_workspace(&pipeline);
+    let dry = ws.ok(&["run", "--executor", "slurm", "--dry-run", "--to", "model"]);
+    assert!(dry.stdout.contains(" --gres=gpu:1 "), "{}", dry.all());
+    let more = ws.ok(&[
+        "run",
+        "--dry-run",
+        "--to",
+        "model",
+        "-s",
+        "model.resources.gpus=4",
+    ]);
+    assert_eq!(
+        planned_key(&dry.stdout, "model"),
+        planned_key(&more.stdout, "model"),
+        "resources are not part of a key"
+    );
+
+    // The one-node test cluster has one stand-in GPU (scripts/slurm-up.sh), so the job starts;
+    // inside it `device = "auto"` must mean CUDA.
+    let run = ws.run(&["run", "--executor", "slurm", "--to", "model"]);
+    if cfg!(feature = "cuda") {
+        assert_eq!(run.code, 0, "{}", run.all());
+    } else {
+        assert_eq!(run.code, 1, "{}", run.all());
+        assert!(
+            run.all()
+                .contains("given 1 GPU(s) (PIPE_GPUS=1): this build of pipe has no CUDA support"),
+            "{}",
+            run.all()
+        );
+    }
 }

@@ -86,7 +86,10 @@ impl Resources {
         let mut extra = defaults.extra.clone();
         extra.extend(self.extra.iter().cloned());
         Resources {
-            partition: self.partition.clone().or_else(|| defaults.partition.clone()),
+            partition: self
+                .partition
+                .clone()
+                .or_else(|| defaults.partition.clone()),
             gpus: self.gpus.or(defaults.gpus),
             cpus: self.cpus.or(defaults.cpus),
             mem: self.mem.clone().or_else(|| defaults.mem.clone()),
@@ -104,7 +107,9 @@ impl Resources {
     /// Checks serde cannot express: `(key, message)` relative to the resources table.
     pub fn check(&self) -> Result<(), (String, String)> {
         let empty = |key: &str, v: &Option<String>| match v {
-            Some(s) if s.trim().is_empty() => Err((key.to_string(), "is empty; remove the key".to_string())),
+            Some(s) if s.trim().is_empty() => {
+                Err((key.to_string(), "is empty; remove the key".to_string()))
+            }
             _ => Ok(()),
         };
         empty("partition", &self.partition)?;
@@ -118,7 +123,9 @@ impl Resources {
             if !option.starts_with('-') {
                 return Err((
                     "extra".into(),
-                    format!("`{option}` is not an sbatch option; write options such as \"--qos=high\""),
+                    format!(
+                        "`{option}` is not an sbatch option; write options such as \"--qos=high\""
+                    ),
                 ));
             }
             let name = option.split('=').next().unwrap_or(option);

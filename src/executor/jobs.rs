@@ -123,7 +123,15 @@ impl<S: BatchSystem> Batch<S> {
             command.push(ov.clone());
         }
         command.extend(
-            ["run", "--only", step.stage, "--force", "--executor", "local"].map(String::from),
+            [
+                "run",
+                "--only",
+                step.stage,
+                "--force",
+                "--executor",
+                "local",
+            ]
+            .map(String::from),
         );
         let mut env = vec![(JOB_KEY_ENV.to_string(), step.key.clone())];
         if let Some(token) = &self.token {
@@ -390,7 +398,8 @@ impl<S: BatchSystem> Run<'_, S> {
                 job.submitted.elapsed().as_secs_f64()
             ));
         }
-        self.reporter.job(job.stage, &job.request.key, &job.id, &text);
+        self.reporter
+            .job(job.stage, &job.request.key, &job.id, &text);
         self.jobs[i].shown = Some(state.clone());
     }
 

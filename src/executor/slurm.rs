@@ -126,7 +126,12 @@ fn fields(line: &str) -> BTreeMap<String, String> {
 
 fn state_of(fields: &BTreeMap<String, String>) -> JobState {
     let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
-    classify(&get("JobState"), &get("Reason"), &get("ExitCode"), &get("NodeList"))
+    classify(
+        &get("JobState"),
+        &get("Reason"),
+        &get("ExitCode"),
+        &get("NodeList"),
+    )
 }
 
 /// A Slurm state (`scontrol`'s or `sacct`'s) in pipe's terms.
@@ -210,7 +215,10 @@ mod tests {
             JobState::Interrupted(_)
         ));
         assert_eq!(exit_text("0:9"), "killed by signal 9");
-        assert!(matches!(classify("CANCELLED by 0", "", "", ""), JobState::Failed(_)));
+        assert!(matches!(
+            classify("CANCELLED by 0", "", "", ""),
+            JobState::Failed(_)
+        ));
     }
 
     #[test]
@@ -220,7 +228,9 @@ mod tests {
             key: "0123456789abcdef".into(),
             workdir: PathBuf::from("/ws"),
             log: PathBuf::from("/ws/artifacts/.logs/sft/0123456789abcdef.log"),
-            command: ["/bin/pipe", "run", "--only", "sft"].map(String::from).to_vec(),
+            command: ["/bin/pipe", "run", "--only", "sft"]
+                .map(String::from)
+                .to_vec(),
             env: vec![],
             resources: Resources {
                 gpus: Some(1),

@@ -47,7 +47,11 @@ impl CacheConfig {
                 "`{url}` is not a remote pipe knows: use s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///absolute/path"
             ));
         }
-        if url.split_once("://").map(|(_, rest)| rest.trim_matches('/').is_empty()) == Some(true) {
+        if url
+            .split_once("://")
+            .map(|(_, rest)| rest.trim_matches('/').is_empty())
+            == Some(true)
+        {
             return Err(format!("`{url}` names no bucket or directory"));
         }
         Ok(())

@@ -153,7 +153,12 @@ pub fn push_command(ws: &Workspace, plan: &Plan, names: &[String]) -> Result<()>
                 step.key,
                 transfer_text(&moved, remote.url(), "to")
             ),
-            Ok(None) => println!("{:<10} present  {} (already in {})", step.stage, step.key, remote.url()),
+            Ok(None) => println!(
+                "{:<10} present  {} (already in {})",
+                step.stage,
+                step.key,
+                remote.url()
+            ),
             Err(e) => {
                 failed += 1;
                 eprintln!("{:<10} FAILED   {e}", step.stage);

@@ -89,8 +89,8 @@ impl Remote {
                 })
                 .with_url(url)
                 .with_retry(retry())
-                    .build()
-                    .map_err(|e| unavailable(e.to_string()))?,
+                .build()
+                .map_err(|e| unavailable(e.to_string()))?,
             ),
             "gs" => Arc::new(
                 timeouts(
@@ -99,8 +99,8 @@ impl Remote {
                 )
                 .with_url(url)
                 .with_retry(retry())
-                    .build()
-                    .map_err(|e| unavailable(e.to_string()))?,
+                .build()
+                .map_err(|e| unavailable(e.to_string()))?,
             ),
             "az" => Arc::new(
                 timeouts(
@@ -109,8 +109,8 @@ impl Remote {
                 )
                 .with_url(url)
                 .with_retry(retry())
-                    .build()
-                    .map_err(|e| unavailable(e.to_string()))?,
+                .build()
+                .map_err(|e| unavailable(e.to_string()))?,
             ),
             other => return Err(unavailable(format!("unknown scheme `{other}`"))),
         };
@@ -169,10 +169,7 @@ impl Remote {
             return Err(self.refused(
                 stage,
                 key,
-                format!(
-                    "its manifest describes {}/{}",
-                    manifest.stage, manifest.key
-                ),
+                format!("its manifest describes {}/{}", manifest.stage, manifest.key),
             ));
         }
         for output in &manifest.outputs {

@@ -8,9 +8,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use serde::de::{
-    DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor,
-};
+use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::progress::Progress;
@@ -266,7 +264,10 @@ impl<'de, C: DeserializeOwned> DeserializeSeed<'de> for Strip<C> {
         if self.keys.is_empty() {
             return C::deserialize(d);
         }
-        C::deserialize(Stripping { inner: d, keys: self.keys })
+        C::deserialize(Stripping {
+            inner: d,
+            keys: self.keys,
+        })
     }
 }
 
@@ -508,7 +509,10 @@ mod tests {
     #[test]
     fn a_stage_table_leaves_the_engine_keys_out_and_keeps_spans() {
         let doc = "[mine]\npath = \"a.csv\"\n\n[mine.resources]\ngpus = 1\n";
-        assert!(pick_table::<Cfg>(doc, "mine").is_err(), "strict without stripping");
+        assert!(
+            pick_table::<Cfg>(doc, "mine").is_err(),
+            "strict without stripping"
+        );
         let cfg: Cfg = pick_stage_table(doc, "mine").unwrap();
         assert_eq!(cfg.path, "a.csv");
         let doc = "[mine]\nresources = { gpus = 2 }\npath = \"a.csv\"\nfracc = 0.1\n";

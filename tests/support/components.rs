@@ -23,7 +23,9 @@ fn start(name: &str) -> Option<String> {
     match out.status.code() {
         Some(0) => Some(String::from_utf8_lossy(&out.stdout).trim().to_string()),
         Some(77) => {
-            eprintln!("!!! SKIPPED: scripts/{name} cannot install or start its component here:\n{stderr}");
+            eprintln!(
+                "!!! SKIPPED: scripts/{name} cannot install or start its component here:\n{stderr}"
+            );
             None
         }
         _ => panic!("scripts/{name} failed ({}):\n{stderr}", out.status),
