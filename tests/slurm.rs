@@ -364,3 +364,52 @@ fn gpus_ask_slurm_for_gpus_and_make_auto_mean_cuda_without_changing_keys() {
         );
     }
 }
+
+#[test]
+fn ctrl_c_cancels_the_jobs_the_run_submitted() {
+    if !slurm_or_skip() {
+        return;
+    }
+    let ws = tiny_workspace(&cancellable());
+    let stdout_path = ws.path("submitter.out");
+    let mut child = ws
+        .command(&["run", "--executor", "slurm", "--to", "sft"])
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while checkpoint_step(&ws).is_none() {
+        assert!(Instant::now() < deadline, "sft never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: a plain kill(2) of the child we spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let printed = std::fs::read_to_string(&stdout_path).unwrap();
+    assert_eq!(status.code(), Some(130), "{printed}\n{stderr}");
+    let sft = job_ids(&printed, "sft");
+    assert!(
+        stderr.contains(&format!(
+            "interrupted (Ctrl-C): cancelled Slurm job(s) {}",
+            sft[0]
+        )),
+        "{printed}\n{stderr}"
+    );
+    let queue = Command::new("squeue")
+        .args(["-h", "-t", "PENDING,RUNNING", "-j", &sft[0]])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&queue.stdout).trim().is_empty(),
+        "job {} still queued or running",
+        sft[0]
+    );
+}
