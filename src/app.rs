@@ -7,12 +7,13 @@ use std::process::ExitCode;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use pipe_stages::{DynStage, Tool};
 
-use crate::cli::{Cli, Command, DagArgs, Globals, InitArgs, RunArgs};
+use crate::cli::{CacheArgs, Cli, Command, DagArgs, Globals, InitArgs, RunArgs};
 use crate::config::{Override, PipelineConfig};
 use crate::digest::DigestCache;
 use crate::error::{PipeError, Result};
+use crate::executor::{self, ExecutorKind, JobInvocation};
 use crate::lock::WorkspaceLock;
-use crate::runner::{execute, plan, RunOptions, Workspace};
+use crate::runner::{plan, RunOptions, Workspace};
 use crate::tool_host::{tool_error, Host};
 use crate::ui::{TerminalUi, Verbosity};
 use crate::{compare, gc, show, status, sweep, verify};
@@ -145,9 +146,14 @@ fn dispatch(
         .map(|raw| Override::parse(raw))
         .collect::<Result<Vec<_>>>()?;
     let config = PipelineConfig::load(&globals.config, &overrides, registry)?;
-    let ws = Workspace::new(config, registry)?;
+    let mut ws = Workspace::new(config, registry)?;
+    if let Command::Run(args) = &cli.command {
+        ws.batch = executor::kind(&ws, args.executor.as_deref())? != ExecutorKind::Local;
+    }
     match &cli.command {
-        Command::Run(args) => run(&ws, args, &ui),
+        Command::Run(args) => run(&ws, args, &ui, globals),
+        Command::Push(args) => push_or_pull(&ws, args, false),
+        Command::Pull(args) => push_or_pull(&ws, args, true),
         Command::Status(args) => status::print(&ws, args.verify),
         Command::Verify => verify::verify_store(&ws),
         Command::Show(args) => show::print(&ws, args),
@@ -158,7 +164,7 @@ fn dispatch(
     }
 }
 
-fn run(ws: &Workspace, args: &RunArgs, ui: &TerminalUi) -> Result<()> {
+fn run(ws: &Workspace, args: &RunArgs, ui: &TerminalUi, globals: &Globals) -> Result<()> {
     let opts = RunOptions {
         from: args.from.clone(),
         to: args.to.clone(),
@@ -166,18 +172,52 @@ fn run(ws: &Workspace, args: &RunArgs, ui: &TerminalUi) -> Result<()> {
         force: args.force,
         dry_run: args.dry_run,
     };
-    let _lock = if args.dry_run {
+    let lock = if args.dry_run {
         None
     } else {
-        let lock = WorkspaceLock::acquire(ws.store.root())?;
-        ws.store.clean_scratch()?;
-        Some(lock)
+        Some(executor::lock_for_run(ws)?)
     };
     let mut digests = DigestCache::load(ws.store.digest_cache_path());
     let mut plan = plan(ws, &opts, &mut digests)?;
-    digests.save()?;
+    // Jobs sharing a lent lock leave the digest cache to the run that holds it.
+    if !lock.as_ref().is_some_and(|l| l.is_lent()) {
+        digests.save()?;
+    }
     verify::check_reads(ws, &mut plan, !args.dry_run)?;
-    execute(ws, &plan, ui, args.dry_run).map(|_| ())
+    executor::check_job_plan(&plan)?;
+    if !args.dry_run {
+        crate::remote::pull_stale(ws, &mut plan, ui);
+    }
+    let invocation = invocation(ws, globals);
+    let executor = executor::choose(ws, args.executor.as_deref(), &invocation, lock.as_ref())?;
+    executor.execute(ws, &plan, ui, args.dry_run).map(|_| ())
+}
+
+/// How a batch job re-creates this run's view of the workspace.
+pub(crate) fn invocation(ws: &Workspace, globals: &Globals) -> JobInvocation {
+    JobInvocation {
+        config: std::path::absolute(&ws.config.path).unwrap_or_else(|_| ws.config.path.clone()),
+        overrides: globals.set.clone(),
+        program: std::env::current_exe().unwrap_or_else(|_| "pipe".into()),
+    }
+}
+
+/// `pipe push` / `pipe pull`: the current artifacts, to or from the shared cache.
+fn push_or_pull(ws: &Workspace, args: &CacheArgs, pull: bool) -> Result<()> {
+    let _lock = if pull {
+        let lock = WorkspaceLock::acquire(ws.store.root())?;
+        ws.store.clean_scratch()?;
+        Some(lock)
+    } else {
+        None
+    };
+    let mut digests = DigestCache::load(ws.store.digest_cache_path());
+    let plan = plan(ws, &RunOptions::default(), &mut digests)?;
+    if pull {
+        crate::remote::pull_command(ws, &plan, &args.stages)
+    } else {
+        crate::remote::push_command(ws, &plan, &args.stages)
+    }
 }
 
 fn dag(ws: &Workspace, args: &DagArgs) -> Result<()> {

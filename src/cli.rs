@@ -55,6 +55,17 @@ pub enum Command {
     Compare(CompareArgs),
     /// Write a commented starter pipeline.toml.
     Init(InitArgs),
+    /// Upload the current artifacts of these stages (default: all) to the shared cache.
+    Push(CacheArgs),
+    /// Download the current artifacts of these stages (default: all) from the shared cache.
+    Pull(CacheArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Stage names; none means every stage of the pipeline.
+    #[arg(value_name = "NAME")]
+    pub stages: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +89,10 @@ pub struct RunArgs {
     /// variant after another; stages whose keys the variants share are built once.
     #[arg(long)]
     pub sweep: bool,
+    /// Where stages run: `local` (this process) or `slurm` (one batch job per stage);
+    /// default: `[executor] kind`, else local.
+    #[arg(long, value_name = "KIND")]
+    pub executor: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,11 @@ use pipe_stages::{ConfigProblem, DynStage, LoadedConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PipeError, Result};
+use crate::executor::config::{ExecutorConfig, Resources, StageEngineKeys};
+use crate::remote::config::CacheConfig;
+
+/// The engine's top-level tables besides `[project]`: where stages run, the shared cache.
+const ENGINE_TABLES: &[&str] = &["executor", "cache"];
 
 /// The engine's own table, `[project]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +98,12 @@ pub struct PipelineConfig {
     pub project: ProjectConfig,
     /// The stages whose table is present, by name.
     pub stages: BTreeMap<&'static str, LoadedConfig>,
+    /// `[executor]`.
+    pub executor: ExecutorConfig,
+    /// `[cache]`.
+    pub cache: CacheConfig,
+    /// `[<stage>.resources]` of the stages that set them (the stages never see them).
+    pub resources: BTreeMap<&'static str, Resources>,
 }
 
 impl PipelineConfig {
@@ -126,12 +137,14 @@ impl PipelineConfig {
                 loaded = apply_and_check(&mut table, ov, registry)?;
             }
         }
-        let (project, stages) = loaded;
         Ok(Self {
             path: path.to_path_buf(),
             root,
-            project,
-            stages,
+            project: loaded.project,
+            stages: loaded.stages,
+            executor: loaded.executor,
+            cache: loaded.cache,
+            resources: loaded.resources,
         })
     }
 }
@@ -192,7 +205,15 @@ enum Origin {
     Override(String),
 }
 
-type Parsed = (ProjectConfig, BTreeMap<&'static str, LoadedConfig>);
+/// A validated document.
+#[derive(Debug)]
+struct Parsed {
+    project: ProjectConfig,
+    stages: BTreeMap<&'static str, LoadedConfig>,
+    executor: ExecutorConfig,
+    cache: CacheConfig,
+    resources: BTreeMap<&'static str, Resources>,
+}
 
 fn parse_document(text: &str, origin: &Origin, registry: &[Box<dyn DynStage>]) -> Result<Parsed> {
     let doc = toml::de::DeTable::parse(text)
@@ -201,14 +222,81 @@ fn parse_document(text: &str, origin: &Origin, registry: &[Box<dyn DynStage>]) -
     let project = pipe_stages::contract::pick_table::<ProjectConfig>(text, "project")
         .map_err(|e| PipeError::Config(render_toml_error(text, origin, &e, Some("project"))))?;
     let mut stages = BTreeMap::new();
+    let mut resources = BTreeMap::new();
     for stage in registry.iter().filter(|s| present.contains(&s.name())) {
         let cfg = stage
             .load_config(text)
             .map_err(|p| PipeError::Config(render_problem(text, origin, &doc, stage.name(), p)))?;
         stages.insert(stage.name(), cfg);
+        if let Some(r) = stage_resources(text, origin, &doc, stage.name())? {
+            resources.insert(stage.name(), r);
+        }
     }
     check_deps_present(&stages, registry, origin)?;
-    Ok((project, stages))
+    let (executor, cache) = engine_tables(text, origin, &doc)?;
+    Ok(Parsed {
+        project,
+        stages,
+        executor,
+        cache,
+        resources,
+    })
+}
+
+/// `[executor]` and `[cache]`, checked like a stage's table.
+fn engine_tables(
+    text: &str,
+    origin: &Origin,
+    doc: &toml::Spanned<toml::de::DeTable<'_>>,
+) -> Result<(ExecutorConfig, CacheConfig)> {
+    let executor = pipe_stages::contract::pick_table::<ExecutorConfig>(text, "executor")
+        .map_err(|e| PipeError::Config(render_toml_error(text, origin, &e, Some("executor"))))?;
+    let invalid = |key: &str, message: &str| {
+        let span = key_span(doc, key).unwrap_or(0..0);
+        PipeError::Config(render_at(
+            text,
+            origin,
+            span,
+            &format!("invalid `{key}`: {message}"),
+            "",
+        ))
+    };
+    executor
+        .slurm
+        .check()
+        .map_err(|(key, message)| invalid(&format!("executor.slurm.{key}"), &message))?;
+    let cache = pipe_stages::contract::pick_table::<CacheConfig>(text, "cache")
+        .map_err(|e| PipeError::Config(render_toml_error(text, origin, &e, Some("cache"))))?;
+    cache
+        .check()
+        .map_err(|message| invalid("cache.remote", &message))?;
+    Ok((executor, cache))
+}
+
+/// A stage's `[<stage>.resources]`, if it has one.
+fn stage_resources(
+    text: &str,
+    origin: &Origin,
+    doc: &toml::Spanned<toml::de::DeTable<'_>>,
+    stage: &str,
+) -> Result<Option<Resources>> {
+    let keys = pipe_stages::contract::pick_table::<StageEngineKeys>(text, stage)
+        .map_err(|e| PipeError::Config(render_toml_error(text, origin, &e, Some(stage))))?;
+    let Some(resources) = keys.resources else {
+        return Ok(None);
+    };
+    resources.check().map_err(|(key, message)| {
+        let full = format!("{stage}.resources.{key}");
+        let span = key_span(doc, &full).unwrap_or(0..0);
+        PipeError::Config(render_at(
+            text,
+            origin,
+            span,
+            &format!("invalid `{full}`: {message}"),
+            "",
+        ))
+    })?;
+    Ok(Some(resources))
 }
 
 /// Every top-level key must be `project` or a registered stage, and a table.
@@ -219,12 +307,13 @@ fn check_top_level(
     registry: &[Box<dyn DynStage>],
 ) -> Result<Vec<&'static str>> {
     let mut valid: Vec<&str> = vec!["project"];
+    valid.extend(ENGINE_TABLES);
     valid.extend(registry.iter().map(|s| s.name()));
     let mut present = Vec::new();
     for (key, value) in doc.iter() {
         let name = key.get_ref().as_ref();
         let Some(stage) = registry.iter().find(|s| s.name() == name) else {
-            if name == "project" {
+            if name == "project" || ENGINE_TABLES.contains(&name) {
                 continue;
             }
             let msg = format!("unknown table `[{name}]`");
@@ -292,8 +381,12 @@ fn apply_override(
     registry: &[Box<dyn DynStage>],
 ) -> Result<()> {
     let head = ov.path[0].as_str();
-    if head != "project" && !registry.iter().any(|s| s.name() == head) {
+    if head != "project"
+        && !ENGINE_TABLES.contains(&head)
+        && !registry.iter().any(|s| s.name() == head)
+    {
         let mut valid = vec!["project"];
+        valid.extend(ENGINE_TABLES);
         valid.extend(registry.iter().map(|s| s.name()));
         return Err(PipeError::Config(format!(
             "-s {}: unknown table `{head}`; {}",

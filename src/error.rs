@@ -33,6 +33,9 @@ pub enum PipeError {
     /// Some variants of a sweep failed (each was reported; the others ran).
     #[error("{0}")]
     Sweep(String),
+    /// Ctrl-C (or SIGTERM) stopped a run; the message says what was cancelled.
+    #[error("{0}")]
+    Interrupted(String),
     /// A corrupt file in the artifact store (manifest, digest cache).
     #[error("{path}: {message}")]
     Store { path: PathBuf, message: String },
@@ -50,6 +53,7 @@ impl PipeError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Config(_) | Self::Usage(_) => 2,
+            Self::Interrupted(_) => 130,
             _ => 1,
         }
     }

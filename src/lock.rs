@@ -1,5 +1,8 @@
 //! One `pipe run` at a time per workspace: an OS file lock (released even on SIGKILL) on
 //! `artifacts/.lock`, which also records the holder's pid for the second run's message.
+//! A holder that runs its stages as batch jobs lends them the lock: it writes a secret to
+//! `artifacts/.lock.token`, passes it to its jobs, and a job that shows it works under the
+//! holder's lock while the holder waits (any other `pipe run` is still refused).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -43,6 +46,89 @@ impl WorkspaceLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// A fresh secret that lets this holder's jobs work under its lock ([`join`]); written
+    /// (owner-readable only, synced) to `.lock.token` beside the lock.
+    pub fn lend(&self) -> Result<String> {
+        let token = fresh_token();
+        let path = token_path(&self.path);
+        write_token(&path, &token).map_err(|e| PipeError::io(&path, e))?;
+        Ok(token)
+    }
+}
+
+/// How a run holds the workspace.
+#[derive(Debug)]
+pub enum RunLock {
+    /// It took the lock itself.
+    Held(WorkspaceLock),
+    /// A batch job working under the lock of the run that submitted it.
+    Lent,
+}
+
+impl RunLock {
+    pub fn is_lent(&self) -> bool {
+        matches!(self, RunLock::Lent)
+    }
+
+    /// The lock itself, when this run holds it.
+    pub fn held(&self) -> Option<&WorkspaceLock> {
+        match self {
+            RunLock::Held(lock) => Some(lock),
+            RunLock::Lent => None,
+        }
+    }
+}
+
+/// For a batch job given `token`: works under the submitter's lock if the lock is held and
+/// the token is the holder's; takes the lock itself if nobody holds it (the submitter is
+/// gone); otherwise refused like any second run.
+pub fn join(artifacts_dir: &Path, token: &str) -> Result<RunLock> {
+    match WorkspaceLock::acquire(artifacts_dir) {
+        Ok(lock) => Ok(RunLock::Held(lock)),
+        Err(PipeError::Locked { pid, path }) => {
+            let lent = std::fs::read_to_string(token_path(&path)).unwrap_or_default();
+            if !token.is_empty() && lent.trim() == token {
+                Ok(RunLock::Lent)
+            } else {
+                Err(PipeError::Locked { pid, path })
+            }
+        }
+        Err(other) => Err(other),
+    }
+}
+
+fn token_path(lock: &Path) -> PathBuf {
+    lock.with_extension("token")
+}
+
+/// 32 hex digits no other run can guess: blake3 over kernel randomness, the pid and the clock.
+fn fresh_token() -> String {
+    let mut hasher = blake3::Hasher::new();
+    let mut random = [0u8; 32];
+    if let Ok(mut urandom) = File::open("/dev/urandom") {
+        let _ = urandom.read_exact(&mut random);
+    }
+    hasher.update(&random);
+    hasher.update(&std::process::id().to_le_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    hasher.update(&now.to_le_bytes());
+    hasher.finalize().to_hex()[..32].to_string()
+}
+
+fn write_token(path: &Path, token: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()
 }
 
 /// How many bytes the pid record takes: always the same, so a new holder overwrites the old
@@ -97,6 +183,20 @@ mod tests {
         );
         drop(first);
         WorkspaceLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_job_with_the_holders_token_works_under_its_lock_and_others_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let holder = WorkspaceLock::acquire(dir.path()).unwrap();
+        let token = holder.lend().unwrap();
+        assert!(join(dir.path(), &token).unwrap().is_lent());
+        let err = join(dir.path(), "not-the-token").unwrap_err();
+        assert!(matches!(err, PipeError::Locked { .. }), "{err}");
+        assert!(WorkspaceLock::acquire(dir.path()).is_err());
+        drop(holder);
+        // The holder is gone: a late job takes the lock itself.
+        assert!(!join(dir.path(), &token).unwrap().is_lent());
     }
 
     /// Issue 16: a refusal said "pid unknown" because the holder emptied the lock file before

@@ -22,7 +22,24 @@ pub trait Reporter {
     /// Downstream of a failure: not attempted.
     fn skipped(&self, stage: &str, because: &str);
     /// The end of a run: counts by outcome.
-    fn summary(&self, ran: usize, cached: usize, reused: usize, seconds: f64);
+    fn summary(&self, counts: &Counts, seconds: f64);
+    /// Its artifact was downloaded from the shared cache instead of running it.
+    fn pulled(&self, _stage: &str, _key: &str, _detail: &str) {}
+    /// A batch job of a stage changed state (`PENDING (Dependency)`, `RUNNING on node3`).
+    fn job(&self, _stage: &str, _key: &str, _job: &str, _state: &str) {}
+    /// A line about a stage that is neither an event nor progress (the sbatch line of a job).
+    fn note(&self, _stage: &str, _text: &str) {}
+    /// Something went wrong that does not stop the run (an unreachable shared cache).
+    fn warning(&self, _message: &str) {}
+}
+
+/// How many stages ended which way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub ran: usize,
+    pub pulled: usize,
+    pub cached: usize,
+    pub reused: usize,
 }
 
 /// Why a stage runs.

@@ -13,7 +13,7 @@ use crate::dag::Dag;
 use crate::digest::DigestCache;
 use crate::error::{PipeError, Result};
 use crate::fingerprint::{explain, KeyInputs, Reason, CACHE_FORMAT};
-use crate::report::{Reporter, Why};
+use crate::report::{Counts, Reporter, Why};
 use crate::store::{now_ms, Entry, Manifest, Store};
 
 /// A loaded workspace: validated config, the stages it uses, its graph and its store.
@@ -22,6 +22,9 @@ pub struct Workspace<'r> {
     pub registry: &'r [Box<dyn DynStage>],
     pub dag: Dag,
     pub store: Store,
+    /// Whether the stages run as batch jobs (`[executor] kind`, or `--executor`): a stage whose
+    /// job is given GPUs is keyed as on a GPU node.
+    pub batch: bool,
 }
 
 impl<'r> Workspace<'r> {
@@ -33,12 +36,26 @@ impl<'r> Workspace<'r> {
             .collect();
         let dag = Dag::new(&present)?;
         let store = Store::new(config.artifacts_dir());
+        let batch = config.executor.kind != crate::executor::ExecutorKind::Local
+            && !crate::executor::in_job();
         Ok(Self {
             config,
             registry,
             dag,
             store,
+            batch,
         })
+    }
+
+    /// Whether `stage` runs as a batch job given GPUs.
+    fn on_job_gpus(&self, stage: &str) -> bool {
+        let resources = self
+            .config
+            .resources
+            .get(stage)
+            .cloned()
+            .unwrap_or_default();
+        self.batch && resources.over(&self.config.executor.slurm).gpu_count() > 0
     }
 
     pub fn stage(&self, name: &str) -> &dyn DynStage {
@@ -94,7 +111,10 @@ impl<'r> Workspace<'r> {
             config: self.config.stages[stage].canonical.clone(),
             upstream,
             inputs: self.input_digests(stage, digests)?,
-            environment: self.config.stages[stage].environment.clone(),
+            environment: match self.on_job_gpus(stage) {
+                true => self.config.stages[stage].environment_on_gpus.clone(),
+                false => self.config.stages[stage].environment.clone(),
+            },
         })
     }
 }
@@ -120,6 +140,9 @@ pub enum Action {
         stale: Vec<Reason>,
     },
     Run(Why),
+    /// It had to run, but the shared cache had its artifact: downloaded, verified, committed
+    /// (announced when it was pulled).
+    Pulled(Entry),
 }
 
 /// One stage of a plan.
@@ -285,6 +308,18 @@ pub struct Outcome {
     pub ran: Vec<String>,
     pub cached: Vec<String>,
     pub reused: Vec<String>,
+    pub pulled: Vec<String>,
+}
+
+impl Outcome {
+    pub fn counts(&self) -> Counts {
+        Counts {
+            ran: self.ran.len(),
+            pulled: self.pulled.len(),
+            cached: self.cached.len(),
+            reused: self.reused.len(),
+        }
+    }
 }
 
 /// Runs the plan: cached and reused stages are announced, the others run and are committed.
@@ -315,6 +350,10 @@ pub fn execute(
                 dirs.insert(step.stage, entry.dir.clone());
                 outcome.reused.push(step.stage.to_string());
             }
+            Action::Pulled(entry) => {
+                dirs.insert(step.stage, entry.dir.clone());
+                outcome.pulled.push(step.stage.to_string());
+            }
             Action::Run(why) if dry_run => {
                 reporter.would_run(step.stage, &step.key, why);
                 outcome.ran.push(step.stage.to_string());
@@ -335,12 +374,7 @@ pub fn execute(
             }
         }
     }
-    reporter.summary(
-        outcome.ran.len(),
-        outcome.cached.len(),
-        outcome.reused.len(),
-        started.elapsed().as_secs_f64(),
-    );
+    reporter.summary(&outcome.counts(), started.elapsed().as_secs_f64());
     match failure {
         Some(e) => Err(e),
         None => Ok(outcome),
@@ -397,6 +431,7 @@ fn run_step(
     };
     let entry = ws.store.commit(scratch, manifest)?;
     remove_partial(&partial);
+    crate::remote::after_commit(ws, &entry, reporter);
     Ok((entry, seconds))
 }
 

@@ -54,7 +54,7 @@ pub fn print(ws: &Workspace, verify: bool) -> Result<()> {
                 println!("  {:<10} stale      {}", step.stage, step.key);
                 print_reasons(why);
             }
-            Action::Reuse { .. } => {}
+            Action::Reuse { .. } | Action::Pulled(_) => {}
         }
     }
     if stale == 0 {

@@ -1,7 +1,8 @@
 //! `pipe run --sweep`: the cartesian product of `-s key=a,b` overrides (Hydra's multirun
-//! syntax), run one variant after another in one workspace. Stages whose keys are equal across
-//! variants are built by the first variant that needs them and found in the cache by the
-//! others; a failing variant does not stop the rest. The sweep is recorded under
+//! syntax), run one variant after another in one workspace, or on Slurm with every variant's
+//! jobs submitted at once. Stages whose keys are equal across variants are built once (by the
+//! first variant that needs them, or as one job) and read by the others; a failing variant
+//! does not stop the rest. The sweep is recorded under
 //! `artifacts/.sweeps/` so that `pipe compare` can put its rows first.
 
 use std::collections::BTreeMap;
@@ -15,7 +16,9 @@ use crate::cli::{Globals, RunArgs};
 use crate::config::{Override, PipelineConfig};
 use crate::digest::DigestCache;
 use crate::error::{PipeError, Result};
-use crate::lock::WorkspaceLock;
+use crate::executor::jobs::{BatchOutcome, PlanRun};
+use crate::executor::{self, ExecutorKind, JobInvocation};
+use crate::lock::RunLock;
 use crate::report::Why;
 use crate::runner::{execute, plan, Action, Plan, RunOptions, Workspace};
 use crate::store::{now_ms, Store};
@@ -157,7 +160,8 @@ struct Loaded<'r> {
 }
 
 /// `pipe run --sweep`: validates every variant's config first (a typo fails before anything
-/// runs), then runs them one after another, or with `--dry-run` shows what each would do.
+/// runs), then runs them one after another (on Slurm: all their jobs at once), or with
+/// `--dry-run` shows what each would do.
 pub fn run(
     globals: &Globals,
     args: &RunArgs,
@@ -165,7 +169,7 @@ pub fn run(
     ui: &TerminalUi,
 ) -> Result<()> {
     let variants = expand(&globals.set)?;
-    let loaded = load_all(&globals.config, variants, registry)?;
+    let mut loaded = load_all(&globals.config, variants, registry)?;
     let opts = RunOptions {
         from: args.from.clone(),
         to: args.to.clone(),
@@ -174,26 +178,23 @@ pub fn run(
         dry_run: args.dry_run,
     };
     let loud = !globals.quiet;
+    let kind = executor::kind(&loaded[0].ws, args.executor.as_deref())?;
+    for l in &mut loaded {
+        l.ws.batch = kind != ExecutorKind::Local;
+    }
     if args.dry_run {
         return dry_run(&loaded, &opts);
     }
     let store = loaded[0].ws.store.clone();
-    let _lock = WorkspaceLock::acquire(store.root())?;
-    store.clean_scratch()?;
+    let lock = executor::lock_for_run(&loaded[0].ws)?;
     let mut sweep = Sweep::new(&store, &loaded);
     sweep.save()?;
-    for (i, l) in loaded.iter().enumerate() {
-        if loud {
-            println!(
-                "== variant {}/{}: {}",
-                i + 1,
-                loaded.len(),
-                l.variant.label()
-            );
-        }
-        let clock = Instant::now();
-        let outcome = sweep.run_variant(i, l, &opts, ui);
-        sweep.finish_variant(i, outcome, clock.elapsed().as_secs_f64())?;
+    if kind == ExecutorKind::Slurm {
+        let mut invocation = crate::app::invocation(&loaded[0].ws, globals);
+        invocation.overrides.clear(); // each variant's jobs get the variant's own
+        sweep.run_together(&loaded, &opts, ui, &lock, &invocation)?;
+    } else {
+        sweep.run_one_by_one(&loaded, &opts, ui, loud)?;
     }
     sweep.record.finished_at_ms = Some(now_ms());
     sweep.save()?;
@@ -262,7 +263,7 @@ fn dry_run(loaded: &[Loaded<'_>], opts: &RunOptions) -> Result<()> {
         for step in &plan.steps {
             let id = (step.stage.to_string(), step.key.clone());
             let (word, note) = match &step.action {
-                Action::Cached(_) => {
+                Action::Cached(_) | Action::Pulled(_) => {
                     cached += 1;
                     ("cached", String::new())
                 }
@@ -489,6 +490,7 @@ impl Sweep {
                 result: Err(Failure::new(None, e.to_string())),
             };
         }
+        crate::remote::pull_stale(&l.ws, &mut plan, ui);
         let result = execute(&l.ws, &plan, ui, false);
         for step in &plan.steps {
             if matches!(step.action, Action::Run(_)) {
@@ -518,6 +520,102 @@ impl Sweep {
             Err(e) => Err(Failure::new(None, e.to_string())),
         };
         Turn { keys, result }
+    }
+
+    /// On this machine: one variant after another.
+    fn run_one_by_one(
+        &mut self,
+        loaded: &[Loaded<'_>],
+        opts: &RunOptions,
+        ui: &TerminalUi,
+        loud: bool,
+    ) -> Result<()> {
+        for (i, l) in loaded.iter().enumerate() {
+            if loud {
+                println!(
+                    "== variant {}/{}: {}",
+                    i + 1,
+                    loaded.len(),
+                    l.variant.label()
+                );
+            }
+            let clock = Instant::now();
+            let outcome = self.run_variant(i, l, opts, ui);
+            self.finish_variant(i, outcome, clock.elapsed().as_secs_f64())?;
+        }
+        Ok(())
+    }
+
+    /// On a batch system: every variant is planned first, then the jobs of all of them are
+    /// submitted at once (a stage key several variants share is one job, built once); each
+    /// variant's outcome is what its own jobs came to.
+    fn run_together(
+        &mut self,
+        loaded: &[Loaded<'_>],
+        opts: &RunOptions,
+        ui: &TerminalUi,
+        lock: &RunLock,
+        invocation: &JobInvocation,
+    ) -> Result<()> {
+        let clock = Instant::now();
+        let mut planned: Vec<(usize, Plan)> = Vec::new();
+        for (i, l) in loaded.iter().enumerate() {
+            match self.plan_variant(l, opts, ui) {
+                Ok(plan) => planned.push((i, plan)),
+                Err(turn) => self.finish_variant(i, turn, 0.0)?,
+            }
+        }
+        let batch = executor::slurm_batch(invocation, Some(lock))?;
+        let runs: Vec<PlanRun<'_>> = planned
+            .iter()
+            .map(|(i, plan)| PlanRun {
+                ws: &loaded[*i].ws,
+                plan,
+                overrides: &loaded[*i].variant.overrides,
+            })
+            .collect();
+        let result = batch.execute_plans(&runs, ui, false);
+        let seconds = clock.elapsed().as_secs_f64();
+        match result {
+            Ok(outcome) => {
+                let mut claimed = std::collections::BTreeSet::new();
+                for (i, plan) in &planned {
+                    let turn = turn_of(plan, &outcome, &mut claimed);
+                    self.finish_variant(*i, turn, seconds)?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for (i, plan) in &planned {
+                    let turn = Turn {
+                        keys: plan_keys(plan),
+                        result: Err(Failure::new(None, e.to_string())),
+                    };
+                    self.finish_variant(*i, turn, seconds)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Variant `l`'s plan, its reads verified; a failure is the variant's turn.
+    fn plan_variant(
+        &mut self,
+        l: &Loaded<'_>,
+        opts: &RunOptions,
+        ui: &TerminalUi,
+    ) -> std::result::Result<Plan, Turn> {
+        let mut plan = plan(&l.ws, opts, &mut self.digests).map_err(|e| Turn {
+            keys: BTreeMap::new(),
+            result: Err(Failure::new(None, e.to_string())),
+        })?;
+        let _ = self.digests.save();
+        verify::check_reads(&l.ws, &mut plan, true).map_err(|e| Turn {
+            keys: plan_keys(&plan),
+            result: Err(Failure::new(None, e.to_string())),
+        })?;
+        crate::remote::pull_stale(&l.ws, &mut plan, ui);
+        Ok(plan)
     }
 
     /// `--force` and `--from` re-run the selected stages once per sweep, not once per variant:
@@ -595,6 +693,41 @@ impl Sweep {
     }
 }
 
+/// What a variant's jobs came to: the first of its stages that failed (or was skipped after
+/// a failure), else ok. A stage key several variants share counts as run by the first that
+/// planned it (`claimed`) and as cached by the others, as in a sweep run one by one.
+fn turn_of(
+    plan: &Plan,
+    batch: &BatchOutcome,
+    claimed: &mut std::collections::BTreeSet<(String, String)>,
+) -> Turn {
+    let keys = plan_keys(plan);
+    let failed = plan.steps.iter().find_map(|s| {
+        let why = batch.failed.get(&(s.stage.to_string(), s.key.clone()))?;
+        Some((s.stage, why))
+    });
+    if let Some((stage, why)) = failed {
+        let message = format!("stage `{stage}` failed: {why}");
+        return Turn {
+            keys,
+            result: Err(Failure::new(Some(stage.to_string()), message)),
+        };
+    }
+    let (mut ran, mut cached) = (Vec::new(), Vec::new());
+    for step in &plan.steps {
+        let first = claimed.insert((step.stage.to_string(), step.key.clone()));
+        if matches!(step.action, Action::Run(_)) && first {
+            ran.push(step.stage.to_string());
+        } else {
+            cached.push(step.stage.to_string());
+        }
+    }
+    Turn {
+        keys,
+        result: Ok(Ran { ran, cached }),
+    }
+}
+
 /// Each variant with its outcome, after the whole sweep.
 fn print_summary(record: &SweepRecord, path: &Path, verbose: bool) {
     let ok = record
@@ -602,14 +735,9 @@ fn print_summary(record: &SweepRecord, path: &Path, verbose: bool) {
         .iter()
         .filter(|v| matches!(v.outcome, VariantOutcome::Ok { .. }))
         .count();
-    let seconds: f64 = record
-        .variants
-        .iter()
-        .map(|v| match &v.outcome {
-            VariantOutcome::Ok { seconds, .. } | VariantOutcome::Failed { seconds, .. } => *seconds,
-            VariantOutcome::Pending => 0.0,
-        })
-        .sum();
+    // Wall time: on Slurm the variants ran at the same time.
+    let ended = record.finished_at_ms.unwrap_or_else(now_ms);
+    let seconds = ended.saturating_sub(record.started_at_ms) as f64 / 1000.0;
     println!(
         "sweep {}: {} variants, {ok} ok, {} failed in {} (recorded in {})",
         record.id,

@@ -8,7 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pipe_stages::{Bar, Progress};
 
 use crate::fingerprint::Reason;
-use crate::report::{Reporter, Why};
+use crate::report::{Counts, Reporter, Why};
 
 /// How much the user wants to see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -160,15 +160,41 @@ impl Reporter for TerminalUi {
         );
     }
 
-    fn summary(&self, ran: usize, cached: usize, reused: usize, seconds: f64) {
-        let mut parts = vec![format!("{ran} ran"), format!("{cached} cached")];
-        if reused > 0 {
-            parts.push(format!("{reused} reused"));
+    fn summary(&self, counts: &Counts, seconds: f64) {
+        let mut parts = vec![format!("{} ran", counts.ran)];
+        if counts.pulled > 0 {
+            parts.push(format!("{} pulled", counts.pulled));
+        }
+        parts.push(format!("{} cached", counts.cached));
+        if counts.reused > 0 {
+            parts.push(format!("{} reused", counts.reused));
         }
         self.line(
             Verbosity::Normal,
             &format!("{} in {}", parts.join(", "), human_duration(seconds)),
         );
+    }
+
+    fn pulled(&self, stage: &str, key: &str, detail: &str) {
+        self.line(
+            Verbosity::Normal,
+            &format!("{stage:<10} pulled   {key} ({detail})"),
+        );
+    }
+
+    fn job(&self, stage: &str, key: &str, job: &str, state: &str) {
+        self.line(
+            Verbosity::Normal,
+            &format!("{stage:<10} job {job:<8} {state} [{key}]"),
+        );
+    }
+
+    fn note(&self, stage: &str, text: &str) {
+        self.line(Verbosity::Normal, &format!("{stage:<10}   {text}"));
+    }
+
+    fn warning(&self, message: &str) {
+        self.multi.suspend(|| eprintln!("warning: {message}"));
     }
 }
 

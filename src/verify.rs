@@ -41,7 +41,7 @@ pub fn check_reads(ws: &Workspace, plan: &mut Plan, mark: bool) -> Result<()> {
             let (entry, stale) = match &step.action {
                 Action::Cached(entry) => (entry, false),
                 Action::Reuse { entry, stale } => (entry, !stale.is_empty()),
-                Action::Run(_) => continue,
+                Action::Run(_) | Action::Pulled(_) => continue,
             };
             let Err(corruption) = ws.store.verify(entry) else {
                 continue;

@@ -8,8 +8,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde::Serialize;
+use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
 
 use crate::progress::Progress;
 
@@ -49,7 +49,9 @@ pub trait Stage: Send + Sync + 'static {
 
     /// Facts of the machine the stage's output depends on (the device `auto` resolved to), as
     /// `name -> value`: part of the key, so a run elsewhere never reuses this one's outputs.
-    fn environment(_cfg: &Self::Config) -> BTreeMap<String, String> {
+    /// `gpus`: as on a node that gives the stage GPUs (a batch job with `resources.gpus`),
+    /// else as here.
+    fn environment(_cfg: &Self::Config, _gpus: bool) -> BTreeMap<String, String> {
         BTreeMap::new()
     }
 
@@ -100,8 +102,10 @@ pub struct LoadedConfig {
     pub external_inputs: Vec<PathBuf>,
     /// Paths hashed into the key only when they name a file ([`Stage::optional_inputs`]).
     pub optional_inputs: Vec<PathBuf>,
-    /// [`Stage::environment`]: machine facts hashed into the key.
+    /// [`Stage::environment`]: machine facts hashed into the key, as here.
     pub environment: BTreeMap<String, String>,
+    /// The same facts for a batch job given GPUs: what its submitter keys.
+    pub environment_on_gpus: BTreeMap<String, String>,
     typed: Box<dyn Any + Send + Sync>,
 }
 
@@ -154,7 +158,7 @@ impl<S: Stage> DynStage for Erased<S> {
     }
 
     fn load_config(&self, document: &str) -> Result<LoadedConfig, ConfigProblem> {
-        let cfg: S::Config = pick_table(document, S::NAME).map_err(ConfigProblem::Toml)?;
+        let cfg: S::Config = pick_stage_table(document, S::NAME).map_err(ConfigProblem::Toml)?;
         S::validate(&cfg).map_err(ConfigProblem::Invalid)?;
         let canonical = serde_json::to_value(&cfg).map_err(|e| {
             ConfigProblem::Invalid(ConfigIssue::new(
@@ -166,7 +170,8 @@ impl<S: Stage> DynStage for Erased<S> {
             canonical,
             external_inputs: S::external_inputs(&cfg),
             optional_inputs: S::optional_inputs(&cfg),
-            environment: S::environment(&cfg),
+            environment: S::environment(&cfg, false),
+            environment_on_gpus: S::environment(&cfg, true),
             typed: Box::new(cfg),
         })
     }
@@ -187,9 +192,37 @@ impl<S: Stage> DynStage for Erased<S> {
 /// Deserialises the table `name` out of a whole TOML document, so that error spans point into
 /// the user's file. A missing table deserialises as an empty one (defaults, or "missing field").
 pub fn pick_table<C: DeserializeOwned>(document: &str, name: &str) -> Result<C, toml::de::Error> {
+    pick(document, name, &[])
+}
+
+/// The environment variable the engine sets, in a batch job given GPUs, to their number; the
+/// model stages read `device = "auto"` as the first GPU there (the key, made from "auto", does
+/// not change).
+pub const GPUS_ENV: &str = "PIPE_GPUS";
+
+/// Keys of a stage's table that belong to the engine, not to the stage: where and how it runs
+/// (`[sft.resources]`). They are removed before the stage's own (strict) config sees its
+/// table, so they are never unknown keys and never part of the stage's key.
+pub const ENGINE_KEYS: &[&str] = &["resources"];
+
+/// [`pick_table`] for a stage's table: the [`ENGINE_KEYS`] are left out, every other key keeps
+/// its span in the document.
+pub fn pick_stage_table<C: DeserializeOwned>(
+    document: &str,
+    name: &str,
+) -> Result<C, toml::de::Error> {
+    pick(document, name, ENGINE_KEYS)
+}
+
+fn pick<C: DeserializeOwned>(
+    document: &str,
+    name: &str,
+    strip: &'static [&'static str],
+) -> Result<C, toml::de::Error> {
     let de = toml::de::Deserializer::parse(document)?;
     let picked = PickSeed::<C> {
         name,
+        strip,
         _c: PhantomData,
     }
     .deserialize(de)?;
@@ -204,6 +237,7 @@ pub fn pick_table<C: DeserializeOwned>(document: &str, name: &str) -> Result<C, 
 
 struct PickSeed<'n, C> {
     name: &'n str,
+    strip: &'static [&'static str],
     _c: PhantomData<fn() -> C>,
 }
 
@@ -223,12 +257,147 @@ impl<'de, C: DeserializeOwned> Visitor<'de> for PickSeed<'_, C> {
         let mut found = None;
         while let Some(key) = map.next_key::<String>()? {
             if key == self.name {
-                found = Some(map.next_value::<C>()?);
+                found = Some(map.next_value_seed(Strip::<C> {
+                    keys: self.strip,
+                    _c: PhantomData,
+                })?);
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
         }
         Ok(found)
+    }
+}
+
+/// Deserialises `C` from a table without the keys in `keys`.
+struct Strip<C> {
+    keys: &'static [&'static str],
+    _c: PhantomData<fn() -> C>,
+}
+
+impl<'de, C: DeserializeOwned> DeserializeSeed<'de> for Strip<C> {
+    type Value = C;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<C, D::Error> {
+        if self.keys.is_empty() {
+            return C::deserialize(d);
+        }
+        C::deserialize(Stripping {
+            inner: d,
+            keys: self.keys,
+        })
+    }
+}
+
+/// A deserializer whose maps and structs skip the entries named in `keys`; everything else,
+/// spans of errors included, is the inner deserializer's.
+struct Stripping<D> {
+    inner: D,
+    keys: &'static [&'static str],
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for Stripping<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.inner.deserialize_any(visitor)
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        let keys = self.keys;
+        self.inner.deserialize_map(StripVisitor { visitor, keys })
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        let keys = self.keys;
+        self.inner
+            .deserialize_struct(name, fields, StripVisitor { visitor, keys })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct enum identifier
+        ignored_any
+    }
+}
+
+struct StripVisitor<V> {
+    visitor: V,
+    keys: &'static [&'static str],
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for StripVisitor<V> {
+    type Value = V::Value;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        self.visitor.expecting(f)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+        self.visitor.visit_map(StripMap {
+            inner: map,
+            keys: self.keys,
+        })
+    }
+}
+
+struct StripMap<A> {
+    inner: A,
+    keys: &'static [&'static str],
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for StripMap<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        let mut seed = Some(seed);
+        loop {
+            let key = self.inner.next_key_seed(KeySeed {
+                seed: &mut seed,
+                keys: self.keys,
+            })?;
+            match key {
+                None => return Ok(None),
+                Some(Some(value)) => return Ok(Some(value)),
+                // An engine key: skip its value and look at the next entry.
+                Some(None) => {
+                    self.inner.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+    }
+
+    fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, A::Error> {
+        self.inner.next_value_seed(seed)
+    }
+}
+
+/// Reads a key as text: `None` for a stripped key, else the caller's key seed run on it (inside
+/// the inner map's key handling, so an unknown key's error keeps the key's span).
+struct KeySeed<'s, K> {
+    seed: &'s mut Option<K>,
+    keys: &'static [&'static str],
+}
+
+impl<'de, K: DeserializeSeed<'de>> DeserializeSeed<'de> for KeySeed<'_, K> {
+    type Value = Option<K::Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        use serde::de::Error;
+        let key = String::deserialize(d)?;
+        if self.keys.contains(&key.as_str()) {
+            return Ok(None);
+        }
+        let seed = self
+            .seed
+            .take()
+            .ok_or_else(|| D::Error::custom("a map key was read twice"))?;
+        seed.deserialize(serde::de::value::StringDeserializer::<D::Error>::new(key))
+            .map(Some)
     }
 }
 
@@ -352,6 +521,21 @@ mod tests {
         assert!(err.message().contains("unknown field `fracc`"), "{err}");
         let span = err.span().expect("span");
         assert_eq!(&doc[span], "fracc");
+    }
+
+    #[test]
+    fn a_stage_table_leaves_the_engine_keys_out_and_keeps_spans() {
+        let doc = "[mine]\npath = \"a.csv\"\n\n[mine.resources]\ngpus = 1\n";
+        assert!(
+            pick_table::<Cfg>(doc, "mine").is_err(),
+            "strict without stripping"
+        );
+        let cfg: Cfg = pick_stage_table(doc, "mine").unwrap();
+        assert_eq!(cfg.path, "a.csv");
+        let doc = "[mine]\nresources = { gpus = 2 }\npath = \"a.csv\"\nfracc = 0.1\n";
+        let err = pick_stage_table::<Cfg>(doc, "mine").unwrap_err();
+        assert!(err.message().contains("unknown field `fracc`"), "{err}");
+        assert_eq!(&doc[err.span().expect("span")], "fracc");
     }
 
     #[test]

@@ -21,12 +21,37 @@ pub enum DeviceChoice {
     Cuda(usize),
 }
 
+/// Set by the engine in a batch job that was given GPUs (`[<stage>.resources] gpus`): there
+/// `auto` means the first GPU, and a build or node without one is an error, not a silent CPU run.
+pub use crate::contract::GPUS_ENV;
+
+/// The number of GPUs the engine gave this job, if any.
+fn job_gpus() -> Option<u32> {
+    std::env::var(GPUS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|&n| n > 0)
+}
+
 impl DeviceChoice {
     /// Opens the device. `cuda:N` on a build without CUDA, or with no such GPU, is an error
-    /// that says what to do.
+    /// that says what to do; so is `auto` in a job that was given GPUs ([`GPUS_ENV`]).
     pub fn open(self) -> LlmResult<Device> {
         match self {
             DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Auto if job_gpus().is_some() => {
+                let n = job_gpus().unwrap_or(1);
+                if !candle_core::utils::cuda_is_available() {
+                    return Err(LlmError::Invalid(format!(
+                        "device `auto` in a job given {n} GPU(s) ({GPUS_ENV}={n}): this build of pipe has no CUDA support; rebuild with `cargo build --release --features cuda`, or drop `gpus` from the stage's resources"
+                    )));
+                }
+                Device::new_cuda(0).map_err(|e| {
+                    LlmError::Invalid(format!(
+                        "device `auto` in a job given {n} GPU(s): cuda:0 cannot be opened: {e}"
+                    ))
+                })
+            }
             DeviceChoice::Auto if candle_core::utils::cuda_is_available() => {
                 Device::new_cuda(0).or(Ok(Device::Cpu))
             }
@@ -43,10 +68,18 @@ impl DeviceChoice {
     }
 
     /// The concrete device `auto` stands for on this machine (a CUDA GPU when this build has
-    /// CUDA and GPU 0 opens, else the CPU); `cpu` and `cuda:N` are returned as they are. Keys
-    /// and `model.json` record this, so the same config on another machine is another run.
+    /// CUDA and GPU 0 opens, or in a job given GPUs; else the CPU); `cpu` and `cuda:N` are
+    /// returned as they are. Keys and `model.json` record this, so the same config on another
+    /// machine is another run.
     pub fn resolve(self) -> DeviceChoice {
+        self.resolve_given_gpus(job_gpus().is_some())
+    }
+
+    /// [`Self::resolve`] for a stage that will run given GPUs (`gpus`), or where it runs now:
+    /// what a submitter keys for a job it sends to a GPU node.
+    pub fn resolve_given_gpus(self, gpus: bool) -> DeviceChoice {
         match self {
+            DeviceChoice::Auto if gpus => DeviceChoice::Cuda(0),
             DeviceChoice::Auto if candle_core::utils::cuda_is_available() => {
                 match Device::new_cuda(0) {
                     Ok(_) => DeviceChoice::Cuda(0),

@@ -105,8 +105,13 @@ path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
     /// The device `auto` resolves to here: training on a GPU gives other numbers than on the
     /// CPU, so the two never share artifacts.
-    fn environment(cfg: &ModelStageConfig) -> BTreeMap<String, String> {
-        BTreeMap::from([("device".to_string(), cfg.device.resolve().to_string())])
+    fn environment(cfg: &ModelStageConfig, gpus: bool) -> BTreeMap<String, String> {
+        let device = if gpus {
+            cfg.device.resolve_given_gpus(true)
+        } else {
+            cfg.device.resolve()
+        };
+        BTreeMap::from([("device".to_string(), device.to_string())])
     }
 
     fn validate(cfg: &ModelStageConfig) -> Result<(), ConfigIssue> {
@@ -179,7 +184,8 @@ fn run_model(cfg: &ModelStageConfig, cx: &mut StageContext) -> StageResult {
     let spec = ModelSpec::parse(&cfg.path).map_err(BaseModelError::Load)?;
     cx.progress().info(&format!("model: loading {spec}"));
     let resolved_device = cfg.device.resolve();
-    let device = resolved_device.open().map_err(BaseModelError::Device)?;
+    // `open` on the choice itself: `auto` in a job given GPUs explains a build without CUDA.
+    let device = cfg.device.open().map_err(BaseModelError::Device)?;
     let loaded = load_model(&spec, cx.workspace(), &device).map_err(BaseModelError::Load)?;
     let template = resolve_template(cfg, &loaded, cx.workspace())?;
     let compiled = ChatTemplate::new(&template.source, &template.text, loaded.tokenizer.special())
