@@ -21,6 +21,7 @@ use crate::{compare, gc, show, status, sweep, verify};
 /// Parses the command line and runs it against `registry` and `tools`; the binary's whole
 /// `main` (inside whatever process setup the binary does first).
 pub fn main_with(registry: Vec<Box<dyn DynStage>>, tools: Vec<Box<dyn Tool>>) -> ExitCode {
+    quiet_on_broken_stdout();
     let invocation = match parse(std::env::args_os(), &tools) {
         Ok(invocation) => invocation,
         Err(e) => {
@@ -34,11 +35,41 @@ pub fn main_with(registry: Vec<Box<dyn DynStage>>, tools: Vec<Box<dyn Tool>>) ->
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
         }
+        Err(panic) if is_broken_stdout(panic.as_ref()) => ExitCode::from(BROKEN_PIPE),
         Err(panic) => {
             eprintln!("error: {}", internal_error(&panic));
             ExitCode::from(INTERNAL_ERROR)
         }
     }
+}
+
+/// The exit code of a process whose reader went away (128 + SIGPIPE), as the shell reports it.
+const BROKEN_PIPE: u8 = 141;
+
+/// `pipe status | head` closes stdout early, and the next `println!` panics with EPIPE: Rust
+/// ignores SIGPIPE so that a child process that dies fails a write softly (the command scorer
+/// relies on that), instead of killing pipe. A reader that stopped reading is not a bug: no
+/// panic message, and the code a killed-by-SIGPIPE tool would give.
+fn quiet_on_broken_stdout() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !is_broken_stdout(info.payload()) {
+                default(info)
+            }
+        }));
+    });
+}
+
+/// Whether a panic is `println!`'s on a closed stdout.
+fn is_broken_stdout(payload: &(dyn std::any::Any + Send)) -> bool {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    message.starts_with("failed printing to stdout") && message.contains("Broken pipe")
 }
 
 /// The exit code of a panic that reached the command line (a bug): as a failed stage's.

@@ -1,5 +1,5 @@
 //! Regressions of issue 16 through the real `pipe` binary that need no model run: what the
-//! cache key covers (a judge's files, a `cp -p` over the dataset).
+//! cache key covers (a judge's files, a `cp -p` over the dataset), a moved hub ref, a closed stdout.
 
 mod support;
 
@@ -156,5 +156,21 @@ max_steps = 1
         ws.entries("sft").len(),
         2,
         "sft trained on the recorded commit:\n{rerun}"
+    );
+}
+
+/// `pipe dag | head -0`: a reader that went away ends pipe quietly with 141 (as SIGPIPE would),
+/// not with a panic reported as an internal error.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let ws = tiny_workspace(PIPELINE);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = ws.command(&["dag"]).stdout(writer).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("internal error"),
+        "{stderr}"
     );
 }
