@@ -7,41 +7,13 @@
 
 mod support;
 
-use support::{strs, tiny_workspace, Ws};
+use std::sync::LazyLock;
 
-const PIPELINE: &str = r#"
-[project]
-name = "tiny"
-seed = 3
+use support::{strs, tiny_chain, tiny_workspace, Ws};
 
-[ingest]
-path = "data/qa.csv"
-prompt = "question"
-response = "answer"
-val_fraction = 0.25
-
-[model]
-path = "tiny"
-
-[sft]
-max_steps = 2
-batch_size = 4
-max_seq_len = 128
-samples = 0
-
-[sft.lora]
-r = 4
-alpha = 8
-
-[generate]
-split = "train"
-limit = 6
-candidates = 2
-max_new_tokens = 8
-batch_size = 4
-
-[score]
-min_margin = 0.0
+static PIPELINE: LazyLock<String> = LazyLock::new(|| {
+    tiny_chain(
+        r#"
 
 [dpo]
 max_steps = 3
@@ -60,7 +32,9 @@ dtype = "f32"
 limit = 2
 max_new_tokens = 4
 samples = 1
-"#;
+"#,
+    )
+});
 
 const UPSTREAM: [&str; 5] = ["ingest", "model", "sft", "generate", "score"];
 
@@ -72,7 +46,7 @@ fn json(ws: &Ws, stage: &str, file: &str) -> serde_json::Value {
 
 #[test]
 fn dpo_in_place_of_orpo_is_merged_and_evaluated() {
-    let ws = tiny_workspace(PIPELINE);
+    let ws = tiny_workspace(&PIPELINE);
     let first = ws.ok(&["run"]);
     let mut all = strs(&UPSTREAM);
     all.extend(strs(&["dpo", "merge", "eval"]));
@@ -149,7 +123,7 @@ fn dpo_in_place_of_orpo_is_merged_and_evaluated() {
 
 #[test]
 fn a_pipeline_holds_orpo_or_dpo_and_dpo_keys_are_strict() {
-    let both = tiny_workspace(&format!("{PIPELINE}\n[orpo]\nmax_steps = 1\n"));
+    let both = tiny_workspace(&format!("{}\n[orpo]\nmax_steps = 1\n", *PIPELINE));
     let r = both.run(&["run", "--dry-run"]);
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(

@@ -5,41 +5,13 @@
 
 mod support;
 
-use support::{strs, tiny_workspace, Ws};
+use std::sync::LazyLock;
 
-const PIPELINE: &str = r#"
-[project]
-name = "tiny"
-seed = 3
+use support::{strs, tiny_chain, tiny_workspace, Ws};
 
-[ingest]
-path = "data/qa.csv"
-prompt = "question"
-response = "answer"
-val_fraction = 0.25
-
-[model]
-path = "tiny"
-
-[sft]
-max_steps = 2
-batch_size = 4
-max_seq_len = 128
-samples = 0
-
-[sft.lora]
-r = 4
-alpha = 8
-
-[generate]
-split = "train"
-limit = 6
-candidates = 2
-max_new_tokens = 8
-batch_size = 4
-
-[score]
-min_margin = 0.0
+static PIPELINE: LazyLock<String> = LazyLock::new(|| {
+    tiny_chain(
+        r#"
 
 [orpo]
 max_steps = 3
@@ -50,10 +22,12 @@ save_every = 2
 [orpo.lora]
 r = 4
 alpha = 8
-"#;
+"#,
+    )
+});
 
 fn workspace() -> Ws {
-    tiny_workspace(PIPELINE)
+    tiny_workspace(&PIPELINE)
 }
 
 const UPSTREAM: [&str; 5] = ["ingest", "model", "sft", "generate", "score"];

@@ -7,43 +7,14 @@
 mod support;
 
 use std::path::Path;
+use std::sync::LazyLock;
 
 use support::components::{self, create_bucket, s3_env, unique};
-use support::{strs, tiny_workspace, Ws};
+use support::{strs, tiny_chain, tiny_workspace, Ws};
 
-const CHAIN: &str = r#"
-[project]
-name = "tiny-remote"
-seed = 3
-
-[ingest]
-path = "data/qa.csv"
-prompt = "question"
-response = "answer"
-val_fraction = 0.25
-
-[model]
-path = "tiny"
-
-[sft]
-max_steps = 2
-batch_size = 4
-max_seq_len = 128
-samples = 0
-
-[sft.lora]
-r = 4
-alpha = 8
-
-[generate]
-split = "train"
-limit = 6
-candidates = 2
-max_new_tokens = 8
-batch_size = 4
-
-[score]
-min_margin = 0.0
+static CHAIN: LazyLock<String> = LazyLock::new(|| {
+    tiny_chain(
+        r#"
 
 [orpo]
 max_steps = 3
@@ -53,12 +24,14 @@ max_seq_len = 128
 [orpo.lora]
 r = 4
 alpha = 8
-"#;
+"#,
+    )
+});
 
 const ALL: [&str; 6] = ["generate", "ingest", "model", "orpo", "score", "sft"];
 
 fn pipeline(remote: &str) -> String {
-    format!("{CHAIN}\n[cache]\nremote = {remote:?}\n")
+    format!("{}\n[cache]\nremote = {remote:?}\n", *CHAIN)
 }
 
 /// A second workspace with the same pipeline.toml, data and model as `a`.

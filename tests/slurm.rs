@@ -8,48 +8,19 @@ mod support;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use support::components;
-use support::{strs, tiny_workspace, Ws};
+use support::{strs, tiny_chain, tiny_workspace, Ws};
 
-const CHAIN: &str = r#"
-[project]
-name = "tiny-slurm"
-seed = 3
-
-[ingest]
-path = "data/qa.csv"
-prompt = "question"
-response = "answer"
-val_fraction = 0.25
-
-[model]
-path = "tiny"
-
-[sft]
-max_steps = 2
-batch_size = 4
-max_seq_len = 128
-samples = 0
-
-[sft.lora]
-r = 4
-alpha = 8
+static CHAIN: LazyLock<String> = LazyLock::new(|| {
+    tiny_chain(
+        r#"
 
 [sft.resources]
 cpus = 1
 time = "10:00"
-
-[generate]
-split = "train"
-limit = 6
-candidates = 2
-max_new_tokens = 8
-batch_size = 4
-
-[score]
-min_margin = 0.0
 
 [orpo]
 max_steps = 3
@@ -68,7 +39,9 @@ dtype = "f32"
 limit = 3
 max_new_tokens = 8
 samples = 1
-"#;
+"#,
+    )
+});
 
 const ALL: [&str; 8] = [
     "eval", "generate", "ingest", "merge", "model", "orpo", "score", "sft",
@@ -103,7 +76,7 @@ fn the_chain_runs_to_eval_as_one_job_per_stage_and_from_orpo_again() {
     if !slurm_or_skip() {
         return;
     }
-    let ws = tiny_workspace(CHAIN);
+    let ws = tiny_workspace(&CHAIN);
     let first = ws.ok(&["run", "--executor", "slurm"]);
     let out = first.all();
     assert_eq!(first.ran(), strs(&ALL), "{out}");
@@ -177,7 +150,7 @@ fn a_sweep_submits_every_variants_jobs_at_once_and_shares_the_common_stages() {
     if !slurm_or_skip() {
         return;
     }
-    let ws = tiny_workspace(CHAIN);
+    let ws = tiny_workspace(&CHAIN);
     let run = ws.ok(&[
         "-s",
         "orpo.beta=0.1,0.5",
@@ -300,7 +273,8 @@ fn a_dry_run_prints_the_sbatch_lines_and_the_lock_refuses_a_second_run() {
         return;
     }
     let pipeline = format!(
-        "{CHAIN}\n[executor]\nkind = \"slurm\"\n\n[executor.slurm]\ntime = \"30:00\"\nextra = [\"--comment=pipe-test\"]\n"
+        "{}\n[executor]\nkind = \"slurm\"\n\n[executor.slurm]\ntime = \"30:00\"\nextra = [\"--comment=pipe-test\"]\n",
+        *CHAIN
     );
     let ws = tiny_workspace(&pipeline);
     let dry = ws.ok(&["run", "--dry-run", "--to", "sft"]);

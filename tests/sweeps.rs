@@ -5,9 +5,11 @@
 
 mod support;
 
+use std::sync::LazyLock;
+
 use pipe::compare::Comparison;
 use pipe::sweep::{SweepRecord, VariantOutcome};
-use support::{testkit_bin, tiny_workspace, Ws};
+use support::{testkit_bin, tiny_chain, tiny_workspace, Ws};
 
 const TESTKIT: &str = r#"
 [project]
@@ -215,39 +217,9 @@ fn compare_lists_differing_params_sorts_and_round_trips() {
     assert!(r.stderr.contains("no artifacts yet"), "{}", r.stderr);
 }
 
-const CHAIN: &str = r#"
-[project]
-name = "tiny"
-seed = 3
-
-[ingest]
-path = "data/qa.csv"
-prompt = "question"
-response = "answer"
-val_fraction = 0.25
-
-[model]
-path = "tiny"
-
-[sft]
-max_steps = 2
-batch_size = 4
-max_seq_len = 128
-samples = 0
-
-[sft.lora]
-r = 4
-alpha = 8
-
-[generate]
-split = "train"
-limit = 6
-candidates = 2
-max_new_tokens = 8
-batch_size = 4
-
-[score]
-min_margin = 0.0
+static CHAIN: LazyLock<String> = LazyLock::new(|| {
+    tiny_chain(
+        r#"
 
 [orpo]
 max_steps = 3
@@ -258,11 +230,13 @@ eval_every = 3
 [orpo.lora]
 r = 4
 alpha = 8
-"#;
+"#,
+    )
+});
 
 #[test]
 fn a_beta_sweep_builds_the_upstream_chain_once() {
-    let ws = tiny_workspace(CHAIN);
+    let ws = tiny_workspace(&CHAIN);
     let dry = ws.ok(&["run", "--sweep", "-n", "-s", "orpo.beta=0.1,0.2"]);
     let second: Vec<&str> = dry
         .stdout

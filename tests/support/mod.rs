@@ -149,6 +149,48 @@ pub fn tools_csv() -> String {
     text
 }
 
+/// The tiny demo chain up to score (the tiny model, [`tools_csv`], seed 3): what the
+/// integration tests of the later stages build on, each adding its own tail.
+pub const TINY_TO_SCORE: &str = r#"
+[project]
+name = "tiny"
+seed = 3
+
+[ingest]
+path = "data/qa.csv"
+prompt = "question"
+response = "answer"
+val_fraction = 0.25
+
+[model]
+path = "tiny"
+
+[sft]
+max_steps = 2
+batch_size = 4
+max_seq_len = 128
+samples = 0
+
+[sft.lora]
+r = 4
+alpha = 8
+
+[generate]
+split = "train"
+limit = 6
+candidates = 2
+max_new_tokens = 8
+batch_size = 4
+
+[score]
+min_margin = 0.0
+"#;
+
+/// [`TINY_TO_SCORE`] followed by `tail` (a preference stage and what follows it).
+pub fn tiny_chain(tail: &str) -> String {
+    format!("{TINY_TO_SCORE}{tail}")
+}
+
 /// The real `pipe` binary in a workspace with `pipeline`, a tiny generated model at `tiny/`
 /// and [`tools_csv`] at `data/qa.csv`.
 pub fn tiny_workspace(pipeline: &str) -> Ws {
