@@ -16,6 +16,9 @@ use crate::llm::testing::micro::random_tensors;
 use crate::llm::{Architecture, LlmError, LlmResult, ModelConfig};
 use crate::progress::NullProgress;
 
+#[cfg(test)]
+pub mod preference;
+
 /// `<|endoftext|>`: padding.
 pub const TINY_PAD: u32 = 0;
 /// `<|im_start|>`.

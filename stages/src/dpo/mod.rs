@@ -31,8 +31,6 @@ use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
 use crate::llm::loss::DEFAULT_CHUNK;
 use crate::llm::{dpo_loss, DpoConfig, DpoOutput, LlamaModel, LlmError, Mode, PreferencePair};
 use crate::progress::Progress;
-#[cfg(test)]
-use crate::score::artifact::PAIRS_FILE;
 use crate::train::driver::{Driver, RunPlace, RunTotals, Values};
 use crate::train::memory::reset_peak;
 use crate::train::output::write_json;

@@ -4,105 +4,20 @@
 //! without computing the reference again, guards against NaN and shows its curves.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
 
 use super::*;
 use crate::contract::pick_table;
-use crate::ingest::artifact::{Example as Row, TRAIN_FILE, VAL_FILE};
 use crate::llm::testing::micro::{max_abs_diff, micro_model};
 use crate::llm::testing::{smollm2_fixture, smollm2_model, TEST_MODEL_ENV};
 use crate::llm::{Architecture, LoraConfig, PeftAdapter, TargetModule};
 use crate::progress::NullProgress;
-use crate::score::artifact::Pair;
-use crate::scoring::pairs::TextSource;
-use crate::testkit::stage_artifact;
+use crate::testkit::preference::{fixture, tool_pairs, Fixture};
 use crate::train::metrics::MetricRecord;
 use crate::train::preference::evaluate_pairs;
-
-/// A workspace with the tiny model and committed `model`, `sft` and `score` artifacts.
-struct Fixture {
-    ws: tempfile::TempDir,
-    model: PathBuf,
-    sft: PathBuf,
-    score: PathBuf,
-}
-
-/// Prompts whose preferred answer names the tool and whose rejected answer is a refusal.
-fn pairs_of(n: usize) -> Vec<Pair> {
-    let words = [
-        "ls", "cat", "grep", "sed", "awk", "cp", "mv", "rm", "tar", "ssh",
-    ];
-    (0..n)
-        .map(|i| {
-            let w = words[i % words.len()];
-            Pair {
-                id: format!("{i:016x}"),
-                prompt: format!("what is {w} {i}?"),
-                system: None,
-                chosen: format!("{w} is a tool"),
-                rejected: "no idea".to_string(),
-                chosen_score: Some(1.0),
-                rejected_score: Some(0.0),
-                chosen_source: TextSource::Reference,
-                rejected_source: TextSource::Generated,
-            }
-        })
-        .collect()
-}
-
-fn write_pairs(dir: &Path, pairs: &[Pair]) {
-    std::fs::create_dir_all(dir).unwrap();
-    let text: String = pairs
-        .iter()
-        .map(|p| serde_json::to_string(p).unwrap() + "\n")
-        .collect();
-    std::fs::write(dir.join(PAIRS_FILE), text).unwrap();
-}
-
-fn write_rows(path: &Path, n: usize) {
-    let text: String = (0..n)
-        .map(|i| {
-            let row = Row {
-                id: format!("{i:016x}"),
-                prompt: format!("what is tool {i}?"),
-                response: format!("tool {i} is a tool"),
-                system: None,
-                category: None,
-                source_row: i as u64 + 1,
-            };
-            serde_json::to_string(&row).unwrap() + "\n"
-        })
-        .collect();
-    std::fs::write(path, text).unwrap();
-}
-
-fn fixture(pairs: &[Pair]) -> Fixture {
-    let ws = tempfile::tempdir().unwrap();
-    let root = ws.path();
-    crate::testkit::write_tiny_model(&root.join("tiny"), 5).unwrap();
-    let model = stage_artifact("model", "[model]\npath = \"tiny\"\n", root, &[]);
-    let ingest = root.join("ingest-out");
-    std::fs::create_dir_all(&ingest).unwrap();
-    write_rows(&ingest.join(TRAIN_FILE), 4);
-    write_rows(&ingest.join(VAL_FILE), 2);
-    let sft = stage_artifact(
-        "sft",
-        "[sft]\nmax_steps = 2\nbatch_size = 2\nlearning_rate = 1e-2\nsamples = 0\n[sft.lora]\nr = 4\nalpha = 8\n",
-        root,
-        &[("ingest", &ingest), ("model", &model)],
-    );
-    let score = root.join("score-out");
-    write_pairs(&score, pairs);
-    Fixture {
-        ws,
-        model,
-        sft,
-        score,
-    }
-}
 
 /// What a finished run left.
 struct Done {
@@ -425,7 +340,7 @@ fn finite_difference(loss: &impl Fn() -> f64, var: &Var, j: usize, h: f64) -> f6
 
 #[test]
 fn learns_the_preference_on_the_tiny_model() {
-    let fx = fixture(&pairs_of(10));
+    let fx = fixture(&tool_pairs(10));
     let done = run(
         &fx,
         "max_steps = 30\nlearning_rate = 1e-2\nlr_scheduler = \"constant\"\nwarmup_steps = 0\n\
@@ -505,7 +420,7 @@ const RESUMABLE: &str =
 
 #[test]
 fn a_killed_run_resumes_to_the_same_adapter_without_recomputing_the_reference() {
-    let fx = fixture(&pairs_of(10));
+    let fx = fixture(&tool_pairs(10));
     let whole = run(&fx, RESUMABLE);
     let partial = fx.ws.path().join("crashing");
     let err = run_in(
@@ -557,7 +472,7 @@ fn a_killed_run_resumes_to_the_same_adapter_without_recomputing_the_reference() 
 
 #[test]
 fn nan_loss_stops_naming_the_step_and_pairs_and_keeps_the_checkpoint() {
-    let fx = fixture(&pairs_of(8));
+    let fx = fixture(&tool_pairs(8));
     let err = run_in(
         &fx,
         "max_steps = 6\nsave_every = 1\nbatch_size = 3\ngradient_accumulation = 1\n\
@@ -577,7 +492,7 @@ fn nan_loss_stops_naming_the_step_and_pairs_and_keeps_the_checkpoint() {
 
 #[test]
 fn continuing_sft_and_ipo_train_too() {
-    let fx = fixture(&pairs_of(6));
+    let fx = fixture(&tool_pairs(6));
     let done = run(
         &fx,
         "init = \"continue_sft\"\nloss_type = \"ipo\"\nmax_steps = 2\nbatch_size = 4\nlearning_rate = 1e-2\n",
@@ -600,7 +515,7 @@ fn continuing_sft_and_ipo_train_too() {
 
 #[test]
 fn too_few_pairs_are_a_clear_error() {
-    let fx = fixture(&pairs_of(1));
+    let fx = fixture(&tool_pairs(1));
     let err = run_in(
         &fx,
         "max_steps = 1\n",
@@ -614,7 +529,7 @@ fn too_few_pairs_are_a_clear_error() {
 
 #[test]
 fn show_prints_summary_and_curves() {
-    let fx = fixture(&pairs_of(6));
+    let fx = fixture(&tool_pairs(6));
     let done = run(&fx, "max_steps = 4\nbatch_size = 2\neval_every = 2\n");
     let mut out = Vec::new();
     Dpo::show(done.out.path(), &mut out).unwrap();

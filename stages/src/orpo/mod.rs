@@ -31,8 +31,6 @@ use crate::llm::loss::DEFAULT_CHUNK;
 #[cfg(test)]
 use crate::llm::PeftAdapter;
 use crate::llm::{orpo_loss, LlamaModel, LlmError, Mode, OrpoConfig, OrpoOutput, PreferencePair};
-#[cfg(test)]
-use crate::score::artifact::PAIRS_FILE;
 use crate::train::driver::{Driver, RunPlace, RunTotals, Values};
 use crate::train::memory::reset_peak;
 use crate::train::output::write_json;

@@ -10,21 +10,10 @@ use serde_json::Value;
 
 use super::*;
 use crate::contract::pick_table;
-use crate::ingest::artifact::{Example as Row, TRAIN_FILE, VAL_FILE};
 use crate::llm::testing::micro::max_abs_diff;
 use crate::llm::testing::{smollm2_fixture, smollm2_model, TEST_MODEL_ENV};
 use crate::progress::NullProgress;
-use crate::score::artifact::Pair;
-use crate::scoring::pairs::TextSource;
-use crate::testkit::stage_artifact;
-
-/// A workspace with the tiny model and committed `model`, `sft` and `score` artifacts.
-struct Fixture {
-    ws: tempfile::TempDir,
-    model: PathBuf,
-    sft: PathBuf,
-    score: PathBuf,
-}
+use crate::testkit::preference::{fixture, tool_pairs, write_pairs, Fixture};
 
 fn context<'a>(
     ws: &Path,
@@ -40,80 +29,6 @@ fn context<'a>(
         7,
         &NullProgress,
     )
-}
-
-/// Prompts whose preferred answer names the tool and whose rejected answer is a refusal.
-fn pairs(n: usize) -> Vec<Pair> {
-    let words = [
-        "ls", "cat", "grep", "sed", "awk", "cp", "mv", "rm", "tar", "ssh",
-    ];
-    (0..n)
-        .map(|i| {
-            let w = words[i % words.len()];
-            Pair {
-                id: format!("{i:016x}"),
-                prompt: format!("what is {w} {i}?"),
-                system: None,
-                chosen: format!("{w} is a tool"),
-                rejected: "no idea".to_string(),
-                chosen_score: Some(1.0),
-                rejected_score: Some(0.0),
-                chosen_source: TextSource::Reference,
-                rejected_source: TextSource::Generated,
-            }
-        })
-        .collect()
-}
-
-fn write_pairs(dir: &Path, pairs: &[Pair]) {
-    std::fs::create_dir_all(dir).unwrap();
-    let text: String = pairs
-        .iter()
-        .map(|p| serde_json::to_string(p).unwrap() + "\n")
-        .collect();
-    std::fs::write(dir.join(PAIRS_FILE), text).unwrap();
-}
-
-fn write_rows(path: &Path, n: usize) {
-    let text: String = (0..n)
-        .map(|i| {
-            let row = Row {
-                id: format!("{i:016x}"),
-                prompt: format!("what is tool {i}?"),
-                response: format!("tool {i} is a tool"),
-                system: None,
-                category: None,
-                source_row: i as u64 + 1,
-            };
-            serde_json::to_string(&row).unwrap() + "\n"
-        })
-        .collect();
-    std::fs::write(path, text).unwrap();
-}
-
-fn fixture(pairs: &[Pair]) -> Fixture {
-    let ws = tempfile::tempdir().unwrap();
-    let root = ws.path();
-    crate::testkit::write_tiny_model(&root.join("tiny"), 5).unwrap();
-    let model = stage_artifact("model", "[model]\npath = \"tiny\"\n", root, &[]);
-    let ingest = root.join("ingest-out");
-    std::fs::create_dir_all(&ingest).unwrap();
-    write_rows(&ingest.join(TRAIN_FILE), 4);
-    write_rows(&ingest.join(VAL_FILE), 2);
-    let sft = stage_artifact(
-        "sft",
-        "[sft]\nmax_steps = 2\nbatch_size = 2\nlearning_rate = 1e-2\nsamples = 0\n[sft.lora]\nr = 4\nalpha = 8\n",
-        root,
-        &[("ingest", &ingest), ("model", &model)],
-    );
-    let score = root.join("score-out");
-    write_pairs(&score, pairs);
-    Fixture {
-        ws,
-        model,
-        sft,
-        score,
-    }
 }
 
 /// What a finished run left.
@@ -237,7 +152,7 @@ fn the_stage_loss_path_reproduces_the_reference_in_both_nll_variants() {
 
 #[test]
 fn learns_the_preference_on_the_tiny_model() {
-    let fx = fixture(&pairs(10));
+    let fx = fixture(&tool_pairs(10));
     let done = run(
         &fx,
         "max_steps = 30\nlearning_rate = 1e-2\nlr_scheduler = \"constant\"\nwarmup_steps = 0\n\
@@ -312,7 +227,7 @@ const RESUMABLE: &str =
 
 #[test]
 fn a_killed_run_resumes_to_the_same_adapter() {
-    let fx = fixture(&pairs(10));
+    let fx = fixture(&tool_pairs(10));
     let whole = run(&fx, RESUMABLE);
     let partial = fx.ws.path().join("crashing");
     let err = run_in(
@@ -362,7 +277,7 @@ fn a_killed_run_resumes_to_the_same_adapter() {
 
 #[test]
 fn nan_loss_stops_naming_the_step_and_pairs_and_keeps_the_checkpoint() {
-    let fx = fixture(&pairs(8));
+    let fx = fixture(&tool_pairs(8));
     let partial = fx.ws.path().join("nan");
     let err = run_in(
         &fx,
@@ -393,7 +308,7 @@ fn nan_loss_stops_naming_the_step_and_pairs_and_keeps_the_checkpoint() {
 
 #[test]
 fn continuing_sft_trains_the_sft_adapter_itself() {
-    let fx = fixture(&pairs(6));
+    let fx = fixture(&tool_pairs(6));
     let done = run(
         &fx,
         "init = \"continue_sft\"\nmax_steps = 2\nbatch_size = 4\nlearning_rate = 1e-2\n",
@@ -424,7 +339,7 @@ fn continuing_sft_trains_the_sft_adapter_itself() {
 
 #[test]
 fn too_few_or_unfitting_pairs_are_clear_errors() {
-    let fx = fixture(&pairs(1));
+    let fx = fixture(&tool_pairs(1));
     let err = run_in(
         &fx,
         "max_steps = 1\n",
@@ -447,7 +362,7 @@ fn too_few_or_unfitting_pairs_are_clear_errors() {
         err.contains("score kept 0 pairs; lower score.min_margin"),
         "{err}"
     );
-    write_pairs(&fx.score, &pairs(4));
+    write_pairs(&fx.score, &tool_pairs(4));
     let err = run_in(
         &fx,
         "max_steps = 1\nmax_seq_len = 4\n",
@@ -464,7 +379,7 @@ fn too_few_or_unfitting_pairs_are_clear_errors() {
 
 #[test]
 fn show_prints_summary_and_curves() {
-    let fx = fixture(&pairs(6));
+    let fx = fixture(&tool_pairs(6));
     let done = run(&fx, "max_steps = 4\nbatch_size = 2\neval_every = 2\n");
     let mut out = Vec::new();
     Orpo::show(done.out.path(), &mut out).unwrap();
