@@ -180,7 +180,10 @@ fn main() -> Result<()> {
     row(
         "attention",
         &[&q, &k, &v],
-        || attention_fused(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask),
+        || {
+            let scale = 1.0 / (HEAD_DIM as f64).sqrt();
+            attention_fused(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, scale)
+        },
         || plain_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask),
     )?;
 

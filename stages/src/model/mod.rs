@@ -508,8 +508,13 @@ mod tests {
             "the default, recorded as what it resolved to"
         );
         let cfg: ModelStageConfig = pick_table("[model]\npath = \"tiny\"\n", "model").unwrap();
-        let keyed = Model::environment(&cfg);
+        let keyed = Model::environment(&cfg, false);
         assert_eq!(keyed["device"], DeviceChoice::Auto.resolve().to_string());
+        // A job given GPUs is keyed as on a GPU node; an explicit device stays as written.
+        assert_eq!(Model::environment(&cfg, true)["device"], "cuda:0");
+        let on_cpu: ModelStageConfig =
+            pick_table("[model]\npath = \"tiny\"\ndevice = \"cpu\"\n", "model").unwrap();
+        assert_eq!(Model::environment(&on_cpu, true)["device"], "cpu");
         let bad: Result<ModelStageConfig, _> =
             pick_table("[model]\npath = \"tiny\"\ndevice = \"tpu\"\n", "model");
         let err = bad.unwrap_err().to_string();
