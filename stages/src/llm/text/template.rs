@@ -167,17 +167,10 @@ impl ChatTemplate {
     /// they may replace `bos_token`/`eos_token`, as in transformers, but not the variables the
     /// renderer sets (`messages`, `add_generation_prompt`, `tools`, `documents`).
     pub fn with_kwargs(mut self, kwargs: TemplateKwargs) -> LlmResult<Self> {
-        if let Some(key) = kwargs
-            .keys()
-            .find(|k| RESERVED_KWARGS.contains(&k.as_str()))
-        {
-            return Err(LlmError::Template {
-                name: self.name.clone(),
-                message: format!(
-                    "template kwarg `{key}` is set by the renderer itself; remove it from `template_kwargs`"
-                ),
-            });
-        }
+        check_template_kwargs(&kwargs).map_err(|message| LlmError::Template {
+            name: self.name.clone(),
+            message,
+        })?;
         self.kwargs = kwargs;
         Ok(self)
     }
@@ -320,6 +313,20 @@ impl ChatTemplate {
                 snippet(full)
             ),
         }
+    }
+}
+
+/// Why `kwargs` cannot go to a template, if they cannot: one sets a variable the renderer
+/// sets itself.
+pub fn check_template_kwargs(kwargs: &TemplateKwargs) -> Result<(), String> {
+    match kwargs
+        .keys()
+        .find(|k| RESERVED_KWARGS.contains(&k.as_str()))
+    {
+        Some(key) => Err(format!(
+            "template kwarg `{key}` is set by the renderer itself; remove it from `template_kwargs`"
+        )),
+        None => Ok(()),
     }
 }
 
