@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use crate::llm::device::DeviceChoice;
+use crate::llm::template::TemplateKwargs;
 use crate::llm::{
     load_model, load_model_random, merge_adapters_into_model, ChatTemplate, LlamaModel, LlmError,
     LlmResult, ModelSpec, PeftAdapter, TextTokenizer,
@@ -32,6 +33,8 @@ pub struct ModelOptions {
     pub device: DeviceChoice,
     /// `model` (the model's own, the default) or a named fallback template.
     pub template: Option<String>,
+    /// Extra variables for every render of the template (`enable_thinking`, ...).
+    pub template_kwargs: TemplateKwargs,
     /// Decode with the exact f32 weights instead of 8-bit copies (slower, bit-for-bit the
     /// float path).
     pub exact: bool,
@@ -59,7 +62,9 @@ impl ModelSession {
             Some(seed) => load_model_random(&spec, &options.model_root, &device, seed)?,
             None => load_model(&spec, &options.model_root, &device)?,
         };
-        let template = loaded.template(options.template.as_deref());
+        let template = loaded
+            .template(options.template.as_deref())
+            .and_then(|t| t.with_kwargs(options.template_kwargs.clone()));
         let mut model = LlamaModel::from_tensors(&loaded.config, loaded.weights.into_map())?;
         let mut adapter_dirs = options.adapters.clone();
         adapter_dirs.extend(stage_adapter);
