@@ -339,8 +339,9 @@ fn named_list() -> String {
 }
 
 /// An environment configured as transformers' `apply_chat_template`: `trim_blocks` and
-/// `lstrip_blocks`, `raise_exception`, `strftime_now`, loop controls, and Python string/dict
-/// methods (`.strip()`, `.startswith()`, `.items()`) through minijinja-contrib's pycompat.
+/// `lstrip_blocks`, `raise_exception`, `strftime_now`, Python's `json.dumps` as `tojson`, loop
+/// controls, and Python string/dict methods (`.strip()`, `.startswith()`, `.items()`) through
+/// minijinja-contrib's pycompat.
 fn environment(
     source: &str,
     clock: TemplateClock,
@@ -350,6 +351,7 @@ fn environment(
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", raise_exception);
+    env.add_filter("tojson", super::pyjson::tojson);
     add_strftime_now(&mut env, clock);
     env.add_template_owned(TEMPLATE_KEY, source.to_string())?;
     Ok(env)
