@@ -154,3 +154,39 @@ impl ModelSession {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::ChatMessage;
+
+    fn tiny_options(dir: &std::path::Path, kwargs: TemplateKwargs) -> ModelOptions {
+        crate::testkit::write_tiny_model(&dir.join("tiny"), 1).unwrap();
+        ModelOptions {
+            model: Some("tiny".into()),
+            model_root: dir.to_path_buf(),
+            device: DeviceChoice::Cpu,
+            template_kwargs: kwargs,
+            ..ModelOptions::default()
+        }
+    }
+
+    /// `pipe generate`/`chat` render through the same template with the same kwargs as the
+    /// stages; a kwarg the renderer owns leaves the session without a template, saying why.
+    #[test]
+    fn the_session_template_gets_the_kwargs() {
+        let ws = tempfile::tempdir().unwrap();
+        let kwargs = TemplateKwargs::from([("enable_thinking".into(), false.into())]);
+        let session = ModelSession::open(&tiny_options(ws.path(), kwargs.clone())).unwrap();
+        let template = session.chat_template().unwrap();
+        assert_eq!(template.kwargs(), &kwargs);
+        assert!(template
+            .render(&[ChatMessage::user("hi")], true)
+            .unwrap()
+            .contains("hi"));
+        let reserved = TemplateKwargs::from([("messages".into(), serde_json::json!([]))]);
+        let session = ModelSession::open(&tiny_options(ws.path(), reserved)).unwrap();
+        let err = session.chat_template().unwrap_err().to_string();
+        assert!(err.contains("`messages`"), "{err}");
+    }
+}
