@@ -67,6 +67,7 @@ impl BaseModel {
             &info.chat_template.text,
             loaded.tokenizer.special(),
         )
+        .and_then(|t| t.with_kwargs(info.chat_template.kwargs.clone()))
         .map_err(BaseModelError::Template)?;
         let model = LlamaModel::from_tensors(&loaded.config, loaded.weights.into_map())
             .map_err(BaseModelError::Load)?;

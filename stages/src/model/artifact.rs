@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::llm::template::TemplateKwargs;
 use crate::llm::{DeviceChoice, ModelConfig, ModelFormat};
 
 /// What the stage writes: [`ModelInfo`] as JSON.
@@ -16,6 +17,10 @@ pub struct TemplateInfo {
     /// `model`, a fallback name (`chatml`, ...), or `file:<path as written>`.
     pub source: String,
     pub text: String,
+    /// `[model] template_kwargs`: extra variables every render gets (`enable_thinking`, ...).
+    /// Absent in model.json written before they existed.
+    #[serde(default, skip_serializing_if = "TemplateKwargs::is_empty")]
+    pub kwargs: TemplateKwargs,
 }
 
 /// `model.json`: everything downstream stages need to load the same base and render the same

@@ -16,7 +16,9 @@ use artifact::{read_info, ModelInfo, TemplateInfo, MODEL_FILE};
 
 use crate::base::{chat_messages, BaseModelError};
 use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
-use crate::llm::template::{MODEL_TEMPLATE, NAMED_TEMPLATES};
+use crate::llm::template::{
+    check_template_kwargs, TemplateKwargs, MODEL_TEMPLATE, NAMED_TEMPLATES,
+};
 use crate::llm::{
     load_model, ChatTemplate, DeviceChoice, LlamaModel, LoadedModel, ModelConfig, ModelSpec,
     TextTokenizer,
@@ -37,6 +39,11 @@ pub struct ModelStageConfig {
     /// The system prompt of rows that have none; `None`: the template's own default.
     #[serde(default)]
     pub system_prompt: Option<String>,
+    /// Extra variables for the chat template, as `apply_chat_template(**kwargs)` passes them:
+    /// `enable_thinking = false` (Qwen3), `date_string = "26 Jul 2024"` (Llama-3.x). Empty:
+    /// none, as transformers' default.
+    #[serde(default, skip_serializing_if = "TemplateKwargs::is_empty")]
+    pub template_kwargs: TemplateKwargs,
     /// Where every ML stage runs: `auto` (a CUDA GPU when the build has CUDA and one is
     /// present, else the CPU), `cpu` or `cuda:N`. Part of every downstream key: the same
     /// training on another device gives slightly different numbers.
@@ -85,6 +92,9 @@ path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #                          # to a .jinja file; every stage renders conversations with it
 # system_prompt = "You are a concise Unix expert."  # for rows without their own system
 #                          # prompt (default: none, the template's own default applies)
+# template_kwargs = { enable_thinking = false }  # extra template variables, as transformers'
+#                          # apply_chat_template(**kwargs): Qwen3's enable_thinking, Llama-3's
+#                          # date_string (default: none; Llama-3 then dates prompts today)
 # device = "auto"          # "auto" (a CUDA GPU when built with --features cuda), "cpu", "cuda:0"
 "#;
     type Config = ModelStageConfig;
@@ -167,6 +177,8 @@ fn validate_config(cfg: &ModelStageConfig) -> Result<(), ConfigIssue> {
             _ => {}
         }
     }
+    check_template_kwargs(&cfg.template_kwargs)
+        .map_err(|message| ConfigIssue::new("template_kwargs", message))?;
     if cfg
         .system_prompt
         .as_deref()
@@ -189,6 +201,7 @@ fn run_model(cfg: &ModelStageConfig, cx: &mut StageContext) -> StageResult {
     let loaded = load_model(&spec, cx.workspace(), &device).map_err(BaseModelError::Load)?;
     let template = resolve_template(cfg, &loaded, cx.workspace())?;
     let compiled = ChatTemplate::new(&template.source, &template.text, loaded.tokenizer.special())
+        .and_then(|t| t.with_kwargs(template.kwargs.clone()))
         .map_err(BaseModelError::Template)?;
     // A render now catches a template that cannot render a plain exchange (or the system
     // prompt) before any training starts.
@@ -249,6 +262,17 @@ fn resolve_template(
     loaded: &LoadedModel,
     workspace: &Path,
 ) -> Result<TemplateInfo, ModelError> {
+    let mut info = template_text(cfg, loaded, workspace)?;
+    info.kwargs = cfg.template_kwargs.clone();
+    Ok(info)
+}
+
+/// The chosen template's text and where it came from.
+fn template_text(
+    cfg: &ModelStageConfig,
+    loaded: &LoadedModel,
+    workspace: &Path,
+) -> Result<TemplateInfo, ModelError> {
     let chosen = cfg.chat_template.as_deref().map(choice);
     match chosen.unwrap_or(TemplateChoice::Model) {
         TemplateChoice::Model => {
@@ -256,6 +280,7 @@ fn resolve_template(
             Ok(TemplateInfo {
                 source: MODEL_TEMPLATE.to_string(),
                 text: compiled.source().to_string(),
+                kwargs: TemplateKwargs::new(),
             })
         }
         TemplateChoice::Named(name) => {
@@ -265,6 +290,7 @@ fn resolve_template(
             Ok(TemplateInfo {
                 source: name,
                 text: compiled.source().to_string(),
+                kwargs: TemplateKwargs::new(),
             })
         }
         TemplateChoice::File(path) => {
@@ -274,6 +300,7 @@ fn resolve_template(
             Ok(TemplateInfo {
                 source: format!("file:{}", path.display()),
                 text,
+                kwargs: TemplateKwargs::new(),
             })
         }
     }
@@ -357,6 +384,10 @@ fn write_info(info: &ModelInfo, out: &mut dyn Write) -> std::io::Result<()> {
             .unwrap_or("(none: the template's default)")
     )?;
     writeln!(out, "template    {}", info.chat_template.source)?;
+    if !info.chat_template.kwargs.is_empty() {
+        let kwargs = serde_json::to_string(&info.chat_template.kwargs).unwrap_or_default();
+        writeln!(out, "kwargs      {kwargs}")?;
+    }
     for line in info.chat_template.text.lines().take(20) {
         writeln!(out, "  | {line}")?;
     }
@@ -459,6 +490,43 @@ mod tests {
         );
     }
 
+    /// `template_kwargs` reach every render downstream (Qwen3's `enable_thinking` here), are
+    /// recorded in model.json and shown; without them the template sees them undefined.
+    #[test]
+    fn template_kwargs_reach_downstream_renders() {
+        let ws = tempfile::tempdir().unwrap();
+        crate::testkit::write_tiny_model(&ws.path().join("tiny"), 1).unwrap();
+        std::fs::create_dir_all(ws.path().join("t")).unwrap();
+        std::fs::write(
+            ws.path().join("t/think.jinja"),
+            "{% set nothink = enable_thinking is defined and enable_thinking is false %}{% for m in messages %}<{{ m.role }}>{% if m.role == 'assistant' and nothink %}<nothink>{% endif %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% if nothink %}<nothink>{% endif %}{% endif %}",
+        )
+        .unwrap();
+        let toml = "[model]\npath = \"tiny\"\nchat_template = \"t/think.jinja\"\n";
+        let (out, info) = run_in(ws.path(), toml).unwrap();
+        assert!(info.chat_template.kwargs.is_empty());
+        let base = BaseModel::load(out.path(), ws.path(), &Device::Cpu).unwrap();
+        let pc = base.render_example(None, "hi", "ok").unwrap();
+        assert_eq!(pc.prompt_text, "<user>hi<assistant>");
+
+        let with = format!("{toml}template_kwargs = {{ enable_thinking = false }}\n");
+        let (out, info) = run_in(ws.path(), &with).unwrap();
+        assert_eq!(
+            info.chat_template.kwargs["enable_thinking"],
+            serde_json::Value::Bool(false)
+        );
+        let base = BaseModel::load(out.path(), ws.path(), &Device::Cpu).unwrap();
+        let pc = base.render_example(None, "hi", "ok").unwrap();
+        assert_eq!(pc.prompt_text, "<user>hi<assistant><nothink>");
+        let mut shown = Vec::new();
+        Model::show(out.path(), &mut shown).unwrap();
+        let shown = String::from_utf8(shown).unwrap();
+        assert!(
+            shown.contains(r#"kwargs      {"enable_thinking":false}"#),
+            "{shown}"
+        );
+    }
+
     #[test]
     fn errors_name_the_key() {
         let ws = tempfile::tempdir().unwrap();
@@ -480,6 +548,15 @@ mod tests {
         assert!(err.starts_with("path:"), "{err}");
         let err = run_in(ws.path(), "[model]\npath = \"x\"\nsystem_prompt = \" \"\n").unwrap_err();
         assert!(err.starts_with("system_prompt:"), "{err}");
+        let err = run_in(
+            ws.path(),
+            "[model]\npath = \"x\"\ntemplate_kwargs = { messages = [] }\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("template_kwargs:") && err.contains("`messages`"),
+            "{err}"
+        );
         crate::testkit::write_tiny_model(&ws.path().join("tiny"), 1).unwrap();
         let err = run_in(
             ws.path(),

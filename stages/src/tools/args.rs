@@ -25,6 +25,11 @@ pub struct ModelArgs {
     /// Chat template: `model` (the model's own) or `chatml`, `llama3`, `zephyr`, `alpaca`.
     #[arg(long, value_name = "NAME")]
     pub template: Option<String>,
+    /// A variable for the chat template (repeatable), as transformers' `apply_chat_template`
+    /// kwargs: `enable_thinking=false`, `date_string="26 Jul 2024"`. VALUE is read as JSON when
+    /// it parses, else as text. Adds to (or replaces) the pipeline's `[model] template_kwargs`.
+    #[arg(long = "template-kwarg", value_name = "KEY=VALUE")]
+    pub template_kwargs: Vec<String>,
     /// Decode with the exact f32 weights instead of 8-bit copies (about 2x slower on a CPU;
     /// the copies are exact for a GGUF's weights and one adapter, within ~0.1 on merged weights).
     #[arg(long)]

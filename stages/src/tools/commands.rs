@@ -11,12 +11,14 @@ use super::{
     run_bench, run_chat, run_generate, BenchOptions, ChatOptions, GenerateOptions, ModelOptions,
 };
 use crate::llm::device::DeviceChoice;
+use crate::llm::template::{check_template_kwargs, TemplateKwargs};
 use crate::llm::{GenerationConfig, LlmError, SamplingParams};
 use crate::tool::{Tool, ToolError, ToolHost};
 
 /// The table and key holding the pipeline's base model.
 const MODEL_TABLE: &str = "model";
 const MODEL_PATH_KEY: &str = "path";
+const MODEL_TEMPLATE_KWARGS_KEY: &str = "template_kwargs";
 
 /// `pipe generate`.
 pub struct Generate;
@@ -141,11 +143,15 @@ fn model_options(args: &ModelArgs, host: &dyn ToolHost) -> Result<ModelOptions, 
     } else {
         None
     };
-    let (model, model_root) = match (&args.model, pipeline_model) {
-        (Some(m), _) => (Some(m.clone()), cwd),
-        (None, Some((m, root))) => (Some(m), root),
+    // The pipeline's template kwargs go with the pipeline's model, not with `--model`.
+    let (model, model_root, mut kwargs) = match (&args.model, pipeline_model) {
+        (Some(m), _) => (Some(m.clone()), cwd, TemplateKwargs::new()),
+        (None, Some(pipeline)) => (Some(pipeline.path), pipeline.root, pipeline.template_kwargs),
         (None, None) => return Err(no_model(host)),
     };
+    kwargs.extend(parse_template_kwargs(&args.template_kwargs)?);
+    check_template_kwargs(&kwargs)
+        .map_err(|e| ToolError::Usage(format!("--template-kwarg: {e}")))?;
     let stage_dir = match &args.stage {
         Some(stage) => Some(
             host.artifact_dir(stage, "--stage")
@@ -160,20 +166,62 @@ fn model_options(args: &ModelArgs, host: &dyn ToolHost) -> Result<ModelOptions, 
         stage_dir,
         device,
         template: args.template.clone(),
+        template_kwargs: kwargs,
         exact: args.exact,
         random_weights: None,
     })
 }
 
-/// `[model] path` and the workspace root, when the pipeline has a model table.
-fn pipeline_model(host: &dyn ToolHost) -> Result<Option<(String, std::path::PathBuf)>, ToolError> {
-    let table = host.table(MODEL_TABLE).map_err(ToolError::Host)?;
-    Ok(table.and_then(|(config, root)| {
-        config
-            .get(MODEL_PATH_KEY)?
-            .as_str()
-            .map(|path| (path.to_string(), root))
+/// What the pipeline's `[model]` table gives a model command.
+struct PipelineModel {
+    path: String,
+    /// The workspace root, which `path` is relative to.
+    root: std::path::PathBuf,
+    template_kwargs: TemplateKwargs,
+}
+
+/// `[model] path`, the workspace root and `[model] template_kwargs`, when the pipeline has a
+/// model table with a path.
+fn pipeline_model(host: &dyn ToolHost) -> Result<Option<PipelineModel>, ToolError> {
+    let Some((config, root)) = host.table(MODEL_TABLE).map_err(ToolError::Host)? else {
+        return Ok(None);
+    };
+    let Some(path) = config.get(MODEL_PATH_KEY).and_then(|p| p.as_str()) else {
+        return Ok(None);
+    };
+    let template_kwargs = match config.get(MODEL_TEMPLATE_KWARGS_KEY) {
+        None => TemplateKwargs::new(),
+        Some(serde_json::Value::Object(map)) => map.clone().into_iter().collect(),
+        Some(_) => {
+            return Err(ToolError::Usage(format!(
+                "[{MODEL_TABLE}] `{MODEL_TEMPLATE_KWARGS_KEY}` must be a table, e.g. {{ enable_thinking = false }}"
+            )))
+        }
+    };
+    Ok(Some(PipelineModel {
+        path: path.to_string(),
+        root,
+        template_kwargs,
     }))
+}
+
+/// `--template-kwarg KEY=VALUE` pairs: VALUE as JSON when it parses (`false`, `3`,
+/// `"26 Jul 2024"`), else as the text itself.
+fn parse_template_kwargs(pairs: &[String]) -> Result<TemplateKwargs, ToolError> {
+    pairs
+        .iter()
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .filter(|(key, _)| !key.trim().is_empty())
+                .ok_or_else(|| {
+                    ToolError::Usage(format!("--template-kwarg `{pair}`: expected KEY=VALUE"))
+                })?;
+            let value = serde_json::from_str(value)
+                .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+            Ok((key.trim().to_string(), value))
+        })
+        .collect()
 }
 
 fn no_model(host: &dyn ToolHost) -> ToolError {
@@ -181,4 +229,28 @@ fn no_model(host: &dyn ToolHost) -> ToolError {
         "no model: pass --model PATH (a GGUF file or an HF directory) or `hf:org/name`; {} has no `[{MODEL_TABLE}]` table with `{MODEL_PATH_KEY}`",
         host.config_path().display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_kwargs_parse_json_values_else_text() {
+        let pairs = [
+            "enable_thinking=false".to_string(),
+            "date_string=26 Jul 2024".to_string(),
+            "n=3".to_string(),
+            "quoted=\"x=y\"".to_string(),
+        ];
+        let kwargs = parse_template_kwargs(&pairs).unwrap();
+        assert_eq!(kwargs["enable_thinking"], serde_json::json!(false));
+        assert_eq!(kwargs["date_string"], serde_json::json!("26 Jul 2024"));
+        assert_eq!(kwargs["n"], serde_json::json!(3));
+        assert_eq!(kwargs["quoted"], serde_json::json!("x=y"));
+        for bad in ["novalue", "=x"] {
+            let err = parse_template_kwargs(&[bad.to_string()]).unwrap_err();
+            assert!(err.to_string().contains("KEY=VALUE"), "{err}");
+        }
+    }
 }

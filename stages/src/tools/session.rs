@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use crate::llm::device::DeviceChoice;
+use crate::llm::template::TemplateKwargs;
 use crate::llm::{
     load_model, load_model_random, merge_adapters_into_model, ChatTemplate, LlamaModel, LlmError,
     LlmResult, ModelSpec, PeftAdapter, TextTokenizer,
@@ -32,6 +33,8 @@ pub struct ModelOptions {
     pub device: DeviceChoice,
     /// `model` (the model's own, the default) or a named fallback template.
     pub template: Option<String>,
+    /// Extra variables for every render of the template (`enable_thinking`, ...).
+    pub template_kwargs: TemplateKwargs,
     /// Decode with the exact f32 weights instead of 8-bit copies (slower, bit-for-bit the
     /// float path).
     pub exact: bool,
@@ -59,7 +62,9 @@ impl ModelSession {
             Some(seed) => load_model_random(&spec, &options.model_root, &device, seed)?,
             None => load_model(&spec, &options.model_root, &device)?,
         };
-        let template = loaded.template(options.template.as_deref());
+        let template = loaded
+            .template(options.template.as_deref())
+            .and_then(|t| t.with_kwargs(options.template_kwargs.clone()));
         let mut model = LlamaModel::from_tensors(&loaded.config, loaded.weights.into_map())?;
         let mut adapter_dirs = options.adapters.clone();
         adapter_dirs.extend(stage_adapter);
@@ -147,5 +152,41 @@ impl ModelSession {
                 "{e} (or pass --raw to feed the prompt without a template)"
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::ChatMessage;
+
+    fn tiny_options(dir: &std::path::Path, kwargs: TemplateKwargs) -> ModelOptions {
+        crate::testkit::write_tiny_model(&dir.join("tiny"), 1).unwrap();
+        ModelOptions {
+            model: Some("tiny".into()),
+            model_root: dir.to_path_buf(),
+            device: DeviceChoice::Cpu,
+            template_kwargs: kwargs,
+            ..ModelOptions::default()
+        }
+    }
+
+    /// `pipe generate`/`chat` render through the same template with the same kwargs as the
+    /// stages; a kwarg the renderer owns leaves the session without a template, saying why.
+    #[test]
+    fn the_session_template_gets_the_kwargs() {
+        let ws = tempfile::tempdir().unwrap();
+        let kwargs = TemplateKwargs::from([("enable_thinking".into(), false.into())]);
+        let session = ModelSession::open(&tiny_options(ws.path(), kwargs.clone())).unwrap();
+        let template = session.chat_template().unwrap();
+        assert_eq!(template.kwargs(), &kwargs);
+        assert!(template
+            .render(&[ChatMessage::user("hi")], true)
+            .unwrap()
+            .contains("hi"));
+        let reserved = TemplateKwargs::from([("messages".into(), serde_json::json!([]))]);
+        let session = ModelSession::open(&tiny_options(ws.path(), reserved)).unwrap();
+        let err = session.chat_template().unwrap_err().to_string();
+        assert!(err.contains("`messages`"), "{err}");
     }
 }

@@ -3,7 +3,11 @@
 //! transformers' `apply_chat_template` does, or a named fallback, and splits a rendered
 //! prompt + completion at the token boundary trainers mask at.
 
-use minijinja::{Environment, ErrorKind};
+use std::collections::BTreeMap;
+
+use chrono::format::{Item, StrftimeItems};
+use chrono::NaiveDateTime;
+use minijinja::{Environment, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::llm::error::{LlmError, LlmResult};
@@ -71,7 +75,33 @@ const ALPACA: &str = "{% if messages and messages[0]['role'] == 'system' %}{{ me
 /// The name under which the compiled template is stored in its environment.
 const TEMPLATE_KEY: &str = "chat";
 
-/// A compiled chat template with the special tokens it may reference.
+/// Extra variables a template reads, passed as `apply_chat_template(**kwargs)` passes them:
+/// Qwen3's `enable_thinking`, Llama-3's `date_string`, ...
+pub type TemplateKwargs = BTreeMap<String, serde_json::Value>;
+
+/// Variables the renderer sets itself; a kwarg may not replace them (transformers passes them
+/// as named arguments, so a kwarg of the same name is an error there too).
+const RESERVED_KWARGS: &[&str] = &["messages", "add_generation_prompt", "tools", "documents"];
+
+/// What a template's `strftime_now` reads (Llama-3's "Today Date" header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateClock {
+    /// The local time of each render, as transformers' `datetime.now()`.
+    Local,
+    /// A fixed instant, so renders do not change with the day.
+    Fixed(NaiveDateTime),
+}
+
+impl TemplateClock {
+    fn now(self) -> NaiveDateTime {
+        match self {
+            TemplateClock::Local => chrono::Local::now().naive_local(),
+            TemplateClock::Fixed(at) => at,
+        }
+    }
+}
+
+/// A compiled chat template with the special tokens and extra variables it may reference.
 #[derive(Clone)]
 pub struct ChatTemplate {
     name: String,
@@ -79,6 +109,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    kwargs: TemplateKwargs,
+    clock: TemplateClock,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -86,6 +118,8 @@ impl std::fmt::Debug for ChatTemplate {
         f.debug_struct("ChatTemplate")
             .field("name", &self.name)
             .field("source", &self.source)
+            .field("kwargs", &self.kwargs)
+            .field("clock", &self.clock)
             .finish()
     }
 }
@@ -116,14 +150,41 @@ impl PromptCompletion {
 impl ChatTemplate {
     /// Compiles a Jinja chat template; `name` is used in error messages.
     pub fn new(name: &str, source: &str, special: &SpecialTokens) -> LlmResult<Self> {
-        let env = environment(source).map_err(|e| template_error(name, &e))?;
+        let clock = TemplateClock::Local;
+        let env = environment(source, clock).map_err(|e| template_error(name, &e))?;
         Ok(ChatTemplate {
             name: name.to_string(),
             source: source.to_string(),
             env,
             bos_token: special.bos.clone().unwrap_or_default(),
             eos_token: special.eos.clone().unwrap_or_default(),
+            kwargs: TemplateKwargs::new(),
+            clock,
         })
+    }
+
+    /// The same template rendered with `kwargs` as extra variables (`[model] template_kwargs`);
+    /// they may replace `bos_token`/`eos_token`, as in transformers, but not the variables the
+    /// renderer sets (`messages`, `add_generation_prompt`, `tools`, `documents`).
+    pub fn with_kwargs(mut self, kwargs: TemplateKwargs) -> LlmResult<Self> {
+        check_template_kwargs(&kwargs).map_err(|message| LlmError::Template {
+            name: self.name.clone(),
+            message,
+        })?;
+        self.kwargs = kwargs;
+        Ok(self)
+    }
+
+    /// The same template with `strftime_now` reading `clock` (tests pin the date with it).
+    pub fn with_clock(mut self, clock: TemplateClock) -> Self {
+        add_strftime_now(&mut self.env, clock);
+        self.clock = clock;
+        self
+    }
+
+    /// The extra variables every render gets.
+    pub fn kwargs(&self) -> &TemplateKwargs {
+        &self.kwargs
     }
 
     /// One of [`NAMED_TEMPLATES`] (`chatml`, `llama3`, `zephyr`, `alpaca`).
@@ -186,13 +247,28 @@ impl ChatTemplate {
             .get_template(TEMPLATE_KEY)
             .map_err(|e| template_error(&self.name, &e))?;
         template
-            .render(minijinja::context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => &self.bos_token,
-                eos_token => &self.eos_token,
-            })
+            .render(self.context(messages, add_generation_prompt))
             .map_err(|e| template_error(&self.name, &e))
+    }
+
+    /// The variables of one render, merged as `apply_chat_template` merges them: the special
+    /// tokens, then the kwargs (which may replace them), then the renderer's own. `tools` and
+    /// `documents` are none, not undefined, as transformers passes them.
+    fn context(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Value {
+        let mut vars: BTreeMap<String, Value> = BTreeMap::new();
+        vars.insert("bos_token".into(), Value::from(self.bos_token.as_str()));
+        vars.insert("eos_token".into(), Value::from(self.eos_token.as_str()));
+        for (key, value) in &self.kwargs {
+            vars.insert(key.clone(), Value::from_serialize(value));
+        }
+        vars.insert("messages".into(), Value::from_serialize(messages));
+        vars.insert(
+            "add_generation_prompt".into(),
+            Value::from(add_generation_prompt),
+        );
+        vars.insert("tools".into(), Value::from(()));
+        vars.insert("documents".into(), Value::from(()));
+        Value::from_iter(vars)
     }
 
     /// Renders `prompt` with the generation prompt and `prompt` + the assistant's `completion`,
@@ -240,6 +316,20 @@ impl ChatTemplate {
     }
 }
 
+/// Why `kwargs` cannot go to a template, if they cannot: one sets a variable the renderer
+/// sets itself.
+pub fn check_template_kwargs(kwargs: &TemplateKwargs) -> Result<(), String> {
+    match kwargs
+        .keys()
+        .find(|k| RESERVED_KWARGS.contains(&k.as_str()))
+    {
+        Some(key) => Err(format!(
+            "template kwarg `{key}` is set by the renderer itself; remove it from `template_kwargs`"
+        )),
+        None => Ok(()),
+    }
+}
+
 fn named_list() -> String {
     NAMED_TEMPLATES
         .iter()
@@ -249,18 +339,43 @@ fn named_list() -> String {
 }
 
 /// An environment configured as transformers' `apply_chat_template`: `trim_blocks` and
-/// `lstrip_blocks`, `raise_exception`, loop controls, and Python string/dict methods
-/// (`.strip()`, `.startswith()`, `.items()`) through minijinja-contrib's pycompat.
-/// `strftime_now` is deliberately absent: templates then use their fixed fallback date,
-/// keeping renders (and cache keys) reproducible.
-fn environment(source: &str) -> Result<Environment<'static>, minijinja::Error> {
+/// `lstrip_blocks`, `raise_exception`, `strftime_now`, Python's `json.dumps` as `tojson`, loop
+/// controls, and Python string/dict methods (`.strip()`, `.startswith()`, `.items()`) through
+/// minijinja-contrib's pycompat.
+fn environment(
+    source: &str,
+    clock: TemplateClock,
+) -> Result<Environment<'static>, minijinja::Error> {
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", raise_exception);
+    env.add_filter("tojson", super::pyjson::tojson);
+    add_strftime_now(&mut env, clock);
     env.add_template_owned(TEMPLATE_KEY, source.to_string())?;
     Ok(env)
+}
+
+/// `strftime_now(format)`: transformers defines it, so templates that test `strftime_now is
+/// defined` (Llama-3.x) take today's date rather than their fallback, here as there.
+fn add_strftime_now(env: &mut Environment<'static>, clock: TemplateClock) {
+    env.add_function("strftime_now", move |format: String| {
+        strftime(clock.now(), &format)
+    });
+}
+
+/// Formats `at` with a C/Python strftime `format`; a directive chrono does not know is an
+/// error rather than a panic in the middle of a render.
+fn strftime(at: NaiveDateTime, format: &str) -> Result<String, minijinja::Error> {
+    let items: Vec<Item<'_>> = StrftimeItems::new(format).collect();
+    if items.iter().any(|item| matches!(item, Item::Error)) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: unsupported format `{format}`"),
+        ));
+    }
+    Ok(at.format_with_items(items.into_iter()).to_string())
 }
 
 fn raise_exception(message: String) -> Result<String, minijinja::Error> {
@@ -448,28 +563,172 @@ mod tests {
         );
     }
 
-    /// Qwen3's own template (thinking blocks split out of earlier assistant turns, kept on the
-    /// last one) renders exactly as jinja2 renders it for transformers' `apply_chat_template`
-    /// (tests/fixtures/templates/qwen3_renders.json).
-    #[test]
-    fn qwen3_template_renders_as_jinja2() {
+    /// One family's `<family>_renders.json`: cases rendered by jinja2 as transformers'
+    /// `apply_chat_template` renders them (scripts/render-templates.py).
+    #[derive(Deserialize)]
+    struct RenderFixture {
+        special_tokens: FixtureTokens,
+        strftime_now: String,
+        cases: Vec<RenderCase>,
+    }
+
+    #[derive(Deserialize)]
+    struct FixtureTokens {
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    struct RenderCase {
+        name: String,
+        messages: Vec<ChatMessage>,
+        add_generation_prompt: bool,
+        kwargs: TemplateKwargs,
+        rendered: String,
+    }
+
+    /// The family's real template (tests/fixtures/templates/README.md says where each came
+    /// from), compiled with the fixture's special tokens and its pinned clock, and its cases.
+    fn family_fixture(family: &str) -> (ChatTemplate, Vec<RenderCase>) {
         let dir = testing::workspace_root().join("tests/fixtures/templates");
-        let source = std::fs::read_to_string(dir.join("qwen3.jinja")).unwrap();
-        let renders: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("qwen3_renders.json")).unwrap())
-                .unwrap();
+        let source = std::fs::read_to_string(dir.join(format!("{family}.jinja"))).unwrap();
+        let text = std::fs::read_to_string(dir.join(format!("{family}_renders.json"))).unwrap();
+        let fixture: RenderFixture = serde_json::from_str(&text).unwrap();
         let special = SpecialTokens {
-            eos: Some("<|im_end|>".into()),
+            bos: fixture.special_tokens.bos_token,
+            eos: fixture.special_tokens.eos_token,
             ..SpecialTokens::default()
         };
-        let template = ChatTemplate::new("model", &source, &special).unwrap();
-        for case in renders["cases"].as_array().unwrap() {
-            let messages: Vec<ChatMessage> =
-                serde_json::from_value(case["messages"].clone()).unwrap();
+        let now =
+            NaiveDateTime::parse_from_str(&fixture.strftime_now, "%Y-%m-%dT%H:%M:%S").unwrap();
+        let template = ChatTemplate::new("model", &source, &special)
+            .unwrap()
+            .with_clock(TemplateClock::Fixed(now));
+        (template, fixture.cases)
+    }
+
+    /// Renders every case of `family` through [`ChatTemplate::render`] and compares it byte
+    /// for byte with jinja2's render.
+    fn assert_family_renders_as_jinja2(family: &str) {
+        let (template, cases) = family_fixture(family);
+        assert!(cases.len() >= 7, "{family}: too few cases");
+        for case in cases {
             let ours = template
-                .render(&messages, case["add_generation_prompt"].as_bool().unwrap())
-                .unwrap();
-            assert_eq!(ours, case["rendered"].as_str().unwrap(), "{}", case["name"]);
+                .clone()
+                .with_kwargs(case.kwargs)
+                .unwrap()
+                .render(&case.messages, case.add_generation_prompt)
+                .unwrap_or_else(|e| panic!("{family}: {}: {e}", case.name));
+            assert_eq!(ours, case.rendered, "{family}: {}", case.name);
         }
+    }
+
+    /// Qwen3: thinking blocks split out of earlier assistant turns and kept on the last one,
+    /// an empty one on an answered last turn, and `enable_thinking`.
+    #[test]
+    fn qwen3_template_renders_as_jinja2() {
+        assert_family_renders_as_jinja2("qwen3");
+    }
+
+    /// Gemma-3: the system message folded into the first user turn, `model` for the assistant.
+    #[test]
+    fn gemma3_template_renders_as_jinja2() {
+        assert_family_renders_as_jinja2("gemma3");
+    }
+
+    /// Llama-3.2: the date header from `strftime_now` (pinned) or `date_string`.
+    #[test]
+    fn llama3_2_template_renders_as_jinja2() {
+        assert_family_renders_as_jinja2("llama3.2");
+    }
+
+    /// TinyLlama-1.1B-Chat: the zephyr form.
+    #[test]
+    fn tinyllama_template_renders_as_jinja2() {
+        assert_family_renders_as_jinja2("tinyllama");
+    }
+
+    /// deepseek-coder-instruct: its default system prompt when none is given.
+    #[test]
+    fn deepseek_coder_template_renders_as_jinja2() {
+        assert_family_renders_as_jinja2("deepseek_coder");
+    }
+
+    /// Every family's generation prompt is a prefix of the answered conversation, so stages
+    /// can mask the prompt; with `enable_thinking = false` too.
+    #[test]
+    fn every_family_splits_prompt_and_completion() {
+        let tokenizer = testing::smollm2_tokenizer();
+        let prompt = ChatMessage::prompt(Some("Be brief."), "What is ls?");
+        for family in ["qwen3", "gemma3", "llama3.2", "tinyllama", "deepseek_coder"] {
+            let (template, _) = family_fixture(family);
+            let rendered = template
+                .render_prompt_completion(&prompt, "Lists files.", tokenizer)
+                .unwrap_or_else(|e| panic!("{family}: {e}"));
+            // Qwen3 opens an answered last turn with an empty thinking block, in the completion.
+            assert!(
+                rendered.completion_text.contains("Lists files."),
+                "{family}: {:?}",
+                rendered.completion_text
+            );
+        }
+        let (qwen3, _) = family_fixture("qwen3");
+        let kwargs = TemplateKwargs::from([("enable_thinking".into(), false.into())]);
+        let rendered = qwen3
+            .with_kwargs(kwargs)
+            .unwrap()
+            .render_prompt_completion(&prompt, "Lists files.", tokenizer)
+            .unwrap();
+        assert!(rendered.prompt_text.ends_with("<think>\n\n</think>\n\n"));
+        assert_eq!(rendered.completion_text, "Lists files.<|im_end|>\n");
+    }
+
+    #[test]
+    fn kwargs_replace_special_tokens_but_not_the_renderers_variables() {
+        let special = SpecialTokens {
+            eos: Some("</s>".into()),
+            ..SpecialTokens::default()
+        };
+        let template = ChatTemplate::new("t", "{{ flavour }}|{{ eos_token }}", &special).unwrap();
+        let kwargs = TemplateKwargs::from([
+            ("flavour".into(), "mint".into()),
+            ("eos_token".into(), "<end>".into()),
+        ]);
+        let with = template.clone().with_kwargs(kwargs).unwrap();
+        assert_eq!(with.render(&[], false).unwrap(), "mint|<end>");
+        for reserved in RESERVED_KWARGS {
+            let kwargs = TemplateKwargs::from([(reserved.to_string(), true.into())]);
+            let err = template
+                .clone()
+                .with_kwargs(kwargs)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("`{reserved}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn strftime_now_reads_the_clock_and_refuses_unknown_directives() {
+        let template = ChatTemplate::new(
+            "t",
+            "{{ strftime_now('%d %b %Y, %A %H:%M') }}",
+            &SpecialTokens::default(),
+        )
+        .unwrap();
+        let at = NaiveDateTime::parse_from_str("2024-07-26T09:05:00", "%Y-%m-%dT%H:%M:%S").unwrap();
+        let pinned = template.clone().with_clock(TemplateClock::Fixed(at));
+        assert_eq!(
+            pinned.render(&[], false).unwrap(),
+            "26 Jul 2024, Friday 09:05"
+        );
+        // Unpinned, it is today's date, as transformers renders it.
+        let today = chrono::Local::now().format("%d %b %Y").to_string();
+        assert!(template.render(&[], false).unwrap().starts_with(&today));
+        let bad = ChatTemplate::new("t", "{{ strftime_now('%Q') }}", &SpecialTokens::default())
+            .unwrap()
+            .render(&[], false)
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("unsupported format `%Q`"), "{bad}");
     }
 }
