@@ -264,7 +264,20 @@ fn resolve_template(
 ) -> Result<TemplateInfo, ModelError> {
     let mut info = template_text(cfg, loaded, workspace)?;
     info.kwargs = cfg.template_kwargs.clone();
+    pin_template_date(&mut info, chrono::Local::now().date_naive());
     Ok(info)
+}
+
+/// A template that reads today's date (Llama-3.x's "Today Date" header through
+/// `strftime_now`) gets the date the model stage ran as `date_string`, recorded in model.json
+/// with the other kwargs: every later stage renders the same prompts, whatever the day, as a
+/// cached artifact promises. A `date_string` the user set stays.
+fn pin_template_date(info: &mut TemplateInfo, today: chrono::NaiveDate) {
+    if info.text.contains("strftime_now") && !info.kwargs.contains_key("date_string") {
+        let date = today.format("%d %b %Y").to_string();
+        info.kwargs
+            .insert("date_string".to_string(), serde_json::Value::String(date));
+    }
 }
 
 /// The chosen template's text and where it came from.
@@ -488,6 +501,29 @@ mod tests {
             Model::external_inputs(&config(toml)),
             vec![PathBuf::from("tiny"), PathBuf::from("t/mine.jinja")]
         );
+    }
+
+    /// A template that reads today's date is pinned to the day the model stage ran; a
+    /// user's `date_string` and templates without a date are left alone.
+    #[test]
+    fn a_dated_template_is_pinned_to_the_day_the_model_stage_ran() {
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 12, 3).unwrap();
+        let info = |text: &str, kwargs: TemplateKwargs| TemplateInfo {
+            source: "model".into(),
+            text: text.into(),
+            kwargs,
+        };
+        let llama = "{%- set date_string = strftime_now(\"%d %b %Y\") %}";
+        let mut dated = info(llama, TemplateKwargs::new());
+        pin_template_date(&mut dated, day);
+        assert_eq!(dated.kwargs["date_string"], "03 Dec 2026");
+        let set = TemplateKwargs::from([("date_string".to_string(), "26 Jul 2024".into())]);
+        let mut kept = info(llama, set.clone());
+        pin_template_date(&mut kept, day);
+        assert_eq!(kept.kwargs, set);
+        let mut undated = info("{{ messages }}", TemplateKwargs::new());
+        pin_template_date(&mut undated, day);
+        assert!(undated.kwargs.is_empty());
     }
 
     /// `template_kwargs` reach every render downstream (Qwen3's `enable_thinking` here), are
