@@ -166,7 +166,7 @@ fn load_hf_dir(dir: &Path, device: &Device, random_seed: Option<u64>) -> LlmResu
     }
     let mut tokenizer = TextTokenizer::from_file(&tokenizer_path, special.clone())?;
     if fill_specials_from_ids(&mut special, &tokenizer, &config) {
-        tokenizer = TextTokenizer::new(tokenizer.inner().clone(), special);
+        tokenizer = tokenizer.with_special(special);
     }
     let chat_template = hf_chat_template(dir, tokenizer_config.as_ref())?;
     let weights = match random_seed {
