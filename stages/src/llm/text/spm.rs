@@ -513,6 +513,110 @@ impl SpmTokenizer {
     }
 }
 
+impl SpmTokenizer {
+    /// The vocabulary as an HF `tokenizer.json`, the way transformers converts a Llama
+    /// SentencePiece model (`LlamaConverter`): BPE with byte fallback and merges ranked by the
+    /// merged piece's score, `▁` prepended and spaces escaped, control and user-defined tokens
+    /// as added tokens. transformers' fast Llama tokenizer is built this way.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let vocab: serde_json::Map<String, serde_json::Value> = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(id, token)| (token.clone(), json!(id)))
+            .collect();
+        let added: Vec<serde_json::Value> = (0..self.tokens.len())
+            .filter(|&id| {
+                self.attrs[id] & (attr::CONTROL | attr::UNKNOWN | attr::USER_DEFINED) != 0
+            })
+            .map(|id| {
+                let special = self.attrs[id] & (attr::CONTROL | attr::UNKNOWN) != 0;
+                json!({
+                    "id": id, "content": self.tokens[id], "single_word": false,
+                    "lstrip": false, "rstrip": false, "normalized": false,
+                    "special": special,
+                })
+            })
+            .collect();
+        let text = |id: Option<u32>| id.and_then(|id| self.id_to_token(id));
+        json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": {"type": "Sequence", "normalizers": [
+                {"type": "Prepend", "prepend": SPACE_MARK},
+                {"type": "Replace", "pattern": {"String": " "}, "content": SPACE_MARK},
+            ]},
+            "pre_tokenizer": null,
+            "post_processor": self.hf_post_processor(),
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": SPACE_MARK}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+            ]},
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": text(self.unk),
+                "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                "vocab": vocab, "merges": self.hf_merges(),
+            },
+        })
+    }
+
+    /// transformers' `SentencePieceExtractor`: every split of a piece into two tokens, by the
+    /// piece's score (highest first; ties keep vocabulary order), then by the halves' ids.
+    fn hf_merges(&self) -> Vec<[&str; 2]> {
+        let mut merges: Vec<(f32, [&str; 2])> = Vec::new();
+        for token in &self.tokens {
+            let score = self.scores[self.by_text[token] as usize];
+            let mut local: Vec<(u32, u32, [&str; 2])> = token
+                .char_indices()
+                .skip(1)
+                .filter_map(|(at, _)| {
+                    let (l, r) = token.split_at(at);
+                    Some((*self.by_text.get(l)?, *self.by_text.get(r)?, [l, r]))
+                })
+                .collect();
+            local.sort_by_key(|&(l, r, _)| (l, r));
+            merges.extend(local.into_iter().map(|(_, _, pair)| (score, pair)));
+        }
+        // A stable sort, as Python's `sorted(..., reverse=True)` is.
+        merges.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal));
+        merges.into_iter().map(|(_, pair)| pair).collect()
+    }
+
+    /// BOS (and EOS) around the text as `add_bos_token`/`add_eos_token` say.
+    fn hf_post_processor(&self) -> serde_json::Value {
+        use serde_json::json;
+        let mut single = Vec::new();
+        let mut pair = Vec::new();
+        let mut special_tokens = serde_json::Map::new();
+        let mut add = |id: Option<u32>, on: bool, seq: &mut Vec<serde_json::Value>| {
+            let Some((id, token)) = id
+                .filter(|_| on)
+                .and_then(|id| Some((id, self.id_to_token(id)?)))
+            else {
+                return;
+            };
+            seq.push(json!({"SpecialToken": {"id": token, "type_id": 0}}));
+            special_tokens.insert(
+                token.to_string(),
+                json!({"id": token, "ids": [id], "tokens": [token]}),
+            );
+        };
+        for (sequence, out) in [("A", &mut single), ("B", &mut pair)] {
+            add(self.bos, self.add_bos, out);
+            out.push(json!({"Sequence": {"id": sequence, "type_id": 0}}));
+            add(self.eos, self.add_eos, out);
+        }
+        let pair: Vec<serde_json::Value> = single.iter().cloned().chain(pair).collect();
+        json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special_tokens})
+    }
+}
+
 /// One symbol of the merge chain: a byte range of the text and its live neighbours.
 #[derive(Debug, Clone, Copy)]
 struct Symbol {
@@ -829,21 +933,21 @@ fn array<'a>(gguf: &'a GgufFile, key: &str) -> LlmResult<&'a Vec<Value>> {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use crate::llm::testing;
-    use std::path::{Path, PathBuf};
 
     const VOCAB: &str = "ggml-vocab-llama-spm.gguf";
 
-    fn llama_spm() -> SpmTokenizer {
+    /// llama.cpp's Llama-2 vocabulary fixture.
+    pub fn llama_spm() -> SpmTokenizer {
         let gguf = GgufFile::open(&testing::vocab_fixture(VOCAB)).unwrap();
         SpmTokenizer::from_gguf(&gguf).unwrap()
     }
 
     /// llama.cpp's test-tokenizer-0 cases: texts split on `\n__ggml_vocab_test__\n`, one
     /// line of space-separated ids per text.
-    fn llama_cpp_cases() -> Vec<(String, Vec<u32>)> {
+    pub fn llama_cpp_cases() -> Vec<(String, Vec<u32>)> {
         let inp = std::fs::read_to_string(testing::vocab_fixture(&format!("{VOCAB}.inp"))).unwrap();
         let out = std::fs::read_to_string(testing::vocab_fixture(&format!("{VOCAB}.out"))).unwrap();
         let texts: Vec<&str> = inp
@@ -862,6 +966,13 @@ mod tests {
         assert_eq!(texts.len(), ids.len());
         texts.into_iter().map(str::to_string).zip(ids).collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
+    use std::path::{Path, PathBuf};
 
     #[test]
     fn every_llama_cpp_case_tokenizes_to_its_ids() {
@@ -1111,6 +1222,31 @@ mod tests {
         assert!(
             err.contains("`tokenizer.ggml.model` = `bert` is not supported"),
             "{err}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod hf_tests {
+    use super::tests_support::*;
+
+    /// The tokenizer.json written for an HF export is transformers' conversion, which gives
+    /// the same ids as llama.cpp on its test cases (llama.cpp made the .out with it).
+    #[test]
+    fn hf_export_tokenizes_llama_cpp_cases_the_same() {
+        let spm = llama_spm();
+        let json = serde_json::to_string(&spm.to_hf_json()).unwrap();
+        let hf = tokenizers::Tokenizer::from_bytes(json.as_bytes()).unwrap();
+        for (text, expected) in llama_cpp_cases() {
+            let ids = hf.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+            assert_eq!(ids, expected, "{text:?}");
+        }
+        let with_bos = hf.encode("Hello", true).unwrap().get_ids().to_vec();
+        assert_eq!(with_bos, vec![1, 15043]);
+        assert_eq!(
+            hf.decode(&[15043, 29871, 243, 162, 157, 131], true)
+                .unwrap(),
+            "Hello 🚀"
         );
     }
 }
