@@ -1004,6 +1004,29 @@ mod tests {
         }
     }
 
+    /// llama.cpp's test-tokenizer-1-spm: every token's text, and every code point, re-encodes
+    /// (special tokens parsed) to something that decodes to the same text.
+    #[test]
+    fn every_token_and_code_point_round_trips_as_in_llama_cpp() {
+        let spm = llama_spm();
+        let round_trip = |text: &str| {
+            let ids = spm.encode(text, false, true).unwrap();
+            spm.decode(&ids, false, true).unwrap()
+        };
+        for id in 0..spm.len() as u32 {
+            let text = spm.decode(&[id], false, true).unwrap();
+            assert_eq!(round_trip(&text), text, "token {id}");
+        }
+        // Surrogates are not chars; llama.cpp skips U+40000..=U+E0000 (unassigned) and U+2581
+        // (which decodes to a space).
+        let points =
+            (0..0x110000u32).filter(|cp| !(0x40000..=0xE0000).contains(cp) && *cp != 0x2581);
+        for c in points.filter_map(char::from_u32) {
+            let text = c.to_string();
+            assert_eq!(round_trip(&text), text, "U+{:04X}", c as u32);
+        }
+    }
+
     #[test]
     fn vocabulary_settings_follow_llama_cpp() {
         let spm = llama_spm();
