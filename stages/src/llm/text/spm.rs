@@ -288,6 +288,23 @@ impl SpmTokenizer {
         add_special: bool,
         parse_special: bool,
     ) -> LlmResult<Vec<u32>> {
+        self.encode_from(text, add_special, parse_special, true)
+    }
+
+    /// Encodes text that continues earlier text (a completion after its prompt): no space
+    /// prefix before its first fragment, which llama.cpp adds only at the start of a text or
+    /// after a special token.
+    pub fn encode_continuation(&self, text: &str, parse_special: bool) -> LlmResult<Vec<u32>> {
+        self.encode_from(text, false, parse_special, false)
+    }
+
+    fn encode_from(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        at_start: bool,
+    ) -> LlmResult<Vec<u32>> {
         let mut output = Vec::new();
         if add_special && self.add_bos {
             output.push(self.bos.ok_or_else(|| {
@@ -295,7 +312,7 @@ impl SpmTokenizer {
             })?);
         }
         // The space prefix goes before the first text and before text after a token.
-        let mut prev_special = true;
+        let mut prev_special = at_start;
         for fragment in self.partition(text, parse_special) {
             match fragment {
                 Fragment::Text { start, end } => {
@@ -1061,6 +1078,26 @@ mod tests {
         // Without rendering, control tokens vanish, but the first (empty) piece still used up
         // llama.cpp's one-space strip, so the prefix space stays.
         assert_eq!(spm.decode(&parsed, false, false).unwrap(), " Hello");
+    }
+
+    #[test]
+    fn a_continuation_gets_no_space_prefix() {
+        let spm = llama_spm();
+        // "Hello world" split after "Hello": the continuation is " world", not "  world".
+        assert_eq!(
+            spm.encode("Hello world", false, true).unwrap(),
+            vec![15043, 3186]
+        );
+        assert_eq!(spm.encode_continuation(" world", true).unwrap(), vec![3186]);
+        assert_eq!(
+            spm.encode(" world", false, true).unwrap(),
+            vec![29871, 3186]
+        );
+        // After a special token the prefix comes back, as in a whole-text encode.
+        assert_eq!(
+            spm.encode_continuation("</s>Hello", true).unwrap(),
+            vec![2, 15043]
+        );
     }
 
     /// A toy vocabulary: `<unk>`, `<s>`, `</s>`, a few byte tokens, then `extra` with scores.

@@ -265,6 +265,16 @@ impl TextTokenizer {
         }
     }
 
+    /// Encodes `text` that continues earlier text (a completion after its rendered prompt),
+    /// special tokens parsed and none added. A SentencePiece vocabulary puts no space prefix
+    /// before it, so the ids are those of the text in place, not of a new text.
+    pub fn encode_continuation(&self, text: &str) -> LlmResult<Vec<u32>> {
+        match &self.backend {
+            Backend::Hf(hf) => encode_with(&hf.inner, text, false),
+            Backend::Spm(spm) => spm.encode_continuation(text, true),
+        }
+    }
+
     /// Encodes `text` treating special-token strings as plain text: for user content that
     /// must not be able to inject `<|im_end|>`.
     pub fn encode_literal(&self, text: &str, add_special_tokens: bool) -> LlmResult<Vec<u32>> {
