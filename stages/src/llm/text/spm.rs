@@ -950,7 +950,7 @@ fn array<'a>(gguf: &'a GgufFile, key: &str) -> LlmResult<&'a Vec<Value>> {
 }
 
 #[cfg(test)]
-mod tests_support {
+pub(crate) mod tests_support {
     use super::*;
     use crate::llm::testing;
 
