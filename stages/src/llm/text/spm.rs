@@ -269,6 +269,16 @@ impl SpmTokenizer {
         self.pad
     }
 
+    /// The ids llama.cpp stops generation on (`special_eog_ids`): EOS and every token whose
+    /// text is on its end-of-generation list (`<end_of_turn>`, `<|im_end|>`, ...).
+    pub fn end_of_generation_ids(&self) -> Vec<u32> {
+        let listed = EOG_TEXTS.iter().filter_map(|t| self.token_to_id(t));
+        let mut ids: Vec<u32> = self.eos.into_iter().chain(listed).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// Whether llama.cpp puts a space before text (`tokenizer.ggml.add_space_prefix`).
     pub fn add_space_prefix(&self) -> bool {
         self.add_space_prefix
@@ -1098,6 +1108,28 @@ mod tests {
             spm.encode_continuation("</s>Hello", true).unwrap(),
             vec![2, 15043]
         );
+    }
+
+    #[test]
+    fn generation_ends_on_eos_and_end_of_turn_texts() {
+        let vocab = SpmVocab {
+            tokens: vec![
+                "<unk>".into(),
+                "<s>".into(),
+                "<eos>".into(),
+                "<end_of_turn>".into(),
+                "a".into(),
+            ],
+            scores: vec![0.0; 5],
+            token_types: vec![2, 3, 3, 3, 1],
+            eos: Some(2),
+            ..SpmVocab::default()
+        };
+        assert_eq!(
+            SpmTokenizer::new(vocab).unwrap().end_of_generation_ids(),
+            vec![2, 3]
+        );
+        assert_eq!(llama_spm().end_of_generation_ids(), vec![2]);
     }
 
     /// A toy vocabulary: `<unk>`, `<s>`, `</s>`, a few byte tokens, then `extra` with scores.
