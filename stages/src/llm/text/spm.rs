@@ -1132,6 +1132,56 @@ mod tests {
         assert_eq!(llama_spm().end_of_generation_ids(), vec![2]);
     }
 
+    /// Seeded random texts mixing spaces, newlines, special-token strings, accents, CJK and
+    /// emoji: encoding never fails (every byte has a fallback token) and, special tokens taken
+    /// literally, decoding gives the text back.
+    #[test]
+    fn random_texts_round_trip_literally() {
+        let spm = llama_spm();
+        let pieces = [
+            " ",
+            "  ",
+            "\n",
+            "\t",
+            "<s>",
+            "</s>",
+            "<unk>",
+            "Hello",
+            "world",
+            "é",
+            "ñ",
+            "日本",
+            "🚀",
+            "😶‍🌫️",
+            "\u{2581}",
+            "3.14",
+            "'ll",
+            "\u{0301}",
+            "\u{10FFFF}",
+            "\r\n",
+            "ǅ",
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize % n
+        };
+        for _ in 0..2000 {
+            let len = next(8);
+            let text: String = (0..len).map(|_| pieces[next(pieces.len())]).collect();
+            let ids = spm.encode(&text, false, false).unwrap();
+            let decoded = spm.decode(&ids, false, true).unwrap();
+            // U+2581 is a space once decoded, in llama.cpp as here.
+            assert_eq!(
+                decoded,
+                text.replace('\u{2581}', " "),
+                "{text:?} -> {ids:?}"
+            );
+        }
+    }
+
     /// A toy vocabulary: `<unk>`, `<s>`, `</s>`, a few byte tokens, then `extra` with scores.
     fn toy(extra: &[(&str, f32)], bytes: &[u8]) -> SpmTokenizer {
         let mut vocab = SpmVocab {
