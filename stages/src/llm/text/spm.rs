@@ -490,13 +490,12 @@ impl SpmTokenizer {
     ) -> LlmResult<String> {
         let mut ids = ids;
         let mut remove_space = self.add_space_prefix;
-        let is = |id: Option<&u32>, special: Option<u32>| matches!((id, special), (Some(&a), Some(b)) if a == b);
-        if remove_special && self.add_bos && is(ids.first(), self.bos) {
+        if remove_special && self.add_bos && is_token(ids.first(), self.bos) {
             // The BOS-less text starts with the prefix space llama.cpp keeps in this case.
             remove_space = false;
             ids = &ids[1..];
         }
-        if remove_special && self.add_eos && is(ids.last(), self.eos) {
+        if remove_special && self.add_eos && is_token(ids.last(), self.eos) {
             ids = &ids[..ids.len() - 1];
         }
         let mut bytes = Vec::new();
@@ -642,6 +641,11 @@ impl SpmTokenizer {
         let pair: Vec<serde_json::Value> = single.iter().cloned().chain(pair).collect();
         json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special_tokens})
     }
+}
+
+/// Whether `id` is there and is the (present) special token `token`.
+fn is_token(id: Option<&u32>, token: Option<u32>) -> bool {
+    matches!((id, token), (Some(&a), Some(b)) if a == b)
 }
 
 /// One symbol of the merge chain: a byte range of the text and its live neighbours.

@@ -1,6 +1,7 @@
 //! The model's tokenizer, from an HF `tokenizer.json` or rebuilt from GGUF metadata so that it
-//! tokenizes exactly as llama.cpp does (pre-tokenizer regexes per `tokenizer.ggml.pre`,
-//! control tokens parsed as single special tokens in templated text).
+//! tokenizes exactly as llama.cpp does: byte-level BPE for `gpt2` vocabularies (pre-tokenizer
+//! regexes per `tokenizer.ggml.pre`), llama.cpp's own SentencePiece algorithm for `llama` ones
+//! (see `spm`), control tokens parsed as single special tokens in templated text.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
