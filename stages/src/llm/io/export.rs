@@ -360,6 +360,58 @@ mod tests {
         assert_eq!(reloaded.chat_template.as_deref(), Some("{{ bos_token }}"));
     }
 
+    /// A model whose tokenizer is a SentencePiece GGUF vocabulary exports transformers'
+    /// conversion of it, which pipe reloads with the same ids, specials and decoding.
+    #[test]
+    fn sentencepiece_vocabulary_exports_and_reloads_with_the_same_ids() {
+        use crate::llm::text::spm::tests_support::llama_cpp_cases;
+        let path = testing::vocab_fixture("ggml-vocab-llama-spm.gguf");
+        let gguf = crate::llm::GgufFile::open(&path).unwrap();
+        let tokenizer = crate::llm::TextTokenizer::from_gguf(&gguf).unwrap();
+        let config = tiny_config(Architecture::Llama, 32000, true);
+        let weights = random_weights(&config, 7);
+        let dir = tempfile::tempdir().unwrap();
+        HfExport {
+            config: &config,
+            weights: &weights,
+            tokenizer: &tokenizer,
+            chat_template: None,
+            dtype: ExportDtype::F32,
+        }
+        .write(dir.path())
+        .unwrap();
+        let loaded = load_model_path(dir.path(), &Device::Cpu).unwrap();
+        assert!(loaded.tokenizer.inner().is_some());
+        // (The pad token comes back from the test config's `pad_token_id`.)
+        let (a, b) = (loaded.tokenizer.special(), tokenizer.special());
+        assert_eq!(
+            (&a.bos, &a.eos, &a.unk, a.add_bos),
+            (&b.bos, &b.eos, &b.unk, b.add_bos)
+        );
+        for (text, _) in llama_cpp_cases() {
+            let ids = tokenizer.encode(&text, true).unwrap();
+            assert_eq!(
+                loaded.tokenizer.encode(&text, true).unwrap(),
+                ids,
+                "{text:?}"
+            );
+            assert_eq!(
+                loaded.tokenizer.decode(&ids[1..], true).unwrap(),
+                tokenizer.decode(&ids[1..], true).unwrap(),
+                "{text:?}"
+            );
+        }
+        // Templated text: the same ids with control tokens parsed. (Decoding with them skipped
+        // differs by design: HF strips the space after a skipped `<s>`, llama.cpp keeps it.)
+        let text = "<s>[INST] Hi </s> there [/INST]";
+        let ids = tokenizer.encode(text, false).unwrap();
+        assert_eq!(loaded.tokenizer.encode(text, false).unwrap(), ids);
+        assert_eq!(
+            loaded.tokenizer.decode(&ids, false).unwrap(),
+            tokenizer.decode(&ids, false).unwrap()
+        );
+    }
+
     #[test]
     fn dtype_names_parse() {
         assert_eq!("bf16".parse::<ExportDtype>().unwrap(), ExportDtype::Bf16);

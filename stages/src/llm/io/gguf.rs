@@ -1089,13 +1089,13 @@ mod tests {
 
         let path = gguf_with_metadata(
             dir.path(),
-            &[("tokenizer.ggml.model", Value::String("llama".into()))],
+            &[("tokenizer.ggml.model", Value::String("t5".into()))],
         );
         let err = TextTokenizer::from_gguf(&GgufFile::open(&path).unwrap())
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("tokenizer model `llama` is not supported"),
+            err.contains("`tokenizer.ggml.model` = `t5` is not supported"),
             "{err}"
         );
     }

@@ -135,8 +135,9 @@ struct Parts {
 
 fn load_gguf(path: &Path, device: &Device) -> LlmResult<Parts> {
     let mut gguf = GgufFile::open(path)?;
-    let config = gguf.config()?;
+    let mut config = gguf.config()?;
     let tokenizer = TextTokenizer::from_gguf(&gguf)?;
+    add_spm_end_ids(&mut config, &tokenizer);
     let chat_template = gguf.chat_template()?;
     let weights = gguf.load_weights(&config, device)?;
     Ok(Parts {
@@ -166,7 +167,7 @@ fn load_hf_dir(dir: &Path, device: &Device, random_seed: Option<u64>) -> LlmResu
     }
     let mut tokenizer = TextTokenizer::from_file(&tokenizer_path, special.clone())?;
     if fill_specials_from_ids(&mut special, &tokenizer, &config) {
-        tokenizer = TextTokenizer::new(tokenizer.inner().clone(), special);
+        tokenizer = tokenizer.with_special(special);
     }
     let chat_template = hf_chat_template(dir, tokenizer_config.as_ref())?;
     let weights = match random_seed {
@@ -179,6 +180,23 @@ fn load_hf_dir(dir: &Path, device: &Device, random_seed: Option<u64>) -> LlmResu
         tokenizer,
         chat_template,
     })
+}
+
+/// A SentencePiece GGUF's BOS/EOS default to llama.cpp's (1 and 2) when the file names none,
+/// and llama.cpp also stops on end-of-turn texts (Gemma's `<end_of_turn>`) without a key:
+/// fold those into the config so generation stops where llama.cpp's does.
+fn add_spm_end_ids(config: &mut ModelConfig, tokenizer: &TextTokenizer) {
+    let Some(spm) = tokenizer.spm() else {
+        return;
+    };
+    if config.bos_token_id.is_none() {
+        config.bos_token_id = spm.bos_id();
+    }
+    for id in spm.end_of_generation_ids() {
+        if !config.eos_token_ids.contains(&id) {
+            config.eos_token_ids.push(id);
+        }
+    }
 }
 
 /// Older checkpoints name special tokens only by id in config.json; templates need their
@@ -544,6 +562,23 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sentencepiece_end_ids_join_the_config() {
+        let path = testing::vocab_fixture("ggml-vocab-llama-spm.gguf");
+        let tokenizer = TextTokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+        let mut config = testing::tiny_config(Architecture::Llama, 32000, true);
+        config.bos_token_id = None;
+        config.eos_token_ids = vec![7];
+        add_spm_end_ids(&mut config, &tokenizer);
+        assert_eq!(config.bos_token_id, Some(1));
+        assert_eq!(config.eos_token_ids, vec![7, 2]);
+        // An HF tokenizer leaves the config alone.
+        let mut hf_config = testing::tiny_config(Architecture::Llama, 272, true);
+        let before = hf_config.clone();
+        add_spm_end_ids(&mut hf_config, &testing::tiny_tokenizer());
+        assert_eq!(hf_config, before);
     }
 
     #[test]

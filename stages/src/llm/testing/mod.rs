@@ -32,6 +32,12 @@ pub fn smollm2_fixture(name: &str) -> PathBuf {
     workspace_root().join("tests/fixtures/smollm2").join(name)
 }
 
+/// A file under `tests/fixtures/vocab/` (llama.cpp's vocabulary-only GGUFs and their
+/// tokenizer test cases).
+pub fn vocab_fixture(name: &str) -> PathBuf {
+    workspace_root().join("tests/fixtures/vocab").join(name)
+}
+
 /// The SmolLM2 GGUF loaded once per test process (dequantizing it takes a moment and
 /// ~540 MB; tests share it read-only).
 pub fn smollm2_model() -> &'static super::LoadedModel {

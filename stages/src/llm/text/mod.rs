@@ -2,6 +2,7 @@
 //! and incremental detokenization of generated text.
 
 mod pyjson;
+pub mod spm;
 pub mod template;
 pub mod text_stream;
 pub mod tokenizer;

@@ -291,7 +291,7 @@ impl ChatTemplate {
             .to_string();
         Ok(PromptCompletion {
             prompt_ids: tokenizer.encode(&prompt_text, false)?,
-            completion_ids: tokenizer.encode(&completion_text, false)?,
+            completion_ids: tokenizer.encode_continuation(&completion_text)?,
             prompt_text,
             completion_text,
         })

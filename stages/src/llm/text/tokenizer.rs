@@ -1,9 +1,10 @@
 //! The model's tokenizer, from an HF `tokenizer.json` or rebuilt from GGUF metadata so that it
-//! tokenizes exactly as llama.cpp does (pre-tokenizer regexes per `tokenizer.ggml.pre`,
-//! control tokens parsed as single special tokens in templated text).
+//! tokenizes exactly as llama.cpp does: byte-level BPE for `gpt2` vocabularies (pre-tokenizer
+//! regexes per `tokenizer.ggml.pre`), llama.cpp's own SentencePiece algorithm for `llama` ones
+//! (see `spm`), control tokens parsed as single special tokens in templated text.
 
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::quantized::gguf_file::Value;
 use serde_json::Value as Json;
@@ -20,6 +21,7 @@ use tokenizers::{
     PostProcessorWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
 };
 
+use super::spm::SpmTokenizer;
 use crate::llm::error::{LlmError, LlmResult};
 use crate::llm::io::gguf::{value_as_usize, GgufFile};
 
@@ -58,24 +60,52 @@ impl SpecialTokens {
     }
 }
 
-/// A `tokenizers::Tokenizer` with the model's special tokens, encoding and decoding text the
-/// way the model was trained.
+/// The model's tokenizer with its special tokens, encoding and decoding text the way the model
+/// was trained: an HF `tokenizers::Tokenizer` (tokenizer.json, or a GGUF byte-level BPE
+/// vocabulary rebuilt as one), or llama.cpp's SentencePiece tokenizer for GGUF `llama`
+/// vocabularies, which no `tokenizers` model reproduces exactly.
 #[derive(Debug)]
 pub struct TextTokenizer {
+    backend: Backend,
+    special: SpecialTokens,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Hf(Box<HfBackend>),
+    Spm(Arc<SpmTokenizer>),
+}
+
+#[derive(Debug)]
+struct HfBackend {
     inner: Tokenizer,
     /// The same tokenizer with special-token parsing disabled, built on first use.
     literal: OnceLock<Tokenizer>,
-    special: SpecialTokens,
 }
 
 impl Clone for TextTokenizer {
     fn clone(&self) -> Self {
-        TextTokenizer::new(self.inner.clone(), self.special.clone())
+        let backend = match &self.backend {
+            Backend::Hf(hf) => Backend::Hf(Box::new(HfBackend {
+                inner: hf.inner.clone(),
+                literal: OnceLock::new(),
+            })),
+            Backend::Spm(spm) => Backend::Spm(Arc::clone(spm)),
+        };
+        TextTokenizer {
+            backend,
+            special: self.special.clone(),
+        }
     }
 }
 
 /// The decoder of a token stream, yielding text as soon as it is complete UTF-8.
-pub type TokenDecodeStream<'a> = DecodeStream<
+pub enum TokenDecodeStream<'a> {
+    Hf(Box<HfDecodeStream<'a>>),
+    Spm(SpmDecodeStream<'a>),
+}
+
+type HfDecodeStream<'a> = DecodeStream<
     'a,
     ModelWrapper,
     NormalizerWrapper,
@@ -84,14 +114,97 @@ pub type TokenDecodeStream<'a> = DecodeStream<
     DecoderWrapper,
 >;
 
+impl TokenDecodeStream<'_> {
+    /// Feeds one id; returns the text it completes, if any.
+    pub fn step(&mut self, id: u32) -> LlmResult<Option<String>> {
+        match self {
+            TokenDecodeStream::Hf(stream) => stream
+                .step(id)
+                .map_err(|e| LlmError::Tokenizer(format!("cannot decode id {id}: {e}"))),
+            TokenDecodeStream::Spm(stream) => stream.step(id),
+        }
+    }
+}
+
+/// Incremental SPM decoding: pieces as llama.cpp's detokenizer joins them, released as the
+/// bytes so far form whole UTF-8 characters (byte-fallback tokens split characters).
+pub struct SpmDecodeStream<'a> {
+    spm: &'a SpmTokenizer,
+    special: bool,
+    first: bool,
+    pending: Vec<u8>,
+}
+
+impl SpmDecodeStream<'_> {
+    fn step(&mut self, id: u32) -> LlmResult<Option<String>> {
+        let piece = self.spm.piece(id, self.special)?;
+        let piece: &[u8] = match (self.first && self.spm.add_space_prefix(), piece.first()) {
+            (true, Some(b' ')) => &piece[1..],
+            _ => &piece,
+        };
+        self.first = false;
+        self.pending.extend_from_slice(piece);
+        Ok(take_complete_utf8(&mut self.pending))
+    }
+}
+
+/// Removes and returns the longest prefix of `bytes` that is complete UTF-8 (invalid bytes
+/// as U+FFFD), leaving a trailing incomplete character for the next piece.
+fn take_complete_utf8(bytes: &mut Vec<u8>) -> Option<String> {
+    let mut complete = 0;
+    while complete < bytes.len() {
+        match std::str::from_utf8(&bytes[complete..]) {
+            Ok(_) => complete = bytes.len(),
+            Err(e) => match e.error_len() {
+                None => {
+                    complete += e.valid_up_to();
+                    break;
+                }
+                // Invalid bytes never complete: release them (as U+FFFD) now.
+                Some(invalid) => complete += e.valid_up_to() + invalid,
+            },
+        }
+    }
+    if complete == 0 {
+        return None;
+    }
+    let rest = bytes.split_off(complete);
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    *bytes = rest;
+    Some(text)
+}
+
 impl TextTokenizer {
     /// Wraps a tokenizer and the special tokens that go with it.
     pub fn new(inner: Tokenizer, special: SpecialTokens) -> Self {
         TextTokenizer {
-            inner,
-            literal: OnceLock::new(),
+            backend: Backend::Hf(Box::new(HfBackend {
+                inner,
+                literal: OnceLock::new(),
+            })),
             special,
         }
+    }
+
+    /// Wraps llama.cpp's SPM tokenizer; the special tokens come from its vocabulary.
+    pub fn from_spm(spm: SpmTokenizer) -> Self {
+        let text = |id: Option<u32>| id.and_then(|id| spm.id_to_token(id)).map(str::to_string);
+        let special = SpecialTokens {
+            bos: text(spm.bos_id()),
+            eos: text(spm.eos_id()),
+            pad: text(spm.pad_id()),
+            unk: text(spm.unk_id()),
+            add_bos: spm.add_bos(),
+        };
+        TextTokenizer {
+            backend: Backend::Spm(Arc::new(spm)),
+            special,
+        }
+    }
+
+    /// The same tokenizer with other special tokens (by text).
+    pub fn with_special(self, special: SpecialTokens) -> Self {
+        TextTokenizer { special, ..self }
     }
 
     /// Reads an HF `tokenizer.json`.
@@ -102,14 +215,39 @@ impl TextTokenizer {
         Ok(TextTokenizer::new(inner, special))
     }
 
-    /// Rebuilds the tokenizer llama.cpp uses from the GGUF's `tokenizer.ggml.*` metadata.
+    /// Rebuilds the tokenizer llama.cpp uses from the GGUF's `tokenizer.ggml.*` metadata:
+    /// byte-level BPE for `gpt2`, SentencePiece for `llama`.
     pub fn from_gguf(gguf: &GgufFile) -> LlmResult<Self> {
-        GgufTokenizerBuilder { gguf }.build()
+        match gguf.string(MODEL_KEY)? {
+            Some("gpt2") => GgufTokenizerBuilder { gguf }.build(),
+            Some("llama") => SpmTokenizer::from_gguf(gguf).map(TextTokenizer::from_spm),
+            Some(other) => Err(LlmError::bad_file(
+                gguf.path(),
+                format!(
+                    "tokenizer: `{MODEL_KEY}` = `{other}` is not supported (known: `gpt2` byte-level BPE, `llama` SentencePiece); use the model's HF directory instead"
+                ),
+            )),
+            None => Err(LlmError::MissingField {
+                path: gguf.path().to_path_buf(),
+                field: MODEL_KEY.to_string(),
+            }),
+        }
     }
 
-    /// The wrapped `tokenizers::Tokenizer`.
-    pub fn inner(&self) -> &Tokenizer {
-        &self.inner
+    /// The wrapped `tokenizers::Tokenizer`; `None` for a SentencePiece GGUF vocabulary.
+    pub fn inner(&self) -> Option<&Tokenizer> {
+        match &self.backend {
+            Backend::Hf(hf) => Some(&hf.inner),
+            Backend::Spm(_) => None,
+        }
+    }
+
+    /// The llama.cpp SPM tokenizer, for a SentencePiece GGUF vocabulary.
+    pub fn spm(&self) -> Option<&SpmTokenizer> {
+        match &self.backend {
+            Backend::Hf(_) => None,
+            Backend::Spm(spm) => Some(spm),
+        }
     }
 
     /// The special tokens by text.
@@ -122,48 +260,92 @@ impl TextTokenizer {
     /// tokenizer's post-processor says (off for text rendered by a chat template, which
     /// writes its own BOS).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> LlmResult<Vec<u32>> {
-        encode_with(&self.inner, text, add_special_tokens)
+        match &self.backend {
+            Backend::Hf(hf) => encode_with(&hf.inner, text, add_special_tokens),
+            Backend::Spm(spm) => spm.encode(text, add_special_tokens, true),
+        }
+    }
+
+    /// Encodes `text` that continues earlier text (a completion after its rendered prompt),
+    /// special tokens parsed and none added. A SentencePiece vocabulary puts no space prefix
+    /// before it, so the ids are those of the text in place, not of a new text.
+    pub fn encode_continuation(&self, text: &str) -> LlmResult<Vec<u32>> {
+        match &self.backend {
+            Backend::Hf(hf) => encode_with(&hf.inner, text, false),
+            Backend::Spm(spm) => spm.encode_continuation(text, true),
+        }
     }
 
     /// Encodes `text` treating special-token strings as plain text: for user content that
     /// must not be able to inject `<|im_end|>`.
     pub fn encode_literal(&self, text: &str, add_special_tokens: bool) -> LlmResult<Vec<u32>> {
-        let literal = self.literal.get_or_init(|| {
-            let mut t = self.inner.clone();
-            t.set_encode_special_tokens(true);
-            t
-        });
-        encode_with(literal, text, add_special_tokens)
+        match &self.backend {
+            Backend::Hf(hf) => {
+                let literal = hf.literal.get_or_init(|| {
+                    let mut t = hf.inner.clone();
+                    t.set_encode_special_tokens(true);
+                    t
+                });
+                encode_with(literal, text, add_special_tokens)
+            }
+            Backend::Spm(spm) => spm.encode(text, add_special_tokens, false),
+        }
     }
 
     /// Decodes ids to text; `skip_special_tokens` drops control tokens such as `<|im_end|>`.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> LlmResult<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| LlmError::Tokenizer(format!("cannot decode {} ids: {e}", ids.len())))
+        match &self.backend {
+            Backend::Hf(hf) => hf
+                .inner
+                .decode(ids, skip_special_tokens)
+                .map_err(|e| LlmError::Tokenizer(format!("cannot decode {} ids: {e}", ids.len()))),
+            // llama.cpp's `remove_special` and `!unparse_special` together are HF's skip.
+            Backend::Spm(spm) => spm.decode(ids, skip_special_tokens, !skip_special_tokens),
+        }
     }
 
     /// A decoder for generation: feed ids one by one with `step`, get text as soon as it is
     /// complete (multi-byte characters split over several tokens come out whole).
     pub fn decode_stream(&self, skip_special_tokens: bool) -> TokenDecodeStream<'_> {
-        self.inner.decode_stream(skip_special_tokens)
+        match &self.backend {
+            Backend::Hf(hf) => {
+                TokenDecodeStream::Hf(Box::new(hf.inner.decode_stream(skip_special_tokens)))
+            }
+            Backend::Spm(spm) => TokenDecodeStream::Spm(SpmDecodeStream {
+                spm,
+                special: !skip_special_tokens,
+                first: true,
+                pending: Vec::new(),
+            }),
+        }
     }
 
     /// One more than the largest token id, added tokens included: the embedding matrix must
     /// have at least this many rows.
     pub fn vocab_size(&self) -> usize {
-        let vocab = self.inner.get_vocab(true);
-        vocab.values().max().map_or(0, |max| *max as usize + 1)
+        match &self.backend {
+            Backend::Hf(hf) => {
+                let vocab = hf.inner.get_vocab(true);
+                vocab.values().max().map_or(0, |max| *max as usize + 1)
+            }
+            Backend::Spm(spm) => spm.len(),
+        }
     }
 
     /// The id of a token given by its text.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
+        match &self.backend {
+            Backend::Hf(hf) => hf.inner.token_to_id(token),
+            Backend::Spm(spm) => spm.token_to_id(token),
+        }
     }
 
     /// The text of a token id.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        match &self.backend {
+            Backend::Hf(hf) => hf.inner.id_to_token(id),
+            Backend::Spm(spm) => spm.id_to_token(id).map(str::to_string),
+        }
     }
 
     /// The BOS id, if the model has one.
@@ -192,11 +374,20 @@ impl TextTokenizer {
 
     /// The tokenizer serialised as an HF `tokenizer.json`.
     pub fn to_json(&self) -> LlmResult<String> {
-        self.inner
-            .to_string(false)
-            .map_err(|e| LlmError::Tokenizer(format!("cannot serialise: {e}")))
+        match &self.backend {
+            Backend::Hf(hf) => hf
+                .inner
+                .to_string(false)
+                .map_err(|e| LlmError::Tokenizer(format!("cannot serialise: {e}"))),
+            // transformers' own conversion of a SentencePiece vocabulary.
+            Backend::Spm(spm) => serde_json::to_string(&spm.to_hf_json())
+                .map_err(|e| LlmError::Tokenizer(format!("cannot serialise: {e}"))),
+        }
     }
 }
+
+/// The GGUF key naming the tokenizer model llama.cpp builds.
+const MODEL_KEY: &str = "tokenizer.ggml.model";
 
 fn encode_with(tokenizer: &Tokenizer, text: &str, add_special_tokens: bool) -> LlmResult<Vec<u32>> {
     tokenizer
@@ -210,19 +401,13 @@ const TOKEN_TYPE_UNKNOWN: usize = 2;
 const TOKEN_TYPE_CONTROL: usize = 3;
 const TOKEN_TYPE_USER_DEFINED: usize = 4;
 
-/// Builds a byte-level BPE tokenizer from `tokenizer.ggml.*` metadata.
+/// Builds a byte-level BPE tokenizer from `tokenizer.ggml.*` metadata of a `gpt2` vocabulary.
 struct GgufTokenizerBuilder<'a> {
     gguf: &'a GgufFile,
 }
 
 impl GgufTokenizerBuilder<'_> {
     fn build(&self) -> LlmResult<TextTokenizer> {
-        let model = self.gguf.string("tokenizer.ggml.model")?.unwrap_or("");
-        if model != "gpt2" {
-            return Err(self.error(format!(
-                "tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`); use the model's HF directory instead"
-            )));
-        }
         let tokens = self.strings("tokenizer.ggml.tokens")?;
         let merges = self.merges()?;
         let vocab: tokenizers::models::bpe::Vocab = tokens
@@ -496,5 +681,63 @@ mod tests {
             }
         }
         assert_eq!(out, text);
+    }
+
+    fn llama_spm() -> super::TextTokenizer {
+        let path = testing::vocab_fixture("ggml-vocab-llama-spm.gguf");
+        let gguf = crate::llm::GgufFile::open(&path).unwrap();
+        super::TextTokenizer::from_gguf(&gguf).unwrap()
+    }
+
+    #[test]
+    fn sentencepiece_gguf_goes_through_the_same_interface() {
+        let tokenizer = llama_spm();
+        assert!(tokenizer.spm().is_some() && tokenizer.inner().is_none());
+        let special = tokenizer.special();
+        assert_eq!(special.bos.as_deref(), Some("<s>"));
+        assert_eq!(special.eos.as_deref(), Some("</s>"));
+        assert_eq!(special.unk.as_deref(), Some("<unk>"));
+        assert!(special.add_bos);
+        assert_eq!((tokenizer.bos_id(), tokenizer.eos_id()), (Some(1), Some(2)));
+        assert_eq!(tokenizer.vocab_size(), 32000);
+        // A rendered chat template writes its own `<s>`; it parses as one token.
+        let ids = tokenizer.encode("<s>[INST] Hi [/INST]", false).unwrap();
+        assert_eq!(ids.first(), Some(&1));
+        assert_eq!(tokenizer.decode(&ids, true).unwrap(), " [INST] Hi [/INST]");
+        let literal = tokenizer.encode_literal("<s>", false).unwrap();
+        assert!(!literal.contains(&1), "{literal:?}");
+        assert_eq!(tokenizer.encode("Hello", true).unwrap(), vec![1, 15043]);
+    }
+
+    #[test]
+    fn sentencepiece_stream_joins_byte_tokens_into_characters() {
+        let tokenizer = llama_spm();
+        let text = "Hello 🚀 (normal) 😶‍🌫️ 3.14";
+        let ids = tokenizer.encode(text, false).unwrap();
+        let mut stream = tokenizer.decode_stream(true);
+        let mut chunks = Vec::new();
+        for id in ids {
+            if let Some(chunk) = stream.step(id).unwrap() {
+                chunks.push(chunk);
+            }
+        }
+        assert!(chunks.iter().all(|c| !c.contains('\u{fffd}')), "{chunks:?}");
+        assert_eq!(chunks.concat(), text);
+    }
+
+    #[test]
+    fn incomplete_utf8_waits_for_its_last_byte() {
+        let mut bytes = vec![b'a', 0xF0, 0x9F];
+        assert_eq!(super::take_complete_utf8(&mut bytes).as_deref(), Some("a"));
+        assert_eq!(bytes, [0xF0, 0x9F]);
+        assert_eq!(super::take_complete_utf8(&mut bytes), None);
+        bytes.extend_from_slice(&[0x9A, 0x80]);
+        assert_eq!(super::take_complete_utf8(&mut bytes).as_deref(), Some("🚀"));
+        let mut invalid = vec![0xFF, b'b', 0xE2];
+        assert_eq!(
+            super::take_complete_utf8(&mut invalid).as_deref(),
+            Some("\u{fffd}b")
+        );
+        assert_eq!(invalid, [0xE2]);
     }
 }
