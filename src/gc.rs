@@ -97,7 +97,7 @@ pub fn plan_sweep(
                         kept.insert((instance.clone(), key_of(&entry)));
                         latest += 1;
                     }
-                    all.push(entry);
+                    all.push(*entry);
                 }
                 Found::Corrupt {
                     dir,

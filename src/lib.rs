@@ -9,6 +9,7 @@ pub mod digest;
 pub mod error;
 pub mod fingerprint;
 pub mod gc;
+pub mod instances;
 pub mod lock;
 pub mod report;
 pub mod runner;
@@ -18,6 +19,7 @@ pub mod store;
 pub mod tool_host;
 pub mod ui;
 pub mod verify;
+pub mod wiring;
 
 pub use app::main_with;
 pub use error::{PipeError, Result};

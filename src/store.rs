@@ -67,7 +67,8 @@ pub enum Inspection {
 /// One directory under an instance's directory: an entry, or why it is not one.
 #[derive(Debug, Clone)]
 pub enum Found {
-    Entry(Entry),
+    /// Boxed: an entry (its manifest) is several times the size of the other variant.
+    Entry(Box<Entry>),
     Corrupt {
         dir: PathBuf,
         /// The directory name: the key it would be the entry of.
@@ -205,7 +206,7 @@ impl Store {
                 let dir = e.path();
                 let key = e.file_name().to_string_lossy().into_owned();
                 match open_entry(&dir, &key) {
-                    Ok(entry) => Found::Entry(entry),
+                    Ok(entry) => Found::Entry(Box::new(entry)),
                     Err(corruption) => Found::Corrupt {
                         dir,
                         key,
@@ -226,7 +227,7 @@ impl Store {
         self.scan(stage)
             .into_iter()
             .filter_map(|f| match f {
-                Found::Entry(e) => Some(e),
+                Found::Entry(e) => Some(*e),
                 Found::Corrupt { .. } => None,
             })
             .collect()

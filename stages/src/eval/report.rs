@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::Value as Json;
 
-use super::results::{scorer_names, AnswerRecord, EvalResults, MODELS};
+use super::results::{scorer_names, AnswerRecord, EvalResults};
 
 /// One curve: a name, a colour and its (step, value) points.
 pub struct Series {
@@ -138,7 +138,15 @@ pub fn render(
         html.push_str(&line_chart(title, lines));
     }
     html.push_str("</div>\n");
-    html.push_str(&answers_section(records, samples));
+    html.push_str(&answers_section(
+        &results
+            .models
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>(),
+        records,
+        samples,
+    ));
     html.push_str("</body></html>\n");
     html
 }
@@ -350,7 +358,7 @@ fn tick(v: f64) -> String {
     }
 }
 
-fn answers_section(records: &[AnswerRecord], samples: usize) -> String {
+fn answers_section(models: &[&str], records: &[AnswerRecord], samples: usize) -> String {
     let shown = records.len().min(samples);
     let mut h = format!(
         "<h2>Answers</h2>\n<p class=\"sub\">{shown} of {} val prompts; the number is the combined score.</p>\n",
@@ -365,8 +373,8 @@ fn answers_section(records: &[AnswerRecord], samples: usize) -> String {
             esc(&r.prompt),
             esc(&r.reference)
         );
-        for model in MODELS {
-            if let Some(a) = r.answers.get(model) {
+        for model in models {
+            if let Some(a) = r.answers.get(*model) {
                 let _ = write!(
                     h,
                     "<div class=\"cell\"><b>{}</b> <span class=\"score\">{:.3}</span><pre>{}</pre></div>",

@@ -9,9 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::scoring::Scores;
 
-/// The models compared, in report order.
-pub const MODELS: [&str; 3] = ["base", "sft", "final"];
-
 /// Two scores closer than this are a tie (the scorers are deterministic; this only absorbs
 /// float noise).
 const TIE: f64 = 1e-9;
@@ -232,7 +229,7 @@ mod tests {
             record(0.2, 0.2, 0.9),
             record(0.3, 0.4, 0.1),
         ];
-        let rates = win_rates(&records, &MODELS);
+        let rates = win_rates(&records, &["base", "sft", "final"]);
         assert_eq!(
             rates
                 .iter()

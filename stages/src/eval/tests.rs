@@ -17,7 +17,26 @@ use crate::testkit::stage_artifact;
 
 struct Fixture {
     ws: tempfile::TempDir,
+    dirs: Dirs,
     inputs: Inputs,
+}
+
+/// The upstream artifacts of the fixture.
+struct Dirs {
+    ingest: PathBuf,
+    model: PathBuf,
+    sft: PathBuf,
+    orpo: PathBuf,
+}
+
+const SFT_ADAPTER_DIR: &str = crate::sft::artifact::ADAPTER_DIR;
+
+/// A copy of `base` with the PEFT adapter in `dir` attached.
+fn with_adapter(base: &LlamaModel, dir: &Path) -> Result<LlamaModel, LlmError> {
+    let adapter = crate::llm::PeftAdapter::load(dir, base.device())?;
+    let mut model = base.clone();
+    adapter.attach_to(&mut model)?;
+    Ok(model)
 }
 
 fn row(i: usize, prompt: &str, response: &str) -> ingest::Example {
@@ -111,14 +130,49 @@ fn fixture() -> Fixture {
         serde_json::to_string(&scorers).unwrap(),
     )
     .unwrap();
+    let stack = |adapters: &[(&str, &Path)]| {
+        ModelSource::Stack(ModelStack {
+            base: model.clone(),
+            adapters: adapters
+                .iter()
+                .map(|(name, dir)| crate::base::StackAdapter {
+                    instance: name.to_string(),
+                    kind: name.to_string(),
+                    dir: dir.join(SFT_ADAPTER_DIR),
+                })
+                .collect(),
+            replaced: Vec::new(),
+        })
+    };
+    let inputs = Inputs {
+        data: ingest.clone(),
+        models: vec![
+            EvalModel {
+                name: "base".into(),
+                source: stack(&[]),
+            },
+            EvalModel {
+                name: "sft".into(),
+                source: stack(&[("sft", &sft)]),
+            },
+            EvalModel {
+                name: "final".into(),
+                source: ModelSource::Merged(merged.join(MERGED_MODEL_DIR)),
+            },
+        ],
+        scorers: Some(score),
+        trained: vec![
+            Link::new("sft", "sft", &sft),
+            Link::new("orpo", "orpo", &orpo),
+        ],
+    };
     Fixture {
-        inputs: Inputs {
+        inputs,
+        dirs: Dirs {
             ingest,
             model,
             sft,
             orpo,
-            merge: merged,
-            score,
         },
         ws,
     }
@@ -132,8 +186,8 @@ fn config(toml: &str) -> EvalConfig {
 
 /// The NLL of `model` on the fixture's val rows, computed directly.
 fn nll_of(fx: &Fixture, model: &LlamaModel, cfg: &EvalConfig, limit: usize) -> f64 {
-    let base = BaseModel::load(&fx.inputs.model, fx.ws.path(), &Device::Cpu).unwrap();
-    let mut val = ingest::read_examples(&fx.inputs.ingest.join(VAL_FILE)).unwrap();
+    let base = BaseModel::load(&fx.dirs.model, fx.ws.path(), &Device::Cpu).unwrap();
+    let mut val = ingest::read_examples(&fx.dirs.ingest.join(VAL_FILE)).unwrap();
     val.truncate(limit);
     let rows = render_rows(&base, val, cfg.max_seq_len).unwrap();
     let batches = nll_batches(&rows, 2, base.info.pad_token_id, &Device::Cpu).unwrap();
@@ -157,7 +211,7 @@ fn eval_json_answers_and_report_on_the_tiny_model() {
     );
     assert_eq!(json.prompts, 4);
     let names: Vec<&str> = json.models.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, MODELS);
+    assert_eq!(names, ["base", "sft", "final"]);
     for m in &json.models {
         assert!((0.0..=1.0).contains(&m.score), "{m:?}");
         assert!(m.scorers.contains_key("reference"), "{m:?}");
@@ -172,20 +226,16 @@ fn eval_json_answers_and_report_on_the_tiny_model() {
     }
 
     // Each row's NLL is that of the model it names.
-    let base = BaseModel::load(&fx.inputs.model, fx.ws.path(), &Device::Cpu)
+    let base = BaseModel::load(&fx.dirs.model, fx.ws.path(), &Device::Cpu)
         .unwrap()
         .model;
-    let sft = with_adapter(&base, &fx.inputs.sft.join(SFT_ADAPTER_DIR)).unwrap();
+    let sft = with_adapter(&base, &fx.dirs.sft.join(SFT_ADAPTER_DIR)).unwrap();
     // The final model: sft merged, orpo on top (what merge exports).
     let mut sft_merged = base.clone();
     let sft_adapter =
-        PeftAdapter::load(&fx.inputs.sft.join(SFT_ADAPTER_DIR), &Device::Cpu).unwrap();
+        crate::llm::PeftAdapter::load(&fx.dirs.sft.join(SFT_ADAPTER_DIR), &Device::Cpu).unwrap();
     crate::llm::merge_adapters_into_model(&mut sft_merged, &[sft_adapter]).unwrap();
-    let fin = with_adapter(
-        &sft_merged,
-        &fx.inputs.orpo.join(orpo_artifact::ADAPTER_DIR),
-    )
-    .unwrap();
+    let fin = with_adapter(&sft_merged, &fx.dirs.orpo.join(orpo_artifact::ADAPTER_DIR)).unwrap();
     for (m, model) in json.models.iter().zip([&base, &sft, &fin]) {
         let want = nll_of(&fx, model, &cfg, 4);
         assert!(

@@ -57,7 +57,7 @@ fn context<'a>(
         ws.to_path_buf(),
         out.to_path_buf(),
         partial.to_path_buf(),
-        inputs,
+        crate::testkit::default_inputs("generate", &inputs),
         7,
         &NullProgress,
     )

@@ -45,7 +45,6 @@ impl Stage for Ingest {
     const VERSION: u32 = 1;
     const ABOUT: &'static str =
         "read a CSV/JSON/JSONL dataset, clean and deduplicate it, split it into train and val";
-    const DEPS: &'static [&'static str] = &[];
     const STARTER: &'static str = r#"[ingest]
 # The dataset, relative to this file: CSV, JSON (an array of objects) or JSONL (an object a line).
 path = "data/unix_manual_qa.csv"

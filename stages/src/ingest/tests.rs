@@ -67,7 +67,7 @@ fn run_at(workspace: &Path, toml: &str, seed: u64) -> Result<Outputs, String> {
         workspace.to_path_buf(),
         out.path().to_path_buf(),
         out.path().join("partial"),
-        BTreeMap::new(),
+        Vec::new(),
         seed,
         &recorder,
     );
