@@ -142,6 +142,7 @@ impl<'r> Workspace<'r> {
             upstream,
             inputs: self.input_digests(stage, digests)?,
             environment: self.config.stages[stage].environment.clone(),
+            reads: self.config.wiring.reads(stage, |n| self.kind(n)),
         })
     }
 }

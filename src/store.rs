@@ -561,6 +561,7 @@ mod tests {
                 upstream: BTreeMap::new(),
                 inputs: BTreeMap::new(),
                 environment: BTreeMap::new(),
+                reads: BTreeMap::new(),
             },
             metrics: Default::default(),
             outputs: vec![],

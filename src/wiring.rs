@@ -13,6 +13,8 @@ use pipe_stages::{ConfigIssue, DynStage, Input, LoadedConfig, Pipeline};
 pub struct Wire {
     pub key: &'static str,
     pub chains: Vec<Vec<&'static str>>,
+    /// The key names other instances than its default (see [`Wiring::reads`]).
+    pub custom: bool,
 }
 
 /// A bad reference, before it is located in the file: the instance and key at fault.
@@ -71,6 +73,7 @@ impl Wiring {
                 .iter()
                 .map(|input| Wire {
                     key: input.key,
+                    custom: input.custom,
                     chains: input
                         .instances
                         .iter()
@@ -100,6 +103,40 @@ impl Wiring {
             }
         }
         out
+    }
+
+    /// What `instance`'s keys that differ from their defaults read, by the labels of
+    /// [`Wiring::labels`]: `models -> [model, merge]`. The upstream keys alone cannot tell
+    /// `models = ["model", "merge"]` from `["model", "sft", "merge"]` (sft is on merge's
+    /// chain either way); the default wiring is implied by the kind, so it adds nothing and
+    /// the keys of a pipeline that names no input stay as they were.
+    pub fn reads(
+        &self,
+        instance: &str,
+        kind_of: impl Fn(&str) -> &'static str,
+    ) -> BTreeMap<String, Vec<String>> {
+        let labels = self.labels(instance, kind_of);
+        let label_of = |name: &str| {
+            labels
+                .iter()
+                .find(|(_, n)| *n == name)
+                .map(|(l, _)| l.clone())
+                .unwrap_or_default()
+        };
+        self.wires
+            .get(instance)
+            .into_iter()
+            .flatten()
+            .filter(|w| w.custom)
+            .map(|w| {
+                let tops = w
+                    .chains
+                    .iter()
+                    .filter_map(|c| c.first())
+                    .map(|n| label_of(n));
+                (w.key.to_string(), tops.collect())
+            })
+            .collect()
     }
 
     /// The labels of `instance`'s upstreams in its key: the upstream's kind, with `#2`, `#3`…

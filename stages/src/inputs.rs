@@ -14,6 +14,9 @@ pub struct Input {
     pub instances: Vec<String>,
     /// Whether the key is written in the table (else the names are its default).
     pub written: bool,
+    /// Whether the names differ from the default: the engine then hashes which upstream
+    /// serves this key into the instance's key (the default wiring is implied by the kind).
+    pub custom: bool,
     /// The kinds that can serve.
     pub kinds: &'static [&'static str],
     /// Also read what each named instance reads through this key of its own, and so on down
@@ -33,6 +36,7 @@ impl Input {
             key,
             instances: vec![written.unwrap_or(default).to_string()],
             written: written.is_some(),
+            custom: written.is_some_and(|w| w != default),
             kinds,
             follow: None,
         }
@@ -47,6 +51,7 @@ impl Input {
     ) -> Self {
         Self {
             key,
+            custom: written.is_some_and(|w| w != default.as_slice()),
             instances: written.map(<[String]>::to_vec).unwrap_or(default),
             written: written.is_some(),
             kinds,
