@@ -96,6 +96,23 @@ fn sft_only_runs_merges_and_compares_base_with_the_merged_model() {
     let again = ws.ok(&["run"]);
     assert!(again.ran().is_empty(), "{}", again.all());
 
+    // Any model-yielding instance answers: the adapter stage on its base, the merged export.
+    for stage in ["model", "sft", "merge"] {
+        let r = ws.ok(&[
+            "generate",
+            "--stage",
+            stage,
+            "-p",
+            "What does ls do?",
+            "--max-new-tokens",
+            "3",
+        ]);
+        assert!(r.all().contains("3 tokens at"), "{stage}: {}", r.all());
+    }
+    let r = ws.run(&["generate", "--stage", "ingest", "-p", "hi"]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("--stage ingest"), "{}", r.stderr);
+
     // Naming the models: base and the sft adapter unmerged, next to the merged export.
     let models = ["-s", "eval.models=[\"model\", \"sft\", \"merge\"]"];
     let r = ws.ok(&["run", models[0], models[1]]);
@@ -112,11 +129,7 @@ fn without_tables(text: &str, names: &[&str]) -> String {
         let trimmed = line.trim_start();
         if trimmed.starts_with('[') {
             let header = trimmed.trim_start_matches('[');
-            let name = header
-                .split([']', '.'])
-                .next()
-                .unwrap_or("")
-                .trim();
+            let name = header.split([']', '.']).next().unwrap_or("").trim();
             skipping = names.contains(&name);
         }
         if !skipping {
