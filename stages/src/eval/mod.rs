@@ -162,7 +162,8 @@ fn llm(context: impl Into<String>) -> impl FnOnce(LlmError) -> EvalError {
 
 impl Stage for Eval {
     const NAME: &'static str = "eval";
-    const VERSION: u32 = 2;
+    /// 3: `limit` takes a seeded sample of the val rows (was: the first N); any set of models.
+    const VERSION: u32 = 3;
     const ABOUT: &'static str =
         "base vs sft vs final on the val split: scores, NLL, win rates, report.html";
     const STARTER: &'static str = r#"[eval]
@@ -324,6 +325,8 @@ pub struct Inputs {
     pub scorers: Option<PathBuf>,
     /// The adapter stages met on the models' chains, for the training curves of the report.
     pub trained: Vec<Link>,
+    /// Seeds the sample of val rows `limit` takes (the project seed).
+    pub seed: u64,
 }
 
 /// One model eval compares.
@@ -370,6 +373,7 @@ impl Inputs {
         Ok(Self {
             data: cx.input("data")?.to_path_buf(),
             models,
+            seed: cx.seed(),
             scorers: cx
                 .has_input("scorers")
                 .then(|| cx.input("scorers"))
@@ -435,9 +439,7 @@ pub fn evaluate(
     let (base, device) = BaseModel::open(&inputs.base()?, workspace)?;
     let val_path = inputs.data.join(VAL_FILE);
     let mut val = ingest::read_examples(&val_path)?;
-    if let Some(limit) = cfg.limit {
-        val.truncate(limit);
-    }
+    val = ingest::seeded_sample(val, cfg.limit, inputs.seed);
     if val.is_empty() {
         return Err(EvalError::Empty(val_path.display().to_string()));
     }
@@ -522,11 +524,13 @@ pub fn evaluate(
     let per_model: Vec<&[Scores]> = scores.chunks(rows.len()).collect();
 
     let records = answer_records(&rows, &names, &runs, &per_model);
+    let categories: Vec<Option<&str>> =
+        rows.iter().map(|r| r.example.category.as_deref()).collect();
     let models: Vec<ModelResult> = names
         .iter()
         .zip(&runs)
         .zip(&per_model)
-        .map(|((name, run), scores)| model_result(name, run, scores))
+        .map(|((name, run), scores)| model_result(name, run, scores, &categories))
         .collect();
     let results = EvalResults {
         prompts: rows.len(),
@@ -535,6 +539,7 @@ pub fn evaluate(
         win_rates: win_rates(&records, &names),
         models,
         seconds: started.elapsed().as_secs_f64(),
+        categories: results::category_counts(&categories),
     };
     write_outputs(out, &results, &records, inputs, cfg.samples)?;
     for m in &results.models {
@@ -705,7 +710,12 @@ fn answer_records(
         .collect()
 }
 
-fn model_result(name: &str, run: &ModelRun, scores: &[Scores]) -> ModelResult {
+fn model_result(
+    name: &str,
+    run: &ModelRun,
+    scores: &[Scores],
+    categories: &[Option<&str>],
+) -> ModelResult {
     let refs: Vec<&Scores> = scores.iter().collect();
     let (score, scorers) = mean_scores(&refs);
     let tokens: usize = run.answers.iter().map(|g| g.token_count()).sum();
@@ -727,6 +737,7 @@ fn model_result(name: &str, run: &ModelRun, scores: &[Scores]) -> ModelResult {
         finish_reasons,
         generate_seconds: run.seconds,
         tokens_per_s: tokens as f64 / run.seconds.max(1e-9),
+        categories: results::category_scores(categories, scores),
     }
 }
 

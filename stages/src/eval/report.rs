@@ -89,6 +89,7 @@ pub fn render(
         results.prompts, results.max_new_tokens
     );
     html.push_str(&score_table(results));
+    html.push_str(&category_table(results));
     html.push_str(&win_table(results));
     html.push_str("<h2>Training</h2>\n<div class=\"charts\">\n");
     let name = logs.preference_name;
@@ -157,6 +158,34 @@ fn line(name: &str, color: &'static str, points: Vec<(f64, f64)>) -> Series {
         color,
         points,
     }
+}
+
+/// The combined score per category (none when the val rows have no category).
+fn category_table(r: &EvalResults) -> String {
+    if r.categories.is_empty() {
+        return String::new();
+    }
+    let mut h = String::from(
+        "<h2>Score by category</h2>\n<table><thead><tr><th>category</th><th>prompts</th>",
+    );
+    for m in &r.models {
+        let _ = write!(h, "<th>{}</th>", esc(&m.name));
+    }
+    h.push_str("</tr></thead><tbody>\n");
+    for (c, n) in &r.categories {
+        let _ = write!(h, "<tr><td>{}</td><td>{n}</td>", esc(c));
+        for m in &r.models {
+            match m.categories.get(c) {
+                Some(v) => {
+                    let _ = write!(h, "<td>{v:.4}</td>");
+                }
+                None => h.push_str("<td>-</td>"),
+            }
+        }
+        h.push_str("</tr>\n");
+    }
+    h.push_str("</tbody></table>\n");
+    h
 }
 
 fn score_table(r: &EvalResults) -> String {

@@ -76,13 +76,16 @@ fn fixture() -> Fixture {
     let model = stage_artifact("model", "[model]\npath = \"tiny\"\n", root, &[]);
 
     let ingest = stage_dir(root, "ingest-out");
-    let val = [
+    let mut val = [
         row(0, "what is ls?", "ls lists files"),
         row(1, "what is <b>cat</b> & \"tac\"?", "cat prints <files>"),
         row(2, "what is grep?", "grep searches text"),
         row(3, "what is tar?", "tar packs archives"),
         row(4, "what is ssh?", "ssh is a remote shell"),
     ];
+    for (i, r) in val.iter_mut().enumerate() {
+        r.category = Some(if i % 2 == 0 { "files" } else { "net" }.to_string());
+    }
     let text: String = val
         .iter()
         .map(|r| serde_json::to_string(r).unwrap() + "\n")
@@ -165,6 +168,7 @@ fn fixture() -> Fixture {
             Link::new("sft", "sft", &sft),
             Link::new("orpo", "orpo", &orpo),
         ],
+        seed: 11,
     };
     Fixture {
         inputs,
@@ -187,8 +191,8 @@ fn config(toml: &str) -> EvalConfig {
 /// The NLL of `model` on the fixture's val rows, computed directly.
 fn nll_of(fx: &Fixture, model: &LlamaModel, cfg: &EvalConfig, limit: usize) -> f64 {
     let base = BaseModel::load(&fx.dirs.model, fx.ws.path(), &Device::Cpu).unwrap();
-    let mut val = ingest::read_examples(&fx.dirs.ingest.join(VAL_FILE)).unwrap();
-    val.truncate(limit);
+    let val = ingest::read_examples(&fx.dirs.ingest.join(VAL_FILE)).unwrap();
+    let val = ingest::seeded_sample(val, Some(limit), fx.inputs.seed);
     let rows = render_rows(&base, val, cfg.max_seq_len).unwrap();
     let batches = nll_batches(&rows, 2, base.info.pad_token_id, &Device::Cpu).unwrap();
     completion_loss(model, &batches).unwrap().loss
@@ -197,7 +201,7 @@ fn nll_of(fx: &Fixture, model: &LlamaModel, cfg: &EvalConfig, limit: usize) -> f
 #[test]
 fn eval_json_answers_and_report_on_the_tiny_model() {
     let fx = fixture();
-    let cfg = config("limit = 4\nmax_new_tokens = 6\nbatch_size = 3\nsamples = 2\n");
+    let cfg = config("limit = 4\nmax_new_tokens = 6\nbatch_size = 3\nsamples = 4\n");
     let out = tempfile::tempdir().unwrap();
     let results = evaluate(&cfg, &fx.inputs, fx.ws.path(), out.path(), &NullProgress).unwrap();
 
@@ -261,6 +265,37 @@ fn eval_json_answers_and_report_on_the_tiny_model() {
         / 4.0;
     assert!((mean_final - json.models[2].score).abs() < 1e-12);
 
+    // `limit` is a seeded sample of the val rows, and the scores break down by category.
+    let sampled = ingest::seeded_sample(
+        ingest::read_examples(&fx.dirs.ingest.join(VAL_FILE)).unwrap(),
+        Some(4),
+        fx.inputs.seed,
+    );
+    let mut want_ids: Vec<&str> = sampled.iter().map(|r| r.id.as_str()).collect();
+    let mut got_ids: Vec<&str> = lines.iter().map(|r| r.id.as_str()).collect();
+    want_ids.sort();
+    got_ids.sort();
+    assert_eq!(got_ids, want_ids);
+    let per_category: usize = json.categories.values().sum();
+    assert_eq!(per_category, 4);
+    for m in &json.models {
+        for c in json.categories.keys() {
+            let scores: Vec<f64> = lines
+                .iter()
+                .filter(|r| {
+                    sampled
+                        .iter()
+                        .any(|s| s.id == r.id && s.category.as_deref() == Some(c.as_str()))
+                })
+                .map(|r| r.answers[&m.name].scores.combined)
+                .collect();
+            let want = scores.iter().sum::<f64>() / scores.len() as f64;
+            assert!((m.categories[c] - want).abs() < 1e-12, "{}: {c}", m.name);
+        }
+    }
+
+    // The fixture's seed samples the row whose prompt needs escaping.
+    assert!(sampled.iter().any(|r| r.prompt.contains("<b>")));
     let html = std::fs::read_to_string(out.path().join(REPORT_FILE)).unwrap();
     assert!(html.contains("what is &lt;b&gt;cat&lt;/b&gt; &amp; &quot;tac&quot;?"));
     assert!(!html.contains("<b>cat</b>"));
@@ -268,6 +303,7 @@ fn eval_json_answers_and_report_on_the_tiny_model() {
     assert!(html.contains("<polyline"), "the curves are drawn");
     assert!(!html.contains("<script") && !html.contains("http://cdn"));
     assert!(html.contains("ORPO reward margin"));
+    assert!(html.contains("Score by category"));
 
     let mut shown = Vec::new();
     Eval::show(out.path(), &mut shown).unwrap();
@@ -278,6 +314,7 @@ fn eval_json_answers_and_report_on_the_tiny_model() {
         "final",
         "val NLL",
         "win rates",
+        "score by category",
         "report.html",
     ] {
         assert!(shown.contains(needle), "`{needle}` missing:\n{shown}");

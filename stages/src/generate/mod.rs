@@ -278,16 +278,11 @@ fn read_split(ingest_dir: &Path, split: Split) -> Result<Vec<ingest::Example>, G
 /// ordered by a hash of (seed, id), first `limit` kept. A row's place depends only on its own
 /// id, so raising `limit` keeps every prompt of the smaller sample (and its candidates).
 pub(crate) fn select(
-    mut rows: Vec<ingest::Example>,
+    rows: Vec<ingest::Example>,
     limit: Option<usize>,
     seed: u64,
 ) -> Vec<ingest::Example> {
-    let Some(limit) = limit else {
-        return rows;
-    };
-    rows.sort_by_cached_key(|r| (id_hash(seed, b"select", &r.id), r.source_row));
-    rows.truncate(limit);
-    rows
+    ingest::seeded_sample(rows, limit, seed)
 }
 
 /// 64 bits of blake3 over (purpose, seed, id): stable across platforms and versions.

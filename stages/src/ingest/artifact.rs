@@ -30,6 +30,28 @@ pub struct Example {
     pub source_row: u64,
 }
 
+/// A seeded sample of `limit` rows (all of them, in file order, without a limit): rows
+/// ordered by a hash of (seed, id), so a larger limit keeps the smaller sample and the
+/// sample does not depend on the rows' order in the file.
+pub fn seeded_sample(mut rows: Vec<Example>, limit: Option<usize>, seed: u64) -> Vec<Example> {
+    let Some(limit) = limit else {
+        return rows;
+    };
+    rows.sort_by_cached_key(|r| (sample_hash(seed, &r.id), r.source_row));
+    rows.truncate(limit);
+    rows
+}
+
+/// 64 bits of blake3 over ("select", seed, id): stable across platforms and versions.
+fn sample_hash(seed: u64, id: &str) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"select");
+    h.update(&seed.to_le_bytes());
+    h.update(id.as_bytes());
+    let bytes = h.finalize();
+    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
+
 /// Reads `train.jsonl` or `val.jsonl` of a committed ingest artifact (for downstream stages).
 pub fn read_examples(path: &Path) -> Result<Vec<Example>, ExamplesError> {
     let file = File::open(path).map_err(|source| ExamplesError::Read {
