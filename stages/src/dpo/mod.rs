@@ -51,7 +51,7 @@ impl Stage for Dpo {
     const NAME: &'static str = "dpo";
     const VERSION: u32 = 1;
     const ABOUT: &'static str =
-        "DPO preference training (TRL's DPOTrainer) on score's pairs, on top of base + sft, resumable";
+        "DPO preference training (TRL's DPOTrainer) on pairs (score's, or a preference ingest's) on its input model, resumable";
     // Commented out as a whole: a pipeline holds [orpo] or [dpo], and the starter has [orpo].
     const STARTER: &'static str = r#"# [dpo]                  # DPO in place of [orpo] (a pipeline holds one of the two; merge
 #                          # folds its adapter, eval reports the final model)

@@ -165,7 +165,7 @@ impl Stage for Eval {
     /// 3: `limit` takes a seeded sample of the val rows (was: the first N); any set of models.
     const VERSION: u32 = 3;
     const ABOUT: &'static str =
-        "base vs sft vs final on the val split: scores, NLL, win rates, report.html";
+        "compares models (base vs sft vs final by default) on the val split: scores, NLL, win rates, report.html";
     const STARTER: &'static str = r#"[eval]
 # limit = 32               # evaluate the first N val rows (default: all)
 # max_new_tokens = 128     # greedy answers of every model, same settings
@@ -182,7 +182,12 @@ impl Stage for Eval {
             Input::many(
                 "models",
                 cfg.models.as_deref(),
-                default_models(pipeline)?,
+                // A written list needs no default (which may be ambiguous: two variants).
+                match (&cfg.models, default_models(pipeline)) {
+                    (_, Ok(default)) => default,
+                    (Some(_), Err(_)) => Vec::new(),
+                    (None, Err(issue)) => return Err(issue),
+                },
                 EVAL_MODEL_KINDS,
             )
             .following("model"),

@@ -47,6 +47,7 @@ fn row(i: usize, prompt: &str, response: &str) -> ingest::Example {
         system: None,
         category: None,
         source_row: i as u64 + 1,
+        rejected: None,
     }
 }
 

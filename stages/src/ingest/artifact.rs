@@ -28,6 +28,10 @@ pub struct Example {
     pub category: Option<String>,
     /// 1-based: CSV record after the header, JSON array position, or JSONL line.
     pub source_row: u64,
+    /// The dispreferred answer of a preference row (layout "preference": `response` is then
+    /// the chosen one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
 }
 
 /// A seeded sample of `limit` rows (all of them, in file order, without a limit): rows

@@ -35,6 +35,9 @@ pub enum Layout {
     Alpaca,
     /// A chat: `messages: [{role, content}]` (or ShareGPT `conversations: [{from, value}]`).
     Messages,
+    /// Preference pairs: `prompt`, `chosen`, `rejected` (orca-dpo-pairs: `question` for the
+    /// prompt), optional `system` and `category`.
+    Preference,
 }
 
 impl Layout {
@@ -44,6 +47,7 @@ impl Layout {
             Layout::Columns => "columns",
             Layout::Alpaca => "alpaca",
             Layout::Messages => "messages",
+            Layout::Preference => "preference",
         }
     }
 }
@@ -74,6 +78,12 @@ pub struct IngestConfig {
     pub category: Option<String>,
     #[serde(default)]
     pub input: Option<String>,
+    /// The preferred answer's column (layout "preference"; default `chosen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<String>,
+    /// The dispreferred answer's column (layout "preference"; default `rejected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
     /// `{column}` placeholders; `{{`/`}}` are literal braces.
     #[serde(default)]
     pub prompt_template: Option<String>,
@@ -144,6 +154,7 @@ pub(super) fn validate_config(cfg: &IngestConfig) -> Result<(), ConfigIssue> {
             ));
         }
     }
+    validate_preference_keys(cfg)?;
     if let Some(template) = &cfg.prompt_template {
         let pieces =
             parse_template(template).map_err(|m| ConfigIssue::new("prompt_template", m))?;
@@ -161,6 +172,30 @@ pub(super) fn validate_config(cfg: &IngestConfig) -> Result<(), ConfigIssue> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// `chosen`/`rejected` name the answers of a preference layout, which has no `response`.
+fn validate_preference_keys(cfg: &IngestConfig) -> Result<(), ConfigIssue> {
+    let preference = matches!(cfg.layout, Layout::Preference | Layout::Auto);
+    for (key, value) in [("chosen", &cfg.chosen), ("rejected", &cfg.rejected)] {
+        if value.is_some() && !preference {
+            return Err(ConfigIssue::new(
+                key,
+                "applies to layout = \"preference\" only; remove it or set the layout",
+            ));
+        }
+        if value.as_ref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(ConfigIssue::new(key, "must name a column"));
+        }
+    }
+    let names_answers = cfg.chosen.is_some() || cfg.rejected.is_some();
+    if cfg.response.is_some() && (cfg.layout == Layout::Preference || names_answers) {
+        return Err(ConfigIssue::new(
+            "response",
+            "a preference layout has two answers: name them with `chosen` and `rejected`",
+        ));
     }
     Ok(())
 }

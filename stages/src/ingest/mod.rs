@@ -11,6 +11,7 @@ mod config;
 mod error;
 mod mapping;
 mod messages;
+mod preference;
 mod read;
 mod report;
 mod split;
@@ -159,7 +160,7 @@ fn run_ingest(cfg: &IngestConfig, cx: &mut StageContext) -> StageResult {
         ));
     }
 
-    let (kept, dropped) = clean(loaded.rows);
+    let (kept, dropped) = clean(loaded.rows, loaded.layout == config::Layout::Preference);
     cx.progress().info(&if dropped.total() == 0 {
         format!("ingest: dropped none of {rows_read} rows (no empty or duplicate rows)")
     } else {

@@ -12,11 +12,25 @@ pub struct Drops {
     pub empty_prompt: usize,
     pub empty_response: usize,
     pub duplicate: usize,
+    /// Preference rows without a rejected answer (absent from other layouts' stats).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub empty_rejected: usize,
+    /// Preference rows whose two answers are the same text.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub same_answers: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Drops {
     pub fn total(&self) -> usize {
-        self.empty_prompt + self.empty_response + self.duplicate
+        self.empty_prompt
+            + self.empty_response
+            + self.duplicate
+            + self.empty_rejected
+            + self.same_answers
     }
 
     /// `2 with an empty prompt, 1 duplicate`, or `none`.
@@ -25,6 +39,11 @@ impl Drops {
             (self.empty_prompt, "with an empty prompt"),
             (self.empty_response, "with an empty response"),
             (self.duplicate, "duplicate"),
+            (self.empty_rejected, "without a rejected answer"),
+            (
+                self.same_answers,
+                "whose chosen and rejected answers are the same",
+            ),
         ]
         .iter()
         .filter(|(n, _)| *n > 0)

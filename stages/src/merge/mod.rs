@@ -122,7 +122,7 @@ impl Stage for Merge {
     const NAME: &'static str = "merge";
     const VERSION: u32 = 3;
     const ABOUT: &'static str =
-        "folds the sft and orpo (or dpo) adapters into the base: HF directory, PEFT adapters, optional GGUF";
+        "folds the adapter stack of the model it names into the base: HF directory, PEFT adapters, optional GGUF";
     const STARTER: &'static str = r#"[merge]
 # dtype = "bf16"           # model/model.safetensors in "f32", "bf16" or "f16"
 # gguf = "none"            # also write model.gguf for llama.cpp: "none", "f16" or "q8_0"

@@ -59,7 +59,7 @@ impl Stage for Orpo {
     const NAME: &'static str = "orpo";
     const VERSION: u32 = 1;
     const ABOUT: &'static str =
-        "ORPO preference training on score's pairs, on top of base + sft, resumable";
+        "ORPO preference training on pairs (score's, or a preference ingest's) on its input model, resumable";
     const STARTER: &'static str = r#"[orpo]
 # init = "new"             # "new": a new LoRA on base + sft (merged); "continue_sft": train
 #                          # the sft adapter further (the orpo adapter then replaces it)

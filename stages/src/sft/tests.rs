@@ -27,6 +27,7 @@ fn row(i: usize, prompt: &str, response: &str) -> Row {
         system: None,
         category: None,
         source_row: i as u64 + 1,
+        rejected: None,
     }
 }
 

@@ -397,11 +397,16 @@ pub fn inputs(
     ]
 }
 
-/// The pairs file of the instance the input `pairs` names: a score instance's `pairs.jsonl`.
-fn pairs_file(cx: &StageContext) -> crate::contract::StageResult<std::path::PathBuf> {
+/// The pairs of the instance the input `pairs` names: a score instance's `pairs.jsonl`, or
+/// the splits of an ingest instance with layout "preference".
+fn pairs_file(cx: &StageContext) -> crate::contract::StageResult<super::pairs::PairsSource> {
+    use super::pairs::PairsSource;
     let link = cx.top("pairs")?;
     match link.kind.as_str() {
-        "score" => Ok(link.dir.join(crate::score::artifact::PAIRS_FILE)),
+        "score" => Ok(PairsSource::Score(
+            link.dir.join(crate::score::artifact::PAIRS_FILE),
+        )),
+        "ingest" => Ok(PairsSource::Ingest(link.dir.clone())),
         other => Err(format!(
             "`pairs` reads `{}`, an instance of kind {other}, whose rows are not preference pairs",
             link.instance
