@@ -93,6 +93,20 @@ pub struct IngestConfig {
     pub max_rows: Option<usize>,
     #[serde(default = "default_stratify")]
     pub stratify: bool,
+    /// Keep only rows of these categories (needs `category`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub categories: Option<Vec<String>>,
+    /// Keep only rows whose `column` holds one of `values`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<RowFilter>,
+}
+
+/// `filter = { column = "difficulty", values = ["easy"] }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowFilter {
+    pub column: String,
+    pub values: Vec<String>,
 }
 
 fn default_val_fraction() -> f64 {
@@ -155,6 +169,7 @@ pub(super) fn validate_config(cfg: &IngestConfig) -> Result<(), ConfigIssue> {
         }
     }
     validate_preference_keys(cfg)?;
+    validate_filters(cfg)?;
     if let Some(template) = &cfg.prompt_template {
         let pieces =
             parse_template(template).map_err(|m| ConfigIssue::new("prompt_template", m))?;
@@ -171,6 +186,42 @@ pub(super) fn validate_config(cfg: &IngestConfig) -> Result<(), ConfigIssue> {
                     ),
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// `categories` needs a category column; a filter names a column and at least one value.
+fn validate_filters(cfg: &IngestConfig) -> Result<(), ConfigIssue> {
+    if let Some(categories) = &cfg.categories {
+        if cfg.category.is_none() {
+            return Err(ConfigIssue::new(
+                "categories",
+                "needs `category`, the column holding each row's category",
+            ));
+        }
+        if categories.is_empty() {
+            return Err(ConfigIssue::new(
+                "categories",
+                "lists no category: every row would be dropped; remove the key to keep all",
+            ));
+        }
+    }
+    if let Some(filter) = &cfg.filter {
+        if filter.column.trim().is_empty() {
+            return Err(ConfigIssue::new("filter.column", "must name a column"));
+        }
+        if filter.values.is_empty() {
+            return Err(ConfigIssue::new(
+                "filter.values",
+                "lists no value: every row would be dropped",
+            ));
+        }
+        if cfg.layout == Layout::Messages {
+            return Err(ConfigIssue::new(
+                "filter",
+                "does not apply to layout \"messages\" (a chat's fields are its turns)",
+            ));
         }
     }
     Ok(())

@@ -33,6 +33,8 @@ pub(super) struct Mapping {
     pub(super) input: Option<usize>,
     /// The rejected answer (layout "preference"; `response` is then the chosen one).
     pub(super) rejected: Option<usize>,
+    /// The column `filter` tests.
+    pub(super) filter: Option<usize>,
     pub(super) template: Option<Vec<TemplatePiece>>,
     pub(super) template_text: Option<String>,
 }
@@ -99,6 +101,12 @@ impl Mapping {
             )
         });
 
+        let filter = cfg.filter.as_ref().map(|f| {
+            push_need(
+                &mut needs,
+                role_need("filter", Some(&f.column), "", layout, true),
+            )
+        });
         let pieces = match (&cfg.prompt_template, input) {
             (Some(template), _) => Some(parse_template(template)?),
             (None, Some(input)) => Some(vec![
@@ -134,6 +142,7 @@ impl Mapping {
             category,
             input,
             rejected,
+            filter,
             template,
             template_text,
         })
@@ -196,6 +205,7 @@ impl Mapping {
             category: self.category.map(get).transpose()?.unwrap_or_default(),
             truncated: false,
             rejected: self.rejected.map(get).transpose()?.unwrap_or_default(),
+            filter: self.filter.map(get).transpose()?.unwrap_or_default(),
         })
     }
 }

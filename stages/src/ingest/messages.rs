@@ -130,6 +130,7 @@ pub(super) fn chat_exchange(record: &JsonRecord, file: &str) -> Result<Candidate
         category: String::new(),
         truncated: turns.len() > used,
         rejected: String::new(),
+        filter: String::new(),
     })
 }
 

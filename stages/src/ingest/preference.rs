@@ -118,5 +118,15 @@ fn conversational_row(
         category,
         truncated: false,
         rejected: answer(&rejected, rejected_key)?,
+        filter: match &cfg.filter {
+            Some(f) => record
+                .fields
+                .get(&f.column)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+            None => String::new(),
+        },
     })
 }

@@ -24,6 +24,8 @@ pub(super) struct Candidate {
     /// The dispreferred answer of a preference row (`response` is the chosen one); empty
     /// in other layouts.
     pub(super) rejected: String,
+    /// The value of the `filter` column (empty without a filter).
+    pub(super) filter: String,
 }
 
 /// Everything read from the file, before cleaning.

@@ -57,6 +57,17 @@ impl Drops {
     }
 }
 
+/// Rows `categories` and `filter` left out, before cleaning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filtered {
+    /// Rows whose category is not one of `categories`.
+    pub by_category: usize,
+    /// Rows whose `filter.column` holds none of `filter.values`.
+    pub by_filter: usize,
+    /// Rows kept.
+    pub kept: usize,
+}
+
 /// Row counts of one category (or of everything).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitCounts {
@@ -96,6 +107,9 @@ pub struct IngestStats {
     pub dropped: Drops,
     /// Clean rows left out by `max_rows`.
     pub sampled_out: usize,
+    /// Rows read but left out by `categories` or `filter` (absent without either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filtered: Option<Filtered>,
     /// Chats with turns beyond the first user/assistant exchange (only that exchange is kept).
     pub truncated_conversations: usize,
     pub seed: u64,

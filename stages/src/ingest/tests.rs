@@ -992,3 +992,55 @@ fn preference_keys_are_checked() {
     let i = issue("[ingest]\npath = \"a.csv\"\nlayout = \"preference\"\nresponse = \"r\"\n");
     assert_eq!(i.key, "response");
 }
+
+#[test]
+fn categories_and_filter_keep_rows_and_count_the_rest() {
+    let csv = "q,a,cat,level\n\
+               a?,1,net,easy\n\
+               b?,2,net,hard\n\
+               c?,3,files,easy\n\
+               d?,4,files,easy\n\
+               e?,5,users,easy\n\
+               f?,6,net,easy\n";
+    let toml = "[ingest]\npath = \"c.csv\"\nprompt = \"q\"\nresponse = \"a\"\ncategory = \"cat\"\n\
+                categories = [\"net\", \"files\"]\nfilter = { column = \"level\", values = [\"easy\"] }\n\
+                val_fraction = 0.34\n";
+    let out = run_with(toml, &[("c.csv", csv.as_bytes())], 1).unwrap();
+    let prompts: Vec<String> = out.all().into_iter().map(|e| e.prompt).collect();
+    assert_eq!(prompts, ["a?", "c?", "d?", "f?"]);
+    let filtered = out.stats.filtered.unwrap();
+    assert_eq!(
+        (filtered.by_category, filtered.by_filter, filtered.kept),
+        (1, 1, 4)
+    );
+    let stats = std::fs::read_to_string(out.out.path().join(STATS_FILE)).unwrap();
+    assert!(stats.contains("\"by_category\": 1"), "{stats}");
+    assert!(
+        out.lines.iter().any(|l| l.contains("kept 4 of 6 rows")),
+        "{:?}",
+        out.lines
+    );
+
+    // Without either key, stats.json has no `filtered` entry (the file is as before).
+    let plain = run_with(
+        "[ingest]\npath = \"c.csv\"\nprompt = \"q\"\nresponse = \"a\"\n",
+        &[("c.csv", csv.as_bytes())],
+        1,
+    )
+    .unwrap();
+    assert!(plain.stats.filtered.is_none());
+
+    let err = run_err(
+        "[ingest]\npath = \"c.csv\"\nprompt = \"q\"\nresponse = \"a\"\nfilter = { column = \"levle\", values = [\"easy\"] }\n",
+        &[("c.csv", csv.as_bytes())],
+    );
+    assert!(err.contains("levle") && err.contains("level"), "{err}");
+    assert_eq!(
+        issue("[ingest]\npath = \"c.csv\"\ncategories = [\"net\"]\n").key,
+        "categories"
+    );
+    assert_eq!(
+        issue("[ingest]\npath = \"c.csv\"\ncategory = \"cat\"\nfilter = { column = \"level\", values = [] }\n").key,
+        "filter.values"
+    );
+}
