@@ -25,7 +25,6 @@ impl Stage for Copy {
     const NAME: &'static str = "copy";
     const VERSION: u32 = 1;
     const ABOUT: &'static str = "copies a big file";
-    const DEPS: &'static [&'static str] = &[];
     const STARTER: &'static str = "[copy]\n";
     type Config = CopyConfig;
 

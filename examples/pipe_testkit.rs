@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use pipe_stages::{erase, ConfigIssue, Stage, StageContext, StageResult};
+use pipe_stages::{erase, ConfigIssue, Input, Pipeline, Stage, StageContext, StageResult};
 use serde::{Deserialize, Serialize};
 
 fn main() -> std::process::ExitCode {
@@ -42,7 +42,6 @@ impl Stage for Source {
     const NAME: &'static str = "source";
     const VERSION: u32 = 1;
     const ABOUT: &'static str = "copies an external file";
-    const DEPS: &'static [&'static str] = &[];
     const STARTER: &'static str = "[source]\npath = \"input.txt\"\n";
     type Config = SourceConfig;
 
@@ -65,7 +64,7 @@ impl Stage for Source {
     }
 }
 
-/// Upper-cases its input and appends a suffix.
+/// Upper-cases its input (a source, or another upper) and appends a suffix.
 struct Upper;
 
 #[derive(Serialize, Deserialize, Default)]
@@ -73,15 +72,26 @@ struct Upper;
 struct UpperConfig {
     #[serde(default)]
     suffix: String,
+    /// The instance it reads (default `source`).
+    #[serde(default)]
+    source: Option<String>,
 }
 
 impl Stage for Upper {
     const NAME: &'static str = "upper";
     const VERSION: u32 = 1;
     const ABOUT: &'static str = "upper-cases source";
-    const DEPS: &'static [&'static str] = &["source"];
     const STARTER: &'static str = "[upper]\n";
     type Config = UpperConfig;
+
+    fn inputs(cfg: &UpperConfig, _p: &Pipeline) -> Result<Vec<Input>, ConfigIssue> {
+        Ok(vec![Input::one(
+            "source",
+            cfg.source.as_deref(),
+            "source",
+            &["source", "upper"],
+        )])
+    }
 
     fn run(cfg: &UpperConfig, cx: &mut StageContext) -> StageResult {
         let text = read(&cx.input("source")?.join("data.txt"))?;
@@ -96,15 +106,31 @@ struct Count;
 #[serde(deny_unknown_fields)]
 struct Empty {}
 
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CountConfig {
+    /// The upper instance it counts (default `upper`).
+    #[serde(default)]
+    upper: Option<String>,
+}
+
 impl Stage for Count {
     const NAME: &'static str = "count";
     const VERSION: u32 = 1;
     const ABOUT: &'static str = "counts upper's characters";
-    const DEPS: &'static [&'static str] = &["upper"];
     const STARTER: &'static str = "[count]\n";
-    type Config = Empty;
+    type Config = CountConfig;
 
-    fn run(_cfg: &Empty, cx: &mut StageContext) -> StageResult {
+    fn inputs(cfg: &CountConfig, _p: &Pipeline) -> Result<Vec<Input>, ConfigIssue> {
+        Ok(vec![Input::one(
+            "upper",
+            cfg.upper.as_deref(),
+            "upper",
+            &["upper"],
+        )])
+    }
+
+    fn run(_cfg: &CountConfig, cx: &mut StageContext) -> StageResult {
         let text = read(&cx.input("upper")?.join("data.txt"))?;
         write(
             cx,
@@ -121,9 +147,12 @@ impl Stage for Side {
     const NAME: &'static str = "side";
     const VERSION: u32 = 1;
     const ABOUT: &'static str = "reverses source";
-    const DEPS: &'static [&'static str] = &["source"];
     const STARTER: &'static str = "[side]\n";
     type Config = Empty;
+
+    fn inputs(_cfg: &Empty, _p: &Pipeline) -> Result<Vec<Input>, ConfigIssue> {
+        Ok(vec![Input::one("source", None, "source", &["source"])])
+    }
 
     fn run(_cfg: &Empty, cx: &mut StageContext) -> StageResult {
         let text = read(&cx.input("source")?.join("data.txt"))?;
@@ -151,7 +180,6 @@ impl Stage for Sleep {
     const NAME: &'static str = "sleep";
     const VERSION: u32 = 1;
     const ABOUT: &'static str = "sleeps";
-    const DEPS: &'static [&'static str] = &[];
     const STARTER: &'static str = "[sleep]\nseconds = 1.0\n";
     type Config = SleepConfig;
 

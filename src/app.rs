@@ -265,7 +265,14 @@ fn dag(ws: &Workspace, args: &DagArgs) -> Result<()> {
             } else {
                 format!(" <- {}", deps.join(", "))
             };
-            println!("{name:<10} {about}{arrow}");
+            // An instance not named after its kind says which kind it is.
+            let kind = ws.kind(name);
+            let label = if kind == name {
+                name.to_string()
+            } else {
+                format!("{name} ({kind})")
+            };
+            println!("{label:<10} {about}{arrow}");
         }
     }
     Ok(())

@@ -10,10 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{PipeError, Result};
 use crate::executor::config::{ExecutorConfig, Resources, StageEngineKeys};
+use crate::instances;
 use crate::remote::config::CacheConfig;
+use crate::wiring::{Member, Wiring, WiringIssue};
 
 /// The engine's top-level tables besides `[project]`: where stages run, the shared cache.
-const ENGINE_TABLES: &[&str] = &["executor", "cache"];
+pub(crate) const ENGINE_TABLES: &[&str] = &["executor", "cache"];
 
 /// The engine's own table, `[project]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,7 +90,8 @@ fn parse_value(text: &str) -> toml::Value {
     }
 }
 
-/// The whole validated pipeline: project settings and the config of every stage it contains.
+/// The whole validated pipeline: project settings, the config of every stage instance it
+/// contains, their kinds and which reads which.
 #[derive(Debug)]
 pub struct PipelineConfig {
     /// The file it was read from.
@@ -96,8 +99,12 @@ pub struct PipelineConfig {
     /// The workspace root: the directory holding the file; config paths are relative to it.
     pub root: PathBuf,
     pub project: ProjectConfig,
-    /// The stages whose table is present, by name.
+    /// The instances (one per table), by name.
     pub stages: BTreeMap<&'static str, LoadedConfig>,
+    /// Instance name -> its kind (a registered stage's name).
+    pub kinds: BTreeMap<&'static str, &'static str>,
+    /// Every instance's resolved inputs.
+    pub wiring: Wiring,
     /// `[executor]`.
     pub executor: ExecutorConfig,
     /// `[cache]`.
@@ -142,6 +149,8 @@ impl PipelineConfig {
             root,
             project: loaded.project,
             stages: loaded.stages,
+            kinds: loaded.kinds,
+            wiring: loaded.wiring,
             executor: loaded.executor,
             cache: loaded.cache,
             resources: loaded.resources,
@@ -205,11 +214,13 @@ enum Origin {
     Override(String),
 }
 
-/// A validated document.
+/// A document read and checked: what [`PipelineConfig`] holds besides its paths.
 #[derive(Debug)]
 struct Parsed {
     project: ProjectConfig,
     stages: BTreeMap<&'static str, LoadedConfig>,
+    kinds: BTreeMap<&'static str, &'static str>,
+    wiring: Wiring,
     executor: ExecutorConfig,
     cache: CacheConfig,
     resources: BTreeMap<&'static str, Resources>,
@@ -218,25 +229,45 @@ struct Parsed {
 fn parse_document(text: &str, origin: &Origin, registry: &[Box<dyn DynStage>]) -> Result<Parsed> {
     let doc = toml::de::DeTable::parse(text)
         .map_err(|e| PipeError::Config(render_toml_error(text, origin, &e, None)))?;
-    let present = check_top_level(text, origin, doc.get_ref(), registry)?;
+    let tables = instances::find(text, doc.get_ref(), registry)
+        .map_err(|e| PipeError::Config(render_at(text, origin, e.span, &e.message, &e.hint)))?;
+    // The stages never see `kind = "…"`: it is blanked out, keeping every other span.
+    let stage_text = instances::blank_kind_keys(text, &tables);
     let project = pipe_stages::contract::pick_table::<ProjectConfig>(text, "project")
         .map_err(|e| PipeError::Config(render_toml_error(text, origin, &e, Some("project"))))?;
     let mut stages = BTreeMap::new();
+    let mut kinds = BTreeMap::new();
     let mut resources = BTreeMap::new();
-    for stage in registry.iter().filter(|s| present.contains(&s.name())) {
-        let cfg = stage
-            .load_config(text)
-            .map_err(|p| PipeError::Config(render_problem(text, origin, &doc, stage.name(), p)))?;
-        stages.insert(stage.name(), cfg);
-        if let Some(r) = stage_resources(text, origin, &doc, stage.name())? {
-            resources.insert(stage.name(), r);
+    for table in &tables {
+        let cfg = table
+            .stage
+            .load_config(&stage_text, table.name)
+            .map_err(|p| PipeError::Config(render_problem(text, origin, &doc, table.name, p)))?;
+        stages.insert(table.name, cfg);
+        kinds.insert(table.name, table.stage.name());
+        if let Some(r) = stage_resources(&stage_text, origin, &doc, table.name)? {
+            resources.insert(table.name, r);
         }
     }
-    check_deps_present(&stages, registry, origin)?;
+    let members: Vec<Member> = tables
+        .iter()
+        .map(|t| Member {
+            name: t.name,
+            kind: t.stage.name(),
+            stage: t.stage,
+            config: &stages[t.name],
+        })
+        .collect();
+    let kind_order: Vec<&'static str> = registry.iter().map(|s| s.name()).collect();
+    let wiring = Wiring::resolve(&members, &kind_order)
+        .map_err(|issue| PipeError::Config(render_wiring(text, origin, &doc, &issue)))?;
+    strip_references(&mut stages, &wiring);
     let (executor, cache) = engine_tables(text, origin, &doc)?;
     Ok(Parsed {
         project,
         stages,
+        kinds,
+        wiring,
         executor,
         cache,
         resources,
@@ -299,71 +330,34 @@ fn stage_resources(
     Ok(Some(resources))
 }
 
-/// Every top-level key must be `project` or a registered stage, and a table.
-fn check_top_level(
-    text: &str,
-    origin: &Origin,
-    doc: &toml::de::DeTable<'_>,
-    registry: &[Box<dyn DynStage>],
-) -> Result<Vec<&'static str>> {
-    let mut valid: Vec<&str> = vec!["project"];
-    valid.extend(ENGINE_TABLES);
-    valid.extend(registry.iter().map(|s| s.name()));
-    let mut present = Vec::new();
-    for (key, value) in doc.iter() {
-        let name = key.get_ref().as_ref();
-        let Some(stage) = registry.iter().find(|s| s.name() == name) else {
-            if name == "project" || ENGINE_TABLES.contains(&name) {
-                continue;
+/// Input keys name instances: they are replaced in the key by the upstream keys they pick
+/// (labelled by kind), so renaming a table changes no key.
+fn strip_references(stages: &mut BTreeMap<&'static str, LoadedConfig>, wiring: &Wiring) {
+    for (name, wires) in &wiring.wires {
+        if let Some(serde_json::Value::Object(map)) = stages.get_mut(name).map(|c| &mut c.canonical)
+        {
+            for wire in wires {
+                map.remove(wire.key);
             }
-            let msg = format!("unknown table `[{name}]`");
-            let hint = hint_for(name, &valid, "tables");
-            return Err(PipeError::Config(render_at(
-                text,
-                origin,
-                key.span(),
-                &msg,
-                &hint,
-            )));
-        };
-        if !value.get_ref().is_table() {
-            let msg = format!("`{name}` must be a table: write `[{name}]` and its keys below it");
-            return Err(PipeError::Config(render_at(
-                text,
-                origin,
-                key.span(),
-                &msg,
-                "",
-            )));
         }
-        present.push(stage.name());
     }
-    Ok(present)
 }
 
-fn check_deps_present(
-    stages: &BTreeMap<&'static str, LoadedConfig>,
-    registry: &[Box<dyn DynStage>],
+/// A bad reference located: at its key when written, else at the instance's table header.
+fn render_wiring(
+    text: &str,
     origin: &Origin,
-) -> Result<()> {
-    for stage in registry.iter().filter(|s| stages.contains_key(s.name())) {
-        for dep in stage.deps() {
-            crate::dag::pick_alternative(stage.name(), dep, |d| stages.contains_key(d))
-                .map_err(|e| PipeError::Config(format!("{}: {e}", origin.describe())))?;
-        }
-        if let Some(dep) = stage
-            .deps()
-            .iter()
-            .find(|d| !d.contains('|') && !stages.contains_key(*d))
-        {
-            return Err(PipeError::Config(format!(
-                "{}: stage `{}` reads `{dep}`, but there is no `[{dep}]` table; add one (an empty `[{dep}]` takes every default)",
-                origin.describe(),
-                stage.name()
-            )));
-        }
-    }
-    Ok(())
+    doc: &toml::Spanned<toml::de::DeTable<'_>>,
+    issue: &WiringIssue,
+) -> String {
+    let written = (issue.written && !issue.key.is_empty())
+        .then(|| value_span(doc, &format!("{}.{}", issue.instance, issue.key)))
+        .flatten();
+    let span = written
+        .or_else(|| key_span(doc, issue.instance))
+        .unwrap_or(0..0);
+    let msg = format!("[{}] {}", issue.instance, issue.message);
+    render_at(text, origin, span, &msg, "")
 }
 
 impl Origin {
@@ -384,10 +378,17 @@ fn apply_override(
     if head != "project"
         && !ENGINE_TABLES.contains(&head)
         && !registry.iter().any(|s| s.name() == head)
+        && !table.contains_key(head)
     {
         let mut valid = vec!["project"];
         valid.extend(ENGINE_TABLES);
-        valid.extend(registry.iter().map(|s| s.name()));
+        valid.extend(table.keys().map(String::as_str).filter(|k| *k != "project"));
+        valid.extend(
+            registry
+                .iter()
+                .map(|s| s.name())
+                .filter(|k| !table.contains_key(*k)),
+        );
         return Err(PipeError::Config(format!(
             "-s {}: unknown table `{head}`; {}",
             ov.raw,
@@ -564,6 +565,20 @@ fn key_span(doc: &toml::Spanned<toml::de::DeTable<'_>>, dotted: &str) -> Option<
         }
     }
     span
+}
+
+/// The span of a dotted key's value (a reference points at the name it gives).
+fn value_span(doc: &toml::Spanned<toml::de::DeTable<'_>>, dotted: &str) -> Option<Range<usize>> {
+    let mut table = doc.get_ref();
+    let parts: Vec<&str> = dotted.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let (_, value) = table.iter().find(|(k, _)| k.get_ref().as_ref() == *part)?;
+        if i + 1 == parts.len() {
+            return Some(value.span());
+        }
+        table = value.get_ref().as_table()?;
+    }
+    None
 }
 
 /// `file:line:col: message`, the source line with a caret, and an optional hint.

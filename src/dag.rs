@@ -19,8 +19,9 @@ pub struct Dag {
 }
 
 impl Dag {
-    /// Builds the graph from (stage, deps) pairs; every dep must itself be a node.
-    pub fn new(stages: &[(&'static str, &'static [&'static str])]) -> Result<Self> {
+    /// Builds the graph from (instance, the instances it reads) pairs; every one read must
+    /// itself be a node.
+    pub fn new(stages: &[(&'static str, Vec<&'static str>)]) -> Result<Self> {
         let mut graph = DiGraph::new();
         let mut index = BTreeMap::new();
         for (name, _) in stages {
@@ -28,8 +29,7 @@ impl Dag {
         }
         for (name, deps) in stages {
             for dep in deps.iter() {
-                let dep = pick_alternative(name, dep, |d| index.contains_key(d))?;
-                let from = *index.get(dep).ok_or_else(|| {
+                let from = *index.get(*dep).ok_or_else(|| {
                     PipeError::Config(format!(
                         "stage `{name}` reads `{dep}`, which is not in the pipeline"
                     ))
@@ -139,47 +139,16 @@ impl Dag {
     }
 }
 
-/// The stage a dependency names. `a|b` (a stage that reads orpo's or dpo's adapter) names
-/// whichever of them the pipeline holds: exactly one must be present; a plain name is itself.
-pub fn pick_alternative(
-    stage: &str,
-    dep: &'static str,
-    present: impl Fn(&str) -> bool,
-) -> Result<&'static str> {
-    if !dep.contains('|') {
-        return Ok(dep);
-    }
-    let options: Vec<&'static str> = dep.split('|').collect();
-    let held: Vec<&'static str> = options.iter().copied().filter(|d| present(d)).collect();
-    let tables = options
-        .iter()
-        .map(|d| format!("`[{d}]`"))
-        .collect::<Vec<_>>()
-        .join(" or ");
-    match held.as_slice() {
-        [one] => Ok(one),
-        [] => Err(PipeError::Config(format!(
-            "stage `{stage}` reads one of {}, but the pipeline has none of them; add {tables} (an empty table takes every default)",
-            options.join(", ")
-        ))),
-        _ => Err(PipeError::Config(format!(
-            "stage `{stage}` reads one of {}, but the pipeline has {}; keep one of the tables {tables}",
-            options.join(", "),
-            held.join(" and ")
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn dag() -> Dag {
         Dag::new(&[
-            ("ingest", &[]),
-            ("sft", &["ingest"]),
-            ("generate", &["sft", "ingest"]),
-            ("eval", &["ingest", "generate"]),
+            ("ingest", vec![]),
+            ("sft", vec!["ingest"]),
+            ("generate", vec!["sft", "ingest"]),
+            ("eval", vec!["ingest", "generate"]),
         ])
         .unwrap()
     }
@@ -223,22 +192,7 @@ mod tests {
 
     #[test]
     fn cycles_are_refused() {
-        let err = Dag::new(&[("a", &["b"]), ("b", &["a"])]).unwrap_err();
+        let err = Dag::new(&[("a", vec!["b"]), ("b", vec!["a"])]).unwrap_err();
         assert!(err.to_string().contains("cycle"));
-    }
-
-    #[test]
-    fn a_dependency_on_alternatives_takes_the_one_present() {
-        let d = Dag::new(&[
-            ("sft", &[]),
-            ("dpo", &["sft"]),
-            ("merge", &["sft", "orpo|dpo"]),
-        ])
-        .unwrap();
-        assert_eq!(d.deps("merge"), vec!["dpo", "sft"]);
-        let none = Dag::new(&[("sft", &[]), ("merge", &["sft", "orpo|dpo"])]).unwrap_err();
-        assert!(none.to_string().contains("has none of them"), "{none}");
-        let both = Dag::new(&[("orpo", &[]), ("dpo", &[]), ("merge", &["orpo|dpo"])]).unwrap_err();
-        assert!(both.to_string().contains("has orpo and dpo"), "{both}");
     }
 }

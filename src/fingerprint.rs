@@ -26,6 +26,10 @@ pub struct KeyInputs {
     /// of stages that declare none are those of earlier versions.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub environment: BTreeMap<String, String>,
+    /// Input keys that name other instances than their defaults -> the upstream labels they
+    /// read (`models -> [model, merge]`); absent when every input takes its default.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reads: BTreeMap<String, Vec<String>>,
 }
 
 impl KeyInputs {
@@ -89,6 +93,9 @@ pub enum Reason {
     Upstream {
         stage: String,
     },
+    Reads {
+        key: String,
+    },
     InputChanged {
         path: String,
     },
@@ -113,6 +120,7 @@ impl fmt::Display for Reason {
             Reason::Seed { old, new } => write!(f, "project.seed {old} -> {new}"),
             Reason::Config { key, old, new } => write!(f, "config {key}: {old} -> {new}"),
             Reason::Upstream { stage } => write!(f, "upstream `{stage}` changed"),
+            Reason::Reads { key } => write!(f, "input `{key}` names other instances"),
             Reason::InputChanged { path } => write!(f, "input file {path} changed"),
             Reason::InputAdded { path } => write!(f, "new input file {path}"),
             Reason::InputRemoved { path } => write!(f, "input file {path} no longer read"),
@@ -152,6 +160,13 @@ pub fn explain(current: &KeyInputs, previous: &KeyInputs) -> Vec<Reason> {
             reasons.push(Reason::Upstream {
                 stage: stage.clone(),
             });
+        }
+    }
+    let keys: std::collections::BTreeSet<&String> =
+        current.reads.keys().chain(previous.reads.keys()).collect();
+    for key in keys {
+        if current.reads.get(key) != previous.reads.get(key) {
+            reasons.push(Reason::Reads { key: key.clone() });
         }
     }
     diff_inputs(&previous.inputs, &current.inputs, &mut reasons);
@@ -247,6 +262,7 @@ mod tests {
             upstream: BTreeMap::new(),
             inputs: BTreeMap::from([("data/a.csv".into(), "abc".into())]),
             environment: BTreeMap::new(),
+            reads: BTreeMap::new(),
         }
     }
 
@@ -282,6 +298,9 @@ mod tests {
         changed.push(c);
         let mut c = base.clone();
         c.environment.insert("device".into(), "cuda:0".into());
+        changed.push(c);
+        let mut c = base.clone();
+        c.reads.insert("models".into(), vec!["model".into()]);
         changed.push(c);
         for c in changed {
             assert_ne!(c.key(), base.key());

@@ -11,6 +11,7 @@ pub mod error;
 pub mod executor;
 pub mod fingerprint;
 pub mod gc;
+pub mod instances;
 pub mod lock;
 pub mod remote;
 pub mod report;
@@ -22,6 +23,7 @@ pub mod sweep;
 pub mod tool_host;
 pub mod ui;
 pub mod verify;
+pub mod wiring;
 
 pub use app::main_with;
 pub use error::{PipeError, Result};

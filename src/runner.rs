@@ -6,7 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use pipe_stages::{DynStage, StageContext};
+use pipe_stages::{DynStage, InputDirs, Link, StageContext};
 
 use crate::config::PipelineConfig;
 use crate::dag::Dag;
@@ -29,10 +29,10 @@ pub struct Workspace<'r> {
 
 impl<'r> Workspace<'r> {
     pub fn new(config: PipelineConfig, registry: &'r [Box<dyn DynStage>]) -> Result<Self> {
-        let present: Vec<(&'static str, &'static [&'static str])> = registry
-            .iter()
-            .filter(|s| config.stages.contains_key(s.name()))
-            .map(|s| (s.name(), s.deps()))
+        let present: Vec<(&'static str, Vec<&'static str>)> = config
+            .kinds
+            .keys()
+            .map(|name| (*name, config.wiring.upstream(name)))
             .collect();
         let dag = Dag::new(&present)?;
         let store = Store::new(config.artifacts_dir());
@@ -58,12 +58,58 @@ impl<'r> Workspace<'r> {
         self.batch && resources.over(&self.config.executor.slurm).gpu_count() > 0
     }
 
+    /// The stage kind of the instance `name`.
     pub fn stage(&self, name: &str) -> &dyn DynStage {
+        let kind = self.kind(name);
         self.registry
             .iter()
-            .find(|s| s.name() == name)
+            .find(|s| s.name() == kind)
             .map(|b| b.as_ref())
-            .expect("dag nodes come from the registry")
+            .expect("instance kinds come from the registry")
+    }
+
+    /// The kind of the instance `name`.
+    pub fn kind(&self, name: &str) -> &'static str {
+        self.config
+            .kinds
+            .get(name)
+            .copied()
+            .expect("dag nodes are the config's instances")
+    }
+
+    /// The upstream keys of `stage` as its key records them: labelled by kind, so that a
+    /// key never depends on a table name (see [`crate::wiring::Wiring::labels`]).
+    fn upstream_keys(
+        &self,
+        stage: &str,
+        keys: &BTreeMap<&str, String>,
+    ) -> BTreeMap<String, String> {
+        self.config
+            .wiring
+            .labels(stage, |n| self.kind(n))
+            .into_iter()
+            .map(|(label, name)| (label, keys[name].clone()))
+            .collect()
+    }
+
+    /// What the running instance `stage` reads: each input key with its chains of artifacts.
+    fn input_dirs(&self, stage: &str, dirs: &BTreeMap<&str, PathBuf>) -> Vec<InputDirs> {
+        let wires = self.config.wiring.wires.get(stage).into_iter().flatten();
+        wires
+            .map(|wire| InputDirs {
+                key: wire.key.to_string(),
+                chains: wire
+                    .chains
+                    .iter()
+                    .map(|chain| {
+                        chain
+                            .iter()
+                            .map(|n| Link::new(n, self.kind(n), &dirs[n]))
+                            .collect()
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     fn input_digests(
@@ -105,7 +151,8 @@ impl<'r> Workspace<'r> {
         let s = self.stage(stage);
         Ok(KeyInputs {
             cache_format: CACHE_FORMAT,
-            stage: stage.to_string(),
+            // The kind, not the table name: renaming a table changes no key.
+            stage: s.name().to_string(),
             version: s.version(),
             seed: self.config.project.seed,
             config: self.config.stages[stage].canonical.clone(),
@@ -115,6 +162,8 @@ impl<'r> Workspace<'r> {
                 true => self.config.stages[stage].environment_on_gpus.clone(),
                 false => self.config.stages[stage].environment.clone(),
             },
+            environment: self.config.stages[stage].environment.clone(),
+            reads: self.config.wiring.reads(stage, |n| self.kind(n)),
         })
     }
 }
@@ -223,12 +272,7 @@ pub fn plan(ws: &Workspace, opts: &RunOptions, digests: &mut DigestCache) -> Res
         if !sel.run.contains(stage) && !sel.read_only.contains(stage) {
             continue;
         }
-        let upstream = ws
-            .dag
-            .deps(stage)
-            .into_iter()
-            .map(|d| (d.to_string(), keys[d].clone()))
-            .collect();
+        let upstream = ws.upstream_keys(stage, &keys);
         let inputs = ws.key_inputs(stage, upstream, digests)?;
         let key = inputs.key();
         let action = if sel.read_only.contains(stage) {
@@ -388,12 +432,7 @@ fn run_step(
     reporter: &dyn Reporter,
 ) -> Result<(Entry, f64)> {
     let stage = ws.stage(step.stage);
-    let inputs: BTreeMap<String, PathBuf> = ws
-        .dag
-        .deps(step.stage)
-        .into_iter()
-        .map(|d| (d.to_string(), dirs[d].clone()))
-        .collect();
+    let inputs = ws.input_dirs(step.stage, dirs);
     let scratch = ws.store.scratch()?;
     let partial = ws.store.partial_dir(step.stage, &step.key);
     let started_at_ms = now_ms();

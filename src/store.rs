@@ -67,6 +67,7 @@ pub enum Inspection {
 /// One directory under an instance's directory: an entry, or why it is not one.
 #[derive(Debug, Clone)]
 pub enum Found {
+    /// Boxed: an entry (its manifest) is several times the size of the other variant.
     Entry(Box<Entry>),
     Corrupt {
         dir: PathBuf,
@@ -560,6 +561,7 @@ mod tests {
                 upstream: BTreeMap::new(),
                 inputs: BTreeMap::new(),
                 environment: BTreeMap::new(),
+                reads: BTreeMap::new(),
             },
             metrics: Default::default(),
             outputs: vec![],

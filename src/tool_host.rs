@@ -6,7 +6,7 @@ use std::cell::OnceCell;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use pipe_stages::{DynStage, HostError, ToolError, ToolHost};
+use pipe_stages::{DynStage, HostError, Link, ToolError, ToolHost};
 
 use crate::cli::Globals;
 use crate::config::{Override, PipelineConfig};
@@ -68,6 +68,32 @@ impl ToolHost for Host<'_> {
 
     fn artifact_dir(&self, stage: &str, flag: &str) -> std::result::Result<PathBuf, HostError> {
         Ok(current_entry(self.workspace()?, stage, flag)?.dir)
+    }
+
+    fn artifact_chain(
+        &self,
+        stage: &str,
+        follow: &str,
+        flag: &str,
+    ) -> std::result::Result<Vec<Link>, HostError> {
+        let ws = self.workspace()?;
+        let top = ws.dag.resolve(stage, flag)?;
+        let below = ws
+            .config
+            .wiring
+            .wires
+            .get(top)
+            .into_iter()
+            .flatten()
+            .find(|w| w.key == follow)
+            .and_then(|w| w.chains.first().cloned())
+            .unwrap_or_default();
+        let mut chain = Vec::new();
+        for name in std::iter::once(top).chain(below) {
+            let dir = current_entry(ws, name, flag)?.dir;
+            chain.push(Link::new(name, ws.kind(name), &dir));
+        }
+        Ok(chain)
     }
 
     fn own_command(&self) -> Option<Vec<OsString>> {

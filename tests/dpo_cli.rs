@@ -128,7 +128,7 @@ fn a_pipeline_holds_orpo_or_dpo_and_dpo_keys_are_strict() {
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(
         r.stderr
-            .contains("reads one of orpo, dpo, but the pipeline has orpo and dpo"),
+            .contains("[merge] several adapter stages could be the final model (dpo, orpo); say which one merge folds"),
         "{}",
         r.stderr
     );

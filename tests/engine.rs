@@ -505,7 +505,7 @@ fn config_errors_are_located() {
     assert_eq!(r.code, 2);
     assert!(
         r.stderr
-            .contains("stage `upper` reads `source`, but there is no `[source]` table"),
+            .contains("pipeline.toml:1:2: [upper] `source` reads `source` (by default), but the pipeline has no instance `source`"),
         "{}",
         r.stderr
     );

@@ -118,3 +118,163 @@ pub fn chat_messages(
         .or(default_system);
     ChatMessage::prompt(system, prompt)
 }
+
+/// The kinds whose instances yield a model a stage can start from or answer with: the base
+/// (`model`) and the adapter stages (its input model + its adapter).
+pub const MODEL_KINDS: &[&str] = &["model", "sft", "orpo", "dpo"];
+/// The kinds that train an adapter on top of their input model.
+pub const ADAPTER_KINDS: &[&str] = &["sft", "orpo", "dpo"];
+
+/// One adapter of a [`ModelStack`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackAdapter {
+    /// The instance that trained it.
+    pub instance: String,
+    pub kind: String,
+    /// Its PEFT directory.
+    pub dir: std::path::PathBuf,
+}
+
+/// A model as a chain of instances yields it: the `model` artifact and the adapters on top of
+/// it, bottom first. An adapter stage that continued its input model's top adapter (orpo or
+/// dpo with `init = "continue_sft"`) replaces that adapter instead of adding one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelStack {
+    /// The `model` artifact at the bottom.
+    pub base: std::path::PathBuf,
+    pub adapters: Vec<StackAdapter>,
+    /// Adapters replaced by one that continued training them (kept for reference).
+    pub replaced: Vec<StackAdapter>,
+}
+
+/// Why a chain of instances is no model.
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error("`{instance}` (kind {kind}) yields no model: a model is a `model` instance or an adapter stage (sft, orpo, dpo) on one")]
+    NotAModel { instance: String, kind: String },
+    #[error("the model chain {0} does not end in a `model` instance")]
+    NoBase(String),
+    #[error("{}: {message}", path.display())]
+    Summary {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+impl ModelStack {
+    /// The stack `chain` (an instance, then what it reads as `model`, down to the base) yields.
+    pub fn from_chain(chain: &[crate::inputs::Link]) -> Result<Self, StackError> {
+        let names = || {
+            chain
+                .iter()
+                .map(|l| l.instance.as_str())
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        };
+        let (bottom, above) = chain
+            .split_last()
+            .ok_or_else(|| StackError::NoBase(names()))?;
+        if bottom.kind != "model" {
+            return Err(StackError::NoBase(names()));
+        }
+        let mut stack = ModelStack {
+            base: bottom.dir.clone(),
+            adapters: Vec::new(),
+            replaced: Vec::new(),
+        };
+        for link in above.iter().rev() {
+            if !ADAPTER_KINDS.contains(&link.kind.as_str()) {
+                return Err(StackError::NotAModel {
+                    instance: link.instance.clone(),
+                    kind: link.kind.clone(),
+                });
+            }
+            if continued(link)? {
+                stack.replaced.extend(stack.adapters.pop());
+            }
+            stack.adapters.push(StackAdapter {
+                instance: link.instance.clone(),
+                kind: link.kind.clone(),
+                dir: link.dir.join(crate::sft::artifact::ADAPTER_DIR),
+            });
+        }
+        Ok(stack)
+    }
+
+    /// The instances of the stack, bottom first after the base (`model + sft + orpo`).
+    pub fn describe(&self, base_name: &str) -> String {
+        let mut out = base_name.to_string();
+        for a in &self.adapters {
+            out.push_str(&format!(" + {} adapter", a.instance));
+        }
+        out
+    }
+}
+
+/// Whether the adapter stage of `link` continued its input model's adapter: its summary's
+/// `adapter_applies_to` says "base" (orpo and dpo record it; sft always adds an adapter).
+fn continued(link: &crate::inputs::Link) -> Result<bool, StackError> {
+    use crate::{dpo::artifact as dpo, orpo::artifact as orpo};
+    let (summary_file, key, base) = match link.kind.as_str() {
+        "orpo" => (
+            orpo::SUMMARY_FILE,
+            orpo::APPLIES_TO_KEY,
+            orpo::APPLIES_TO_BASE,
+        ),
+        "dpo" => (dpo::SUMMARY_FILE, dpo::APPLIES_TO_KEY, dpo::APPLIES_TO_BASE),
+        _ => return Ok(false),
+    };
+    let path = link.dir.join(summary_file);
+    let text = std::fs::read_to_string(&path).map_err(|e| StackError::Summary {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let summary: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| StackError::Summary {
+            path: path.clone(),
+            message: format!("not JSON: {e}"),
+        })?;
+    match summary[key].as_str() {
+        None => Ok(false),
+        Some(v) if v == base => Ok(true),
+        Some(v) if v.starts_with("base+") => Ok(false),
+        Some(other) => Err(StackError::Summary {
+            path,
+            message: format!(
+                "`{key}` = {other:?}: expected \"base\" or \"base+sft\"; re-run `pipe run --from {}`",
+                link.instance
+            ),
+        }),
+    }
+}
+
+/// Loads the adapters of `stack` onto `model`: all but the top merged into its weights, the
+/// top one attached unmerged (so 8-bit decode copies keep the weights below exact and the
+/// top adapter is added in f32, as with one adapter).
+pub fn apply_stack_for_decode(
+    model: &mut LlamaModel,
+    stack: &ModelStack,
+    device: &Device,
+) -> Result<(), LlmError> {
+    let mut adapters = load_adapters(stack, device)?;
+    let top = adapters.pop();
+    if !adapters.is_empty() {
+        crate::llm::merge_adapters_into_model(model, &adapters)?;
+    }
+    if let Some(top) = top {
+        top.attach_to(model)?;
+    }
+    Ok(())
+}
+
+/// Every adapter of `stack`, loaded, bottom first.
+pub fn load_adapters(
+    stack: &ModelStack,
+    device: &Device,
+) -> Result<Vec<crate::llm::PeftAdapter>, LlmError> {
+    stack
+        .adapters
+        .iter()
+        .map(|a| crate::llm::PeftAdapter::load(&a.dir, device))
+        .collect()
+}

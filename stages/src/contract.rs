@@ -1,6 +1,6 @@
-//! The contract between the engine and a stage: what a stage declares (name, version, deps,
-//! typed config, external inputs) and what it gets when it runs (a [`StageContext`]).
-//! The engine, not the stage, computes keys, writes manifests and commits.
+//! The contract between the engine and a stage: what a stage declares (kind, version, typed
+//! config, the instances it reads, external inputs) and what it gets when it runs (a
+//! [`StageContext`]). The engine, not the stage, computes keys, writes manifests and commits.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+pub use crate::inputs::{Input, InputDirs, Link, Pipeline};
 use crate::progress::Progress;
 
 /// Any error a stage reports; its `Display` must name the file, row, key or step at fault.
@@ -20,16 +21,12 @@ pub type StageResult<T = ()> = Result<T, StageError>;
 
 /// One stage of the pipeline. Implement it in one file and add one line to [`crate::registry`].
 pub trait Stage: Send + Sync + 'static {
-    /// The table name in pipeline.toml and the directory name under artifacts/.
+    /// The kind: the name of a table that is an instance of it without saying `kind = "…"`.
     const NAME: &'static str;
     /// Bump when the stage's output for the same inputs changes: it invalidates the cache.
     const VERSION: u32;
     /// One line for `pipe dag` and `pipe init`.
     const ABOUT: &'static str;
-    /// Upstream stage names whose committed artifacts this stage reads. `a|b` reads whichever
-    /// of `a` and `b` the pipeline holds (exactly one must be present; `cx.input` knows it by
-    /// its own name).
-    const DEPS: &'static [&'static str];
     /// Commented TOML for `pipe init`, starting with the `[NAME]` header.
     const STARTER: &'static str;
     /// The `[NAME]` table; use `#[serde(deny_unknown_fields)]` and defaults for optional keys.
@@ -53,6 +50,13 @@ pub trait Stage: Send + Sync + 'static {
     /// else as here.
     fn environment(_cfg: &Self::Config, _gpus: bool) -> BTreeMap<String, String> {
         BTreeMap::new()
+    }
+
+    /// The instances this one reads, each named by a key of its config (`data = "ingest"`) or
+    /// by a default that may depend on what else `pipeline` holds. The engine checks that each
+    /// exists and is of a kind that can serve, and makes the graph and the keys from them.
+    fn inputs(_cfg: &Self::Config, _pipeline: &Pipeline) -> Result<Vec<Input>, ConfigIssue> {
+        Ok(Vec::new())
     }
 
     /// Checks serde cannot express (a fraction in (0, 1), exclusive options); name the key.
@@ -125,10 +129,12 @@ pub trait DynStage: Send + Sync {
     fn name(&self) -> &'static str;
     fn version(&self) -> u32;
     fn about(&self) -> &'static str;
-    fn deps(&self) -> &'static [&'static str];
     fn starter(&self) -> &'static str;
-    /// Loads this stage's table from the whole pipeline.toml text (absent table = empty table).
-    fn load_config(&self, document: &str) -> Result<LoadedConfig, ConfigProblem>;
+    /// Loads the table `table` (an instance of this kind) from the whole pipeline.toml text
+    /// (absent table = empty table).
+    fn load_config(&self, document: &str, table: &str) -> Result<LoadedConfig, ConfigProblem>;
+    /// [`Stage::inputs`] of a config this stage loaded.
+    fn inputs(&self, cfg: &LoadedConfig, pipeline: &Pipeline) -> Result<Vec<Input>, ConfigIssue>;
     fn run(&self, cfg: &LoadedConfig, cx: &mut StageContext) -> StageResult;
     fn show(&self, dir: &Path, out: &mut dyn std::io::Write) -> std::io::Result<()>;
 }
@@ -150,15 +156,12 @@ impl<S: Stage> DynStage for Erased<S> {
     fn about(&self) -> &'static str {
         S::ABOUT
     }
-    fn deps(&self) -> &'static [&'static str] {
-        S::DEPS
-    }
     fn starter(&self) -> &'static str {
         S::STARTER
     }
 
-    fn load_config(&self, document: &str) -> Result<LoadedConfig, ConfigProblem> {
-        let cfg: S::Config = pick_stage_table(document, S::NAME).map_err(ConfigProblem::Toml)?;
+    fn load_config(&self, document: &str, table: &str) -> Result<LoadedConfig, ConfigProblem> {
+        let cfg: S::Config = pick_stage_table(document, table).map_err(ConfigProblem::Toml)?;
         S::validate(&cfg).map_err(ConfigProblem::Invalid)?;
         let canonical = serde_json::to_value(&cfg).map_err(|e| {
             ConfigProblem::Invalid(ConfigIssue::new(
@@ -174,6 +177,13 @@ impl<S: Stage> DynStage for Erased<S> {
             environment_on_gpus: S::environment(&cfg, true),
             typed: Box::new(cfg),
         })
+    }
+
+    fn inputs(&self, cfg: &LoadedConfig, pipeline: &Pipeline) -> Result<Vec<Input>, ConfigIssue> {
+        match cfg.typed.downcast_ref::<S::Config>() {
+            Some(typed) => S::inputs(typed, pipeline),
+            None => Err(ConfigIssue::new("", "config of another stage passed in")),
+        }
     }
 
     fn run(&self, cfg: &LoadedConfig, cx: &mut StageContext) -> StageResult {
@@ -406,19 +416,19 @@ pub struct StageContext<'a> {
     workspace: PathBuf,
     out_dir: PathBuf,
     partial_dir: PathBuf,
-    inputs: BTreeMap<String, PathBuf>,
+    inputs: Vec<InputDirs>,
     seed: u64,
     progress: &'a dyn Progress,
     metrics: serde_json::Map<String, serde_json::Value>,
 }
 
 impl<'a> StageContext<'a> {
-    /// `inputs` maps each dependency name to its committed artifact directory.
+    /// `inputs`: for each input key, the upstream instances it names with their artifacts.
     pub fn new(
         workspace: PathBuf,
         out_dir: PathBuf,
         partial_dir: PathBuf,
-        inputs: BTreeMap<String, PathBuf>,
+        inputs: Vec<InputDirs>,
         seed: u64,
         progress: &'a dyn Progress,
     ) -> Self {
@@ -433,11 +443,39 @@ impl<'a> StageContext<'a> {
         }
     }
 
-    /// The committed artifact directory of the upstream stage `dep`.
-    pub fn input(&self, dep: &str) -> StageResult<&Path> {
-        self.inputs.get(dep).map(PathBuf::as_path).ok_or_else(|| {
-            format!("stage reads `{dep}`, which is not among its declared deps").into()
-        })
+    /// The committed artifact directory of the one instance the input `key` names.
+    pub fn input(&self, key: &str) -> StageResult<&Path> {
+        Ok(&self.top(key)?.dir)
+    }
+
+    /// The one instance the input `key` names (its name, kind and artifact).
+    pub fn top(&self, key: &str) -> StageResult<&Link> {
+        self.chain(key)?
+            .first()
+            .ok_or_else(|| format!("input `{key}` names no instance").into())
+    }
+
+    /// The one instance the input `key` names, then what it reads through that key, and so on.
+    pub fn chain(&self, key: &str) -> StageResult<&[Link]> {
+        match self.chains(key) {
+            [one] => Ok(one),
+            [] => Err(format!("the stage reads no input `{key}`").into()),
+            _ => Err(format!("input `{key}` names several instances where one is read").into()),
+        }
+    }
+
+    /// Every instance the input `key` names, each with its chain (empty when none).
+    pub fn chains(&self, key: &str) -> &[Vec<Link>] {
+        self.inputs
+            .iter()
+            .find(|i| i.key == key)
+            .map(|i| i.chains.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Whether the input `key` names any instance.
+    pub fn has_input(&self, key: &str) -> bool {
+        !self.chains(key).is_empty()
     }
 
     /// The (empty, existing) directory that becomes the committed artifact on success.

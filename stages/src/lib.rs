@@ -13,6 +13,7 @@ mod dpo;
 mod eval;
 mod generate;
 mod ingest;
+pub mod inputs;
 pub mod jsonl;
 pub mod llm;
 mod merge;
@@ -31,8 +32,8 @@ pub mod tools;
 pub mod train;
 
 pub use contract::{
-    erase, ConfigIssue, ConfigProblem, DynStage, LoadedConfig, Stage, StageContext, StageError,
-    StageResult,
+    erase, ConfigIssue, ConfigProblem, DynStage, Input, InputDirs, Link, LoadedConfig, Pipeline,
+    Stage, StageContext, StageError, StageResult,
 };
 pub use progress::{Bar, NullProgress, Progress};
 pub use tool::{HostError, Tool, ToolError, ToolHost};

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use candle_core::DType;
 use serde_json::{json, Value};
 
-use crate::contract::{StageContext, StageResult};
+use crate::contract::{InputDirs, Link, StageContext, StageResult};
 use crate::llm::testing::micro::random_tensors;
 use crate::llm::{Architecture, LlmError, LlmResult, ModelConfig};
 use crate::progress::NullProgress;
@@ -149,6 +149,60 @@ pub struct StageRun<'a> {
     pub seed: u64,
 }
 
+/// The inputs the engine gives an instance of `kind` in the default chain (every table named
+/// after its kind), from the upstream artifacts by kind name (`"sft" -> its directory`);
+/// inputs whose instance is not in `dirs` are left out.
+pub fn default_inputs(kind: &str, dirs: &BTreeMap<String, PathBuf>) -> Vec<InputDirs> {
+    let has = |k: &str| dirs.contains_key(k);
+    let below = |k: &str| -> Option<&'static str> {
+        match k {
+            "sft" => Some("model"),
+            "orpo" | "dpo" if has("sft") => Some("sft"),
+            "orpo" | "dpo" => Some("model"),
+            "merge" => ["orpo", "dpo", "sft"].into_iter().find(|t| has(t)),
+            _ => None,
+        }
+    };
+    let chain = |top: &str| -> Vec<Link> {
+        let mut out = Vec::new();
+        let mut at = Some(top.to_string());
+        while let Some(name) = at.filter(|n| has(n)) {
+            out.push(Link::new(&name, &name, &dirs[&name]));
+            at = below(&name).map(String::from);
+        }
+        out
+    };
+    let one = |key: &str, top: &str| InputDirs {
+        key: key.into(),
+        chains: if has(top) { vec![chain(top)] } else { vec![] },
+    };
+    let preference_model = if has("sft") { "sft" } else { "model" };
+    let inputs = match kind {
+        "sft" => vec![one("data", "ingest"), one("model", "model")],
+        "generate" => vec![one("data", "ingest"), one("model", "sft")],
+        "score" => vec![one("candidates", "generate")],
+        "orpo" | "dpo" => vec![one("model", preference_model), one("pairs", "score")],
+        "merge" => vec![one("model", below("merge").unwrap_or("sft"))],
+        "eval" => vec![
+            one("data", "ingest"),
+            InputDirs {
+                key: "models".into(),
+                chains: ["model", "sft", "merge"]
+                    .into_iter()
+                    .filter(|m| has(m))
+                    .map(chain)
+                    .collect(),
+            },
+            one("scorers", "score"),
+        ],
+        _ => vec![],
+    };
+    inputs
+        .into_iter()
+        .filter(|i| !i.chains.is_empty())
+        .collect()
+}
+
 /// Runs the registered stage `name` as the engine does: its table loaded from `toml` (a
 /// pipeline.toml text; an absent table takes the defaults) and validated, then run.
 pub fn run_stage(name: &str, toml: &str, run: StageRun<'_>) -> StageResult {
@@ -157,14 +211,14 @@ pub fn run_stage(name: &str, toml: &str, run: StageRun<'_>) -> StageResult {
         .find(|s| s.name() == name)
         .ok_or_else(|| format!("no stage `{name}` in the registry"))?;
     let config = stage
-        .load_config(toml)
+        .load_config(toml, name)
         .map_err(|e| format!("[{name}]: {e:?}"))?;
     std::fs::create_dir_all(run.out).map_err(|e| format!("{}: {e}", run.out.display()))?;
     let mut cx = StageContext::new(
         run.workspace.to_path_buf(),
         run.out.to_path_buf(),
         run.partial.to_path_buf(),
-        run.inputs,
+        default_inputs(name, &run.inputs),
         run.seed,
         &NullProgress,
     );

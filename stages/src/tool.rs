@@ -25,6 +25,16 @@ pub trait ToolHost {
     /// name `flag`, the option that asked for it.
     fn artifact_dir(&self, stage: &str, flag: &str) -> Result<PathBuf, HostError>;
 
+    /// The committed artifact of the instance `stage`, then those of the instances it reads
+    /// through its input `follow`, theirs, and so on down (a model stack: `orpo`, `sft`,
+    /// `model`); each the current key's, else the latest. Errors name `flag`.
+    fn artifact_chain(
+        &self,
+        stage: &str,
+        follow: &str,
+        flag: &str,
+    ) -> Result<Vec<crate::inputs::Link>, HostError>;
+
     /// This process's command line when the tool runs from it (a tool may re-run it as a child
     /// process, as bench does for each phase); `None` when it runs in-process.
     fn own_command(&self) -> Option<Vec<OsString>>;

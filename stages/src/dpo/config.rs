@@ -20,6 +20,11 @@ trainer_table! {
     /// The `[dpo]` table as written (its own keys, then the shared training keys);
     /// [`DpoStageConfig::resolve`] gives the effective settings.
     pub struct DpoStageConfig {
+        /// The instance whose model it starts from (default `sft` when the pipeline has an
+        /// instance of that name, else `model`).
+        pub model: Option<String>,
+        /// The score instance (or preference ingest) whose pairs it trains on (default `score`).
+        pub pairs: Option<String>,
         pub init: Option<Init>,
         pub beta: Option<f64>,
         pub loss_type: Option<DpoLossType>,

@@ -27,7 +27,7 @@ use config::DpoSettings;
 use reference::{ReferenceError, ReferenceLogps};
 use report::{DpoSummary, ReferenceSummary};
 
-use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
+use crate::contract::{ConfigIssue, Input, Pipeline, Stage, StageContext, StageResult};
 use crate::llm::loss::DEFAULT_CHUNK;
 use crate::llm::{dpo_loss, DpoConfig, DpoOutput, LlamaModel, LlmError, Mode, PreferencePair};
 use crate::progress::Progress;
@@ -49,8 +49,7 @@ impl Stage for Dpo {
     const NAME: &'static str = "dpo";
     const VERSION: u32 = 1;
     const ABOUT: &'static str =
-        "DPO preference training (TRL's DPOTrainer) on score's pairs, on top of base + sft, resumable";
-    const DEPS: &'static [&'static str] = &["model", "sft", "score"];
+        "DPO preference training (TRL's DPOTrainer) on pairs (score's, or a preference ingest's) on its input model, resumable";
     // Commented out as a whole: a pipeline holds [orpo] or [dpo], and the starter has [orpo].
     const STARTER: &'static str = r#"# [dpo]                  # DPO in place of [orpo] (a pipeline holds one of the two; merge
 #                          # folds its adapter, eval reports the final model)
@@ -84,6 +83,14 @@ impl Stage for Dpo {
 # use_rslora = false
 "#;
     type Config = DpoStageConfig;
+
+    fn inputs(cfg: &DpoStageConfig, pipeline: &Pipeline) -> Result<Vec<Input>, ConfigIssue> {
+        Ok(crate::train::preference::inputs(
+            cfg.model.as_deref(),
+            cfg.pairs.as_deref(),
+            pipeline,
+        ))
+    }
 
     fn validate(cfg: &DpoStageConfig) -> Result<(), ConfigIssue> {
         config::validate(cfg)

@@ -45,7 +45,7 @@ fn run_in(fx: &Fixture, toml: &str, partial: &Path, hooks: Hooks) -> Result<Done
         fx.ws.path().to_path_buf(),
         out.path().to_path_buf(),
         partial.to_path_buf(),
-        inputs,
+        crate::testkit::default_inputs("dpo", &inputs),
         7,
         &NullProgress,
     );
@@ -552,7 +552,7 @@ fn show_prints_summary_and_curves() {
 #[test]
 fn the_stage_refuses_bad_keys_and_its_starter_is_a_commented_table() {
     let stage = crate::contract::erase::<Dpo>();
-    match stage.load_config("[dpo]\nbeta = -1.0\n") {
+    match stage.load_config("[dpo]\nbeta = -1.0\n", "dpo") {
         Err(crate::contract::ConfigProblem::Invalid(issue)) => assert_eq!(issue.key, "beta"),
         other => panic!("{other:?}"),
     }

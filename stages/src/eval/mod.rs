@@ -1,10 +1,12 @@
-//! The `eval` stage: the val split answered greedily, with the same settings, by the base
-//! model, base + sft and the final merged model; every answer scored against the reference
-//! with the score stage's own scorers; each model's NLL and perplexity on the reference
-//! answers; pairwise win rates. Writes `eval.json`, `answers.jsonl` and `report.html`.
+//! The `eval` stage: the val split answered greedily, with the same settings, by every model
+//! it compares (`models`: by default the base, the adapter stages on the path to merge, and
+//! the merged model); every answer scored against the reference with the score stage's own
+//! scorers (the reference scorer when the pipeline has no score stage); each model's NLL and
+//! perplexity on the reference answers; pairwise win rates. Writes `eval.json`,
+//! `answers.jsonl` and `report.html`.
 //!
-//! The final model is the merge stage's exported `model/` directory, loaded back as a user
-//! would load it, so the evaluation also covers the export.
+//! A merge instance is evaluated through its exported `model/` directory, loaded back as a
+//! user would load it, so the evaluation also covers the export.
 
 pub mod artifact;
 mod report;
@@ -22,26 +24,25 @@ use serde::{Deserialize, Serialize};
 
 use artifact::{ANSWERS_FILE, EVAL_FILE, REPORT_FILE};
 use report::{read_metrics, render, TrainingLogs};
-use results::{
-    mean_scores, win_rates, AnswerRecord, EvalResults, ModelAnswer, ModelResult, MODELS,
-};
+use results::{mean_scores, win_rates, AnswerRecord, EvalResults, ModelAnswer, ModelResult};
 
-use crate::base::{BaseModel, BaseModelError};
-use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
+use crate::base::{apply_stack_for_decode, BaseModel, BaseModelError, ModelStack};
+use crate::contract::{ConfigIssue, Input, Link, Pipeline, Stage, StageContext, StageResult};
 use crate::dpo::artifact::{REFERENCE_KEY, SUMMARY_FILE as DPO_SUMMARY_FILE};
 use crate::ingest::artifact::{self as ingest, ExamplesError, VAL_FILE};
 use crate::llm::{
-    load_model_path, Example, GenerationConfig, Generator, LlamaModel, LlmError, PeftAdapter,
-    SamplingParams, TokenBatch,
+    load_model_path, Example, GenerationConfig, Generator, LlamaModel, LlmError, SamplingParams,
+    TokenBatch,
 };
 use crate::merge::artifact::MODEL_DIR as MERGED_MODEL_DIR;
 use crate::orpo::artifact::METRICS_FILE as ORPO_METRICS_FILE;
 use crate::progress::Progress;
 use crate::score::artifact::SCORERS_FILE;
 use crate::scoring::{
-    load_scorers, score_answers, Answer, SavedScorersError, Scores, ScoringError,
+    load_scorers, score_answers, Answer, SavedScorersError, ScoreConfig, Scorers, Scores,
+    ScoringError,
 };
-use crate::sft::artifact::{ADAPTER_DIR as SFT_ADAPTER_DIR, METRICS_FILE as SFT_METRICS_FILE};
+use crate::sft::artifact::METRICS_FILE as SFT_METRICS_FILE;
 use crate::train::eval::completion_loss;
 
 /// The `eval` stage.
@@ -51,6 +52,16 @@ pub struct Eval;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalConfig {
+    /// The ingest instance whose val rows it answers (default `ingest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// The models compared, in report order (default: the base, every adapter stage on the
+    /// path to merge below its top, and the merge instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    /// The score instance whose scorers judge the answers (default `score` when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scorers: Option<String>,
     /// Evaluate the first N val rows (default: all).
     #[serde(default)]
     pub limit: Option<usize>,
@@ -86,6 +97,9 @@ fn default_samples() -> usize {
 impl Default for EvalConfig {
     fn default() -> Self {
         EvalConfig {
+            data: None,
+            models: None,
+            scorers: None,
             limit: None,
             max_new_tokens: default_max_new_tokens(),
             batch_size: default_batch_size(),
@@ -116,6 +130,8 @@ pub enum EvalError {
     },
     #[error("eval: {0} has no rows: nothing to evaluate")]
     Empty(String),
+    #[error("eval: {0}")]
+    Inputs(String),
     #[error("cannot write {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -146,11 +162,10 @@ fn llm(context: impl Into<String>) -> impl FnOnce(LlmError) -> EvalError {
 
 impl Stage for Eval {
     const NAME: &'static str = "eval";
-    const VERSION: u32 = 2;
+    /// 3: `limit` takes a seeded sample of the val rows (was: the first N); any set of models.
+    const VERSION: u32 = 3;
     const ABOUT: &'static str =
-        "base vs sft vs final on the val split: scores, NLL, win rates, report.html";
-    /// `orpo|dpo`: whichever preference stage the pipeline holds.
-    const DEPS: &'static [&'static str] = &["ingest", "model", "sft", "orpo|dpo", "merge", "score"];
+        "compares models (base vs sft vs final by default) on the val split: scores, NLL, win rates, report.html";
     const STARTER: &'static str = r#"[eval]
 # limit = 32               # evaluate the first N val rows (default: all)
 # max_new_tokens = 128     # greedy answers of every model, same settings
@@ -161,7 +176,53 @@ impl Stage for Eval {
 "#;
     type Config = EvalConfig;
 
+    fn inputs(cfg: &EvalConfig, pipeline: &Pipeline) -> Result<Vec<Input>, ConfigIssue> {
+        let mut inputs = vec![
+            Input::one("data", cfg.data.as_deref(), "ingest", &["ingest"]),
+            Input::many(
+                "models",
+                cfg.models.as_deref(),
+                // A written list needs no default (which may be ambiguous: two variants).
+                match (&cfg.models, default_models(pipeline)) {
+                    (_, Ok(default)) => default,
+                    (Some(_), Err(_)) => Vec::new(),
+                    (None, Err(issue)) => return Err(issue),
+                },
+                EVAL_MODEL_KINDS,
+            )
+            .following("model"),
+        ];
+        let default_scorers = pipeline.kind_of("score") == Some("score");
+        if cfg.scorers.is_some() || default_scorers {
+            inputs.push(Input::one(
+                "scorers",
+                cfg.scorers.as_deref(),
+                "score",
+                &["score"],
+            ));
+        }
+        Ok(inputs)
+    }
+
     fn validate(cfg: &EvalConfig) -> Result<(), ConfigIssue> {
+        if let Some(models) = &cfg.models {
+            if models.len() < 2 {
+                return Err(ConfigIssue::new(
+                    "models",
+                    "name at least two models to compare, e.g. [\"model\", \"sft\"]",
+                ));
+            }
+            if let Some(dup) = models
+                .iter()
+                .enumerate()
+                .find_map(|(i, m)| models[..i].contains(m).then_some(m))
+            {
+                return Err(ConfigIssue::new(
+                    "models",
+                    format!("`{dup}` is named twice"),
+                ));
+            }
+        }
         for (key, value) in [
             ("max_new_tokens", cfg.max_new_tokens),
             ("batch_size", cfg.batch_size),
@@ -181,25 +242,22 @@ impl Stage for Eval {
     }
 
     fn run(cfg: &EvalConfig, cx: &mut StageContext) -> StageResult {
-        let inputs = Inputs {
-            ingest: cx.input("ingest")?.to_path_buf(),
-            model: cx.input("model")?.to_path_buf(),
-            sft: cx.input("sft")?.to_path_buf(),
-            orpo: cx.input("orpo").or_else(|_| cx.input("dpo"))?.to_path_buf(),
-            merge: cx.input("merge")?.to_path_buf(),
-            score: cx.input("score")?.to_path_buf(),
-        };
+        let inputs = Inputs::of(cx)?;
         let results = evaluate(cfg, &inputs, cx.workspace(), cx.out_dir(), cx.progress())?;
         for m in &results.models {
             cx.set_metric(&format!("{}_score", m.name), m.score);
             cx.set_metric(&format!("{}_val_nll", m.name), m.val_nll);
         }
-        if let Some(w) = results
-            .win_rates
-            .iter()
-            .find(|w| w.a == "base" && w.b == "final")
-        {
-            cx.set_metric("final_vs_base_win_rate", w.b_win_rate);
+        // The last model against the first: final vs base in the demo.
+        let (first, last) = (results.models.first(), results.models.last());
+        if let (Some(a), Some(b)) = (first, last) {
+            if let Some(w) = results
+                .win_rates
+                .iter()
+                .find(|w| w.a == a.name && w.b == b.name)
+            {
+                cx.set_metric(&format!("{}_vs_{}_win_rate", b.name, a.name), w.b_win_rate);
+            }
         }
         cx.set_metric("seconds", results.seconds);
         Ok(())
@@ -223,15 +281,139 @@ fn preference_name(dir: &Path) -> &'static str {
     }
 }
 
+/// The kinds eval can compare: anything that yields a model, and merge's export.
+const EVAL_MODEL_KINDS: &[&str] = &["model", "sft", "orpo", "dpo", "merge"];
+
+/// The default `models`: the base, then every adapter stage on the path to the merge
+/// instance below its top (which the merged model stands for), then the merge; without a
+/// merge, the base and the adapter stages up to the one no other builds on.
+fn default_models(pipeline: &Pipeline) -> Result<Vec<String>, ConfigIssue> {
+    let ambiguous = |what: &str, names: &[String]| {
+        ConfigIssue::new(
+            "models",
+            format!(
+                "the pipeline has several {what} ({}); say which models eval compares: models = [\"model\", …]",
+                names.join(", ")
+            ),
+        )
+    };
+    let merges: Vec<String> = pipeline
+        .of_kinds(&["merge"])
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let (top, merged) = match merges.as_slice() {
+        [one] => (one.clone(), true),
+        [] => match pipeline.single_top(crate::base::ADAPTER_KINDS, "model") {
+            Ok(Some(top)) => (top, false),
+            Ok(None) => return Ok(vec!["model".into()]),
+            Err(tops) => return Err(ambiguous("adapter stages on top", &tops)),
+        },
+        _ => return Err(ambiguous("merge instances", &merges)),
+    };
+    let mut chain = pipeline.chain(&top, "model");
+    chain.reverse();
+    if merged && chain.len() > 2 {
+        // The adapter stage just below the merge is what the merge exports.
+        chain.remove(chain.len() - 2);
+    }
+    Ok(chain)
+}
+
 /// The committed artifact directories eval reads.
 pub struct Inputs {
-    pub ingest: PathBuf,
-    pub model: PathBuf,
-    pub sft: PathBuf,
-    /// The preference stage's artifact: orpo's, or dpo's in a pipeline with `[dpo]`.
-    pub orpo: PathBuf,
-    pub merge: PathBuf,
-    pub score: PathBuf,
+    /// The ingest artifact whose val rows it answers.
+    pub data: PathBuf,
+    /// The models compared, in report order.
+    pub models: Vec<EvalModel>,
+    /// The score artifact whose `scorers.json` it rebuilds; `None`: the reference scorer.
+    pub scorers: Option<PathBuf>,
+    /// The adapter stages met on the models' chains, for the training curves of the report.
+    pub trained: Vec<Link>,
+    /// Seeds the sample of val rows `limit` takes (the project seed).
+    pub seed: u64,
+}
+
+/// One model eval compares.
+pub struct EvalModel {
+    /// Its name in the tables: the instance's, except `base` for the instance `model` and
+    /// `final` for the instance `merge`.
+    pub name: String,
+    pub source: ModelSource,
+}
+
+/// Where a compared model's weights come from.
+pub enum ModelSource {
+    /// The base and adapters of a model stack.
+    Stack(ModelStack),
+    /// A merge artifact's exported `model/`.
+    Merged(PathBuf),
+}
+
+impl Inputs {
+    /// The inputs of a running eval instance.
+    pub fn of(cx: &StageContext) -> StageResult<Self> {
+        let mut trained: Vec<Link> = Vec::new();
+        let mut models = Vec::new();
+        for chain in cx.chains("models") {
+            let top = &chain[0];
+            for link in chain
+                .iter()
+                .filter(|l| crate::base::ADAPTER_KINDS.contains(&l.kind.as_str()))
+            {
+                if !trained.contains(link) {
+                    trained.push(link.clone());
+                }
+            }
+            let source = if top.kind == "merge" {
+                ModelSource::Merged(top.dir.join(MERGED_MODEL_DIR))
+            } else {
+                ModelSource::Stack(ModelStack::from_chain(chain)?)
+            };
+            models.push(EvalModel {
+                name: display_name(top),
+                source,
+            });
+        }
+        Ok(Self {
+            data: cx.input("data")?.to_path_buf(),
+            models,
+            seed: cx.seed(),
+            scorers: cx
+                .has_input("scorers")
+                .then(|| cx.input("scorers"))
+                .transpose()?
+                .map(Path::to_path_buf),
+            trained,
+        })
+    }
+
+    /// The `model` artifact every compared model builds on (they must share one: the rows
+    /// are rendered once, with its template).
+    fn base(&self) -> Result<PathBuf, EvalError> {
+        let mut bases = self.models.iter().filter_map(|m| match &m.source {
+            ModelSource::Stack(s) => Some(s.base.clone()),
+            ModelSource::Merged(_) => None,
+        });
+        let first = bases.next().ok_or_else(|| {
+            EvalError::Inputs("eval compares no model built on a `model` instance; add the base (\"model\") to `models`".into())
+        })?;
+        if bases.any(|b| b != first) {
+            return Err(EvalError::Inputs(
+                "the compared models stand on different `model` instances; eval renders every prompt once, with one base's template".into(),
+            ));
+        }
+        Ok(first)
+    }
+}
+
+/// A model's name in eval's tables.
+fn display_name(link: &Link) -> String {
+    match (link.kind.as_str(), link.instance.as_str()) {
+        ("model", "model") => "base".into(),
+        ("merge", "merge") => "final".into(),
+        (_, name) => name.into(),
+    }
 }
 
 /// One val row, rendered once for every model.
@@ -259,12 +441,10 @@ pub fn evaluate(
     progress: &dyn Progress,
 ) -> Result<EvalResults, EvalError> {
     let started = Instant::now();
-    let (base, device) = BaseModel::open(&inputs.model, workspace)?;
-    let val_path = inputs.ingest.join(VAL_FILE);
+    let (base, device) = BaseModel::open(&inputs.base()?, workspace)?;
+    let val_path = inputs.data.join(VAL_FILE);
     let mut val = ingest::read_examples(&val_path)?;
-    if let Some(limit) = cfg.limit {
-        val.truncate(limit);
-    }
+    val = ingest::seeded_sample(val, cfg.limit, inputs.seed);
     if val.is_empty() {
         return Err(EvalError::Empty(val_path.display().to_string()));
     }
@@ -282,7 +462,7 @@ pub fn evaluate(
     progress.info(&format!(
         "eval: {} val prompts × {} models, greedy, up to {} new tokens",
         rows.len(),
-        MODELS.len(),
+        inputs.models.len(),
         cfg.max_new_tokens
     ));
 
@@ -292,17 +472,17 @@ pub fn evaluate(
         tokenizer,
         ..
     } = base;
+    let names: Vec<&str> = inputs.models.iter().map(|m| m.name.as_str()).collect();
     let mut runs = Vec::new();
-    for name in MODELS {
-        let (model, description) = match name {
-            "base" => (base_model.clone(), info.name.clone()),
-            "sft" => (
-                with_adapter(&base_model, &inputs.sft.join(SFT_ADAPTER_DIR))?,
-                format!("{} + sft adapter", info.name),
+    for m in &inputs.models {
+        let name = m.name.as_str();
+        let (model, description) = match &m.source {
+            ModelSource::Stack(stack) => (
+                with_stack(&base_model, stack, &device)?,
+                stack.describe(&info.name),
             ),
-            _ => {
-                let dir = inputs.merge.join(MERGED_MODEL_DIR);
-                let loaded = load_model_path(&dir, &device).map_err(llm(format!(
+            ModelSource::Merged(dir) => {
+                let loaded = load_model_path(dir, &device).map_err(llm(format!(
                     "cannot load the merged model {}",
                     dir.display()
                 )))?;
@@ -325,8 +505,11 @@ pub fn evaluate(
         runs.push(run);
     }
 
-    let scorers = load_scorers(&inputs.score.join(SCORERS_FILE), workspace)?;
-    let ids: Vec<String> = MODELS
+    let scorers = match &inputs.scorers {
+        Some(dir) => load_scorers(&dir.join(SCORERS_FILE), workspace)?,
+        None => Scorers::new(&ScoreConfig::default().scorers(), workspace)?,
+    };
+    let ids: Vec<String> = names
         .iter()
         .flat_map(|m| rows.iter().map(move |r| format!("{}/{m}", r.example.id)))
         .collect();
@@ -345,20 +528,23 @@ pub fn evaluate(
     let scores = score_answers(&scorers, &answers, progress)?;
     let per_model: Vec<&[Scores]> = scores.chunks(rows.len()).collect();
 
-    let records = answer_records(&rows, &runs, &per_model);
-    let models: Vec<ModelResult> = MODELS
+    let records = answer_records(&rows, &names, &runs, &per_model);
+    let categories: Vec<Option<&str>> =
+        rows.iter().map(|r| r.example.category.as_deref()).collect();
+    let models: Vec<ModelResult> = names
         .iter()
         .zip(&runs)
         .zip(&per_model)
-        .map(|((name, run), scores)| model_result(name, run, scores))
+        .map(|((name, run), scores)| model_result(name, run, scores, &categories))
         .collect();
     let results = EvalResults {
         prompts: rows.len(),
         nll_rows_dropped,
         max_new_tokens: cfg.max_new_tokens,
-        win_rates: win_rates(&records, &MODELS),
+        win_rates: win_rates(&records, &names),
         models,
         seconds: started.elapsed().as_secs_f64(),
+        categories: results::category_counts(&categories),
     };
     write_outputs(out, &results, &records, inputs, cfg.samples)?;
     for m in &results.models {
@@ -370,15 +556,16 @@ pub fn evaluate(
     Ok(results)
 }
 
-/// A copy of the base with a PEFT adapter attached (unmerged, so the 8-bit decode copies hold
-/// the base exactly and the adapter is added in f32).
-fn with_adapter(base: &LlamaModel, dir: &Path) -> Result<LlamaModel, EvalError> {
-    let adapter = PeftAdapter::load(dir, base.device())
-        .map_err(llm(format!("cannot load {}", dir.display())))?;
+/// A copy of the base with a stack's adapters: the top one attached unmerged (so the 8-bit
+/// decode copies hold the weights below exactly and it is added in f32), the others merged.
+fn with_stack(
+    base: &LlamaModel,
+    stack: &ModelStack,
+    device: &Device,
+) -> Result<LlamaModel, EvalError> {
     let mut model = base.clone();
-    adapter
-        .attach_to(&mut model)
-        .map_err(llm(format!("cannot attach {}", dir.display())))?;
+    apply_stack_for_decode(&mut model, stack, device)
+        .map_err(llm(format!("cannot load {}", stack.describe("the base"))))?;
     Ok(model)
 }
 
@@ -494,7 +681,12 @@ fn run_model(
     })
 }
 
-fn answer_records(rows: &[Row], runs: &[ModelRun], scores: &[&[Scores]]) -> Vec<AnswerRecord> {
+fn answer_records(
+    rows: &[Row],
+    names: &[&str],
+    runs: &[ModelRun],
+    scores: &[&[Scores]],
+) -> Vec<AnswerRecord> {
     rows.iter()
         .enumerate()
         .map(|(i, row)| AnswerRecord {
@@ -502,7 +694,7 @@ fn answer_records(rows: &[Row], runs: &[ModelRun], scores: &[&[Scores]]) -> Vec<
             source_row: row.example.source_row,
             prompt: row.example.prompt.clone(),
             reference: row.example.response.clone(),
-            answers: MODELS
+            answers: names
                 .iter()
                 .zip(runs)
                 .zip(scores)
@@ -523,7 +715,12 @@ fn answer_records(rows: &[Row], runs: &[ModelRun], scores: &[&[Scores]]) -> Vec<
         .collect()
 }
 
-fn model_result(name: &str, run: &ModelRun, scores: &[Scores]) -> ModelResult {
+fn model_result(
+    name: &str,
+    run: &ModelRun,
+    scores: &[Scores],
+    categories: &[Option<&str>],
+) -> ModelResult {
     let refs: Vec<&Scores> = scores.iter().collect();
     let (score, scorers) = mean_scores(&refs);
     let tokens: usize = run.answers.iter().map(|g| g.token_count()).sum();
@@ -545,6 +742,7 @@ fn model_result(name: &str, run: &ModelRun, scores: &[Scores]) -> ModelResult {
         finish_reasons,
         generate_seconds: run.seconds,
         tokens_per_s: tokens as f64 / run.seconds.max(1e-9),
+        categories: results::category_scores(categories, scores),
     }
 }
 
@@ -571,15 +769,22 @@ fn write_outputs(
         lines.push('\n');
     }
     write(ANSWERS_FILE, lines)?;
+    let sft = inputs.trained.iter().find(|l| l.kind == "sft");
+    let preference = inputs.trained.iter().find(|l| l.kind != "sft");
     let logs = TrainingLogs {
-        sft: read_metrics(&inputs.sft.join(SFT_METRICS_FILE)),
-        preference: read_metrics(&inputs.orpo.join(ORPO_METRICS_FILE)),
-        preference_name: preference_name(&inputs.orpo),
+        sft: sft
+            .map(|l| read_metrics(&l.dir.join(SFT_METRICS_FILE)))
+            .unwrap_or_default(),
+        preference: preference
+            .map(|l| read_metrics(&l.dir.join(ORPO_METRICS_FILE)))
+            .unwrap_or_default(),
+        preference_name: preference.map_or("ORPO", |l| preference_name(&l.dir)),
     };
+    let names: Vec<&str> = results.models.iter().map(|m| m.name.as_str()).collect();
     write(
         REPORT_FILE,
         render(
-            "pipe eval: base vs sft vs final",
+            &format!("pipe eval: {}", names.join(" vs ")),
             results,
             &logs,
             records,

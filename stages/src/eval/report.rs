@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::Value as Json;
 
-use super::results::{scorer_names, AnswerRecord, EvalResults, MODELS};
+use super::results::{scorer_names, AnswerRecord, EvalResults};
 
 /// One curve: a name, a colour and its (step, value) points.
 pub struct Series {
@@ -89,6 +89,7 @@ pub fn render(
         results.prompts, results.max_new_tokens
     );
     html.push_str(&score_table(results));
+    html.push_str(&category_table(results));
     html.push_str(&win_table(results));
     html.push_str("<h2>Training</h2>\n<div class=\"charts\">\n");
     let name = logs.preference_name;
@@ -138,7 +139,15 @@ pub fn render(
         html.push_str(&line_chart(title, lines));
     }
     html.push_str("</div>\n");
-    html.push_str(&answers_section(records, samples));
+    html.push_str(&answers_section(
+        &results
+            .models
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>(),
+        records,
+        samples,
+    ));
     html.push_str("</body></html>\n");
     html
 }
@@ -149,6 +158,34 @@ fn line(name: &str, color: &'static str, points: Vec<(f64, f64)>) -> Series {
         color,
         points,
     }
+}
+
+/// The combined score per category (none when the val rows have no category).
+fn category_table(r: &EvalResults) -> String {
+    if r.categories.is_empty() {
+        return String::new();
+    }
+    let mut h = String::from(
+        "<h2>Score by category</h2>\n<table><thead><tr><th>category</th><th>prompts</th>",
+    );
+    for m in &r.models {
+        let _ = write!(h, "<th>{}</th>", esc(&m.name));
+    }
+    h.push_str("</tr></thead><tbody>\n");
+    for (c, n) in &r.categories {
+        let _ = write!(h, "<tr><td>{}</td><td>{n}</td>", esc(c));
+        for m in &r.models {
+            match m.categories.get(c) {
+                Some(v) => {
+                    let _ = write!(h, "<td>{v:.4}</td>");
+                }
+                None => h.push_str("<td>-</td>"),
+            }
+        }
+        h.push_str("</tr>\n");
+    }
+    h.push_str("</tbody></table>\n");
+    h
 }
 
 fn score_table(r: &EvalResults) -> String {
@@ -350,7 +387,7 @@ fn tick(v: f64) -> String {
     }
 }
 
-fn answers_section(records: &[AnswerRecord], samples: usize) -> String {
+fn answers_section(models: &[&str], records: &[AnswerRecord], samples: usize) -> String {
     let shown = records.len().min(samples);
     let mut h = format!(
         "<h2>Answers</h2>\n<p class=\"sub\">{shown} of {} val prompts; the number is the combined score.</p>\n",
@@ -365,8 +402,8 @@ fn answers_section(records: &[AnswerRecord], samples: usize) -> String {
             esc(&r.prompt),
             esc(&r.reference)
         );
-        for model in MODELS {
-            if let Some(a) = r.answers.get(model) {
+        for model in models {
+            if let Some(a) = r.answers.get(*model) {
                 let _ = write!(
                     h,
                     "<div class=\"cell\"><b>{}</b> <span class=\"score\">{:.3}</span><pre>{}</pre></div>",

@@ -9,9 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::scoring::Scores;
 
-/// The models compared, in report order.
-pub const MODELS: [&str; 3] = ["base", "sft", "final"];
-
 /// Two scores closer than this are a tie (the scorers are deterministic; this only absorbs
 /// float noise).
 const TIE: f64 = 1e-9;
@@ -55,6 +52,9 @@ pub struct ModelResult {
     pub finish_reasons: BTreeMap<String, usize>,
     pub generate_seconds: f64,
     pub tokens_per_s: f64,
+    /// Mean combined score per category of the val rows (when the ingest has a category).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub categories: BTreeMap<String, f64>,
 }
 
 /// How often `b` beats `a` on the combined score of the same prompt.
@@ -79,6 +79,35 @@ pub struct EvalResults {
     pub models: Vec<ModelResult>,
     pub win_rates: Vec<WinRate>,
     pub seconds: f64,
+    /// Prompts per category (when the ingest has a category column).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub categories: BTreeMap<String, usize>,
+}
+
+/// Prompts per category of rows whose category is `categories[i]` (rows without one are
+/// left out).
+pub fn category_counts(categories: &[Option<&str>]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for c in categories.iter().flatten() {
+        *out.entry(c.to_string()).or_insert(0) += 1;
+    }
+    out
+}
+
+/// The mean combined score per category; `scores[i]` is the answer to the row of category
+/// `categories[i]`.
+pub fn category_scores(categories: &[Option<&str>], scores: &[Scores]) -> BTreeMap<String, f64> {
+    let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    for (c, s) in categories.iter().zip(scores) {
+        if let Some(c) = c {
+            let e = sums.entry(c.to_string()).or_insert((0.0, 0));
+            e.0 += s.combined;
+            e.1 += 1;
+        }
+    }
+    sums.into_iter()
+        .map(|(c, (sum, n))| (c, sum / n as f64))
+        .collect()
 }
 
 /// The mean combined score and the mean of every scorer over `scores`.
@@ -95,6 +124,30 @@ pub fn mean_scores(scores: &[&Scores]) -> (f64, BTreeMap<String, f64>) {
         combined,
         sums.into_iter().map(|(k, v)| (k, v / n)).collect(),
     )
+}
+
+/// The combined score per category, one row per category, one column per model.
+fn write_categories(r: &EvalResults, out: &mut dyn Write) -> std::io::Result<()> {
+    if r.categories.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "score by category:")?;
+    write!(out, "  {:<16} {:>7}", "category", "prompts")?;
+    for m in &r.models {
+        write!(out, " {:>8}", m.name)?;
+    }
+    writeln!(out)?;
+    for (c, n) in &r.categories {
+        write!(out, "  {:<16} {:>7}", c, n)?;
+        for m in &r.models {
+            match m.categories.get(c) {
+                Some(v) => write!(out, " {:>8.4}", v)?,
+                None => write!(out, " {:>8}", "-")?,
+            }
+        }
+        writeln!(out)?;
+    }
+    Ok(())
 }
 
 /// Win rates of every pair of models, in order (base/sft, base/final, sft/final).
@@ -177,6 +230,7 @@ pub fn write_table(r: &EvalResults, out: &mut dyn Write) -> std::io::Result<()> 
             m.val_nll, m.val_ppl, m.mean_answer_tokens
         )?;
     }
+    write_categories(r, out)?;
     writeln!(out, "win rates (combined score, ties count half):")?;
     for w in &r.win_rates {
         writeln!(
@@ -232,7 +286,7 @@ mod tests {
             record(0.2, 0.2, 0.9),
             record(0.3, 0.4, 0.1),
         ];
-        let rates = win_rates(&records, &MODELS);
+        let rates = win_rates(&records, &["base", "sft", "final"]);
         assert_eq!(
             rates
                 .iter()

@@ -17,7 +17,26 @@ use crate::testkit::stage_artifact;
 
 struct Fixture {
     ws: tempfile::TempDir,
+    dirs: Dirs,
     inputs: Inputs,
+}
+
+/// The upstream artifacts of the fixture.
+struct Dirs {
+    ingest: PathBuf,
+    model: PathBuf,
+    sft: PathBuf,
+    orpo: PathBuf,
+}
+
+const SFT_ADAPTER_DIR: &str = crate::sft::artifact::ADAPTER_DIR;
+
+/// A copy of `base` with the PEFT adapter in `dir` attached.
+fn with_adapter(base: &LlamaModel, dir: &Path) -> Result<LlamaModel, LlmError> {
+    let adapter = crate::llm::PeftAdapter::load(dir, base.device())?;
+    let mut model = base.clone();
+    adapter.attach_to(&mut model)?;
+    Ok(model)
 }
 
 fn row(i: usize, prompt: &str, response: &str) -> ingest::Example {
@@ -28,6 +47,7 @@ fn row(i: usize, prompt: &str, response: &str) -> ingest::Example {
         system: None,
         category: None,
         source_row: i as u64 + 1,
+        rejected: None,
     }
 }
 
@@ -57,13 +77,16 @@ fn fixture() -> Fixture {
     let model = stage_artifact("model", "[model]\npath = \"tiny\"\n", root, &[]);
 
     let ingest = stage_dir(root, "ingest-out");
-    let val = [
+    let mut val = [
         row(0, "what is ls?", "ls lists files"),
         row(1, "what is <b>cat</b> & \"tac\"?", "cat prints <files>"),
         row(2, "what is grep?", "grep searches text"),
         row(3, "what is tar?", "tar packs archives"),
         row(4, "what is ssh?", "ssh is a remote shell"),
     ];
+    for (i, r) in val.iter_mut().enumerate() {
+        r.category = Some(if i % 2 == 0 { "files" } else { "net" }.to_string());
+    }
     let text: String = val
         .iter()
         .map(|r| serde_json::to_string(r).unwrap() + "\n")
@@ -111,14 +134,50 @@ fn fixture() -> Fixture {
         serde_json::to_string(&scorers).unwrap(),
     )
     .unwrap();
+    let stack = |adapters: &[(&str, &Path)]| {
+        ModelSource::Stack(ModelStack {
+            base: model.clone(),
+            adapters: adapters
+                .iter()
+                .map(|(name, dir)| crate::base::StackAdapter {
+                    instance: name.to_string(),
+                    kind: name.to_string(),
+                    dir: dir.join(SFT_ADAPTER_DIR),
+                })
+                .collect(),
+            replaced: Vec::new(),
+        })
+    };
+    let inputs = Inputs {
+        data: ingest.clone(),
+        models: vec![
+            EvalModel {
+                name: "base".into(),
+                source: stack(&[]),
+            },
+            EvalModel {
+                name: "sft".into(),
+                source: stack(&[("sft", &sft)]),
+            },
+            EvalModel {
+                name: "final".into(),
+                source: ModelSource::Merged(merged.join(MERGED_MODEL_DIR)),
+            },
+        ],
+        scorers: Some(score),
+        trained: vec![
+            Link::new("sft", "sft", &sft),
+            Link::new("orpo", "orpo", &orpo),
+        ],
+        seed: 11,
+    };
     Fixture {
-        inputs: Inputs {
+        inputs,
+        dirs: Dirs {
             ingest,
             model,
             sft,
             orpo,
-            merge: merged,
-            score,
         },
         ws,
     }
@@ -132,9 +191,9 @@ fn config(toml: &str) -> EvalConfig {
 
 /// The NLL of `model` on the fixture's val rows, computed directly.
 fn nll_of(fx: &Fixture, model: &LlamaModel, cfg: &EvalConfig, limit: usize) -> f64 {
-    let base = BaseModel::load(&fx.inputs.model, fx.ws.path(), &Device::Cpu).unwrap();
-    let mut val = ingest::read_examples(&fx.inputs.ingest.join(VAL_FILE)).unwrap();
-    val.truncate(limit);
+    let base = BaseModel::load(&fx.dirs.model, fx.ws.path(), &Device::Cpu).unwrap();
+    let val = ingest::read_examples(&fx.dirs.ingest.join(VAL_FILE)).unwrap();
+    let val = ingest::seeded_sample(val, Some(limit), fx.inputs.seed);
     let rows = render_rows(&base, val, cfg.max_seq_len).unwrap();
     let batches = nll_batches(&rows, 2, base.info.pad_token_id, &Device::Cpu).unwrap();
     completion_loss(model, &batches).unwrap().loss
@@ -143,7 +202,7 @@ fn nll_of(fx: &Fixture, model: &LlamaModel, cfg: &EvalConfig, limit: usize) -> f
 #[test]
 fn eval_json_answers_and_report_on_the_tiny_model() {
     let fx = fixture();
-    let cfg = config("limit = 4\nmax_new_tokens = 6\nbatch_size = 3\nsamples = 2\n");
+    let cfg = config("limit = 4\nmax_new_tokens = 6\nbatch_size = 3\nsamples = 4\n");
     let out = tempfile::tempdir().unwrap();
     let results = evaluate(&cfg, &fx.inputs, fx.ws.path(), out.path(), &NullProgress).unwrap();
 
@@ -157,7 +216,7 @@ fn eval_json_answers_and_report_on_the_tiny_model() {
     );
     assert_eq!(json.prompts, 4);
     let names: Vec<&str> = json.models.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, MODELS);
+    assert_eq!(names, ["base", "sft", "final"]);
     for m in &json.models {
         assert!((0.0..=1.0).contains(&m.score), "{m:?}");
         assert!(m.scorers.contains_key("reference"), "{m:?}");
@@ -172,20 +231,16 @@ fn eval_json_answers_and_report_on_the_tiny_model() {
     }
 
     // Each row's NLL is that of the model it names.
-    let base = BaseModel::load(&fx.inputs.model, fx.ws.path(), &Device::Cpu)
+    let base = BaseModel::load(&fx.dirs.model, fx.ws.path(), &Device::Cpu)
         .unwrap()
         .model;
-    let sft = with_adapter(&base, &fx.inputs.sft.join(SFT_ADAPTER_DIR)).unwrap();
+    let sft = with_adapter(&base, &fx.dirs.sft.join(SFT_ADAPTER_DIR)).unwrap();
     // The final model: sft merged, orpo on top (what merge exports).
     let mut sft_merged = base.clone();
     let sft_adapter =
-        PeftAdapter::load(&fx.inputs.sft.join(SFT_ADAPTER_DIR), &Device::Cpu).unwrap();
+        crate::llm::PeftAdapter::load(&fx.dirs.sft.join(SFT_ADAPTER_DIR), &Device::Cpu).unwrap();
     crate::llm::merge_adapters_into_model(&mut sft_merged, &[sft_adapter]).unwrap();
-    let fin = with_adapter(
-        &sft_merged,
-        &fx.inputs.orpo.join(orpo_artifact::ADAPTER_DIR),
-    )
-    .unwrap();
+    let fin = with_adapter(&sft_merged, &fx.dirs.orpo.join(orpo_artifact::ADAPTER_DIR)).unwrap();
     for (m, model) in json.models.iter().zip([&base, &sft, &fin]) {
         let want = nll_of(&fx, model, &cfg, 4);
         assert!(
@@ -211,6 +266,37 @@ fn eval_json_answers_and_report_on_the_tiny_model() {
         / 4.0;
     assert!((mean_final - json.models[2].score).abs() < 1e-12);
 
+    // `limit` is a seeded sample of the val rows, and the scores break down by category.
+    let sampled = ingest::seeded_sample(
+        ingest::read_examples(&fx.dirs.ingest.join(VAL_FILE)).unwrap(),
+        Some(4),
+        fx.inputs.seed,
+    );
+    let mut want_ids: Vec<&str> = sampled.iter().map(|r| r.id.as_str()).collect();
+    let mut got_ids: Vec<&str> = lines.iter().map(|r| r.id.as_str()).collect();
+    want_ids.sort();
+    got_ids.sort();
+    assert_eq!(got_ids, want_ids);
+    let per_category: usize = json.categories.values().sum();
+    assert_eq!(per_category, 4);
+    for m in &json.models {
+        for c in json.categories.keys() {
+            let scores: Vec<f64> = lines
+                .iter()
+                .filter(|r| {
+                    sampled
+                        .iter()
+                        .any(|s| s.id == r.id && s.category.as_deref() == Some(c.as_str()))
+                })
+                .map(|r| r.answers[&m.name].scores.combined)
+                .collect();
+            let want = scores.iter().sum::<f64>() / scores.len() as f64;
+            assert!((m.categories[c] - want).abs() < 1e-12, "{}: {c}", m.name);
+        }
+    }
+
+    // The fixture's seed samples the row whose prompt needs escaping.
+    assert!(sampled.iter().any(|r| r.prompt.contains("<b>")));
     let html = std::fs::read_to_string(out.path().join(REPORT_FILE)).unwrap();
     assert!(html.contains("what is &lt;b&gt;cat&lt;/b&gt; &amp; &quot;tac&quot;?"));
     assert!(!html.contains("<b>cat</b>"));
@@ -218,6 +304,7 @@ fn eval_json_answers_and_report_on_the_tiny_model() {
     assert!(html.contains("<polyline"), "the curves are drawn");
     assert!(!html.contains("<script") && !html.contains("http://cdn"));
     assert!(html.contains("ORPO reward margin"));
+    assert!(html.contains("Score by category"));
 
     let mut shown = Vec::new();
     Eval::show(out.path(), &mut shown).unwrap();
@@ -228,6 +315,7 @@ fn eval_json_answers_and_report_on_the_tiny_model() {
         "final",
         "val NLL",
         "win rates",
+        "score by category",
         "report.html",
     ] {
         assert!(shown.contains(needle), "`{needle}` missing:\n{shown}");

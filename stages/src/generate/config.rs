@@ -32,6 +32,12 @@ impl Split {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateConfig {
+    /// The ingest instance whose prompts it answers (default `ingest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// The instance whose model answers (default `sft`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     #[serde(default)]
     pub split: Split,
     /// A seeded random sample of this many prompts; `None`: every prompt, in file order.
@@ -97,6 +103,8 @@ fn default_checkpoint_every() -> usize {
 impl Default for GenerateConfig {
     fn default() -> Self {
         GenerateConfig {
+            data: None,
+            model: None,
             split: Split::Train,
             limit: None,
             candidates: default_candidates(),

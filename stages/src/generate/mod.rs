@@ -28,12 +28,11 @@ use artifact::{
 use config::Split;
 use report::GenerateSummary;
 
-use crate::base::{BaseModel, BaseModelError};
-use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
+use crate::base::{apply_stack_for_decode, BaseModel, BaseModelError, ModelStack, MODEL_KINDS};
+use crate::contract::{ConfigIssue, Input, Pipeline, Stage, StageContext, StageResult};
 use crate::ingest::artifact::{self as ingest, ExamplesError, TRAIN_FILE, VAL_FILE};
-use crate::llm::{FinishReason, GenerationConfig, Generator, LlmError, PeftAdapter};
+use crate::llm::{FinishReason, GenerationConfig, Generator, LlmError};
 use crate::progress::Bar;
-use crate::sft::artifact::ADAPTER_DIR;
 /// What the partial directory records besides the candidates: [`RunState`].
 const STATE_FILE: &str = "run.json";
 /// Bumped when the partial layout or meaning changes: older partial files are ignored.
@@ -91,7 +90,6 @@ impl Stage for Generate {
     const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "sample candidate answers per prompt from base + sft adapter, seeded and resumable";
-    const DEPS: &'static [&'static str] = &["ingest", "model", "sft"];
     const STARTER: &'static str = r#"[generate]
 # split = "train"          # prompts from "train", "val" or "both" (train first)
 # limit = 200              # a seeded random sample of this many prompts (default: all)
@@ -109,6 +107,13 @@ impl Stage for Generate {
 # exact = false            # true: decode with the f32 weights instead of 8-bit copies
 "#;
     type Config = GenerateConfig;
+
+    fn inputs(cfg: &GenerateConfig, _pipeline: &Pipeline) -> Result<Vec<Input>, ConfigIssue> {
+        Ok(vec![
+            Input::one("data", cfg.data.as_deref(), "ingest", &["ingest"]),
+            Input::one("model", cfg.model.as_deref(), "sft", MODEL_KINDS).following("model"),
+        ])
+    }
 
     fn validate(cfg: &GenerateConfig) -> Result<(), ConfigIssue> {
         config::validate(cfg)
@@ -157,25 +162,24 @@ pub(crate) fn run_generate(
     let started = Instant::now();
     let seed = cfg.seed.unwrap_or(cx.seed());
     // The device `[model] device` names, like every ML stage.
+    let stack = ModelStack::from_chain(cx.chain("model")?)?;
     let (base, device) =
-        BaseModel::open(cx.input("model")?, cx.workspace()).map_err(GenerateError::from)?;
-    let rows = read_split(cx.input("ingest")?, cfg.split)?;
+        BaseModel::open(&stack.base, cx.workspace()).map_err(GenerateError::from)?;
+    let rows = read_split(cx.input("data")?, cfg.split)?;
     let rows = select(rows, cfg.limit, seed);
     let prompts = render(&base, rows, seed)?;
-    let adapter_dir = cx.input("sft")?.join(ADAPTER_DIR);
     let BaseModel {
         info,
         mut model,
         tokenizer,
         ..
     } = base;
-    let adapter = PeftAdapter::load(&adapter_dir, &device)
-        .map_err(llm(format!("cannot load {}", adapter_dir.display())))?;
-    // Attached, not merged: the 8-bit decode copies then hold the base's weights exactly and
-    // the adapter's factors are added in f32 (merged weights would be rounded to 8 bits).
-    adapter
-        .attach_to(&mut model)
-        .map_err(llm("cannot attach the sft adapter to the base model"))?;
+    // The top adapter attached, not merged: the 8-bit decode copies then hold the weights
+    // below exactly and its factors are added in f32 (merged weights would be rounded).
+    apply_stack_for_decode(&mut model, &stack, &device).map_err(llm(format!(
+        "cannot load the model {}",
+        stack.describe(&info.name)
+    )))?;
     if !cfg.exact {
         model
             .pack_for_decode()
@@ -274,16 +278,11 @@ fn read_split(ingest_dir: &Path, split: Split) -> Result<Vec<ingest::Example>, G
 /// ordered by a hash of (seed, id), first `limit` kept. A row's place depends only on its own
 /// id, so raising `limit` keeps every prompt of the smaller sample (and its candidates).
 pub(crate) fn select(
-    mut rows: Vec<ingest::Example>,
+    rows: Vec<ingest::Example>,
     limit: Option<usize>,
     seed: u64,
 ) -> Vec<ingest::Example> {
-    let Some(limit) = limit else {
-        return rows;
-    };
-    rows.sort_by_cached_key(|r| (id_hash(seed, b"select", &r.id), r.source_row));
-    rows.truncate(limit);
-    rows
+    ingest::seeded_sample(rows, limit, seed)
 }
 
 /// 64 bits of blake3 over (purpose, seed, id): stable across platforms and versions.

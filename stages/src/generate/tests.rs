@@ -20,6 +20,7 @@ fn row(i: usize, prompt: &str, response: &str) -> Row {
         system: i.is_multiple_of(3).then(|| "Be brief.".to_string()),
         category: None,
         source_row: i as u64 + 1,
+        rejected: None,
     }
 }
 
@@ -57,7 +58,7 @@ fn context<'a>(
         ws.to_path_buf(),
         out.to_path_buf(),
         partial.to_path_buf(),
-        inputs,
+        crate::testkit::default_inputs("generate", &inputs),
         7,
         &NullProgress,
     )

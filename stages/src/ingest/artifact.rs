@@ -28,6 +28,32 @@ pub struct Example {
     pub category: Option<String>,
     /// 1-based: CSV record after the header, JSON array position, or JSONL line.
     pub source_row: u64,
+    /// The dispreferred answer of a preference row (layout "preference": `response` is then
+    /// the chosen one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
+}
+
+/// A seeded sample of `limit` rows (all of them, in file order, without a limit): rows
+/// ordered by a hash of (seed, id), so a larger limit keeps the smaller sample and the
+/// sample does not depend on the rows' order in the file.
+pub fn seeded_sample(mut rows: Vec<Example>, limit: Option<usize>, seed: u64) -> Vec<Example> {
+    let Some(limit) = limit else {
+        return rows;
+    };
+    rows.sort_by_cached_key(|r| (sample_hash(seed, &r.id), r.source_row));
+    rows.truncate(limit);
+    rows
+}
+
+/// 64 bits of blake3 over ("select", seed, id): stable across platforms and versions.
+fn sample_hash(seed: u64, id: &str) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"select");
+    h.update(&seed.to_le_bytes());
+    h.update(id.as_bytes());
+    let bytes = h.finalize();
+    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or([0; 8]))
 }
 
 /// Reads `train.jsonl` or `val.jsonl` of a committed ingest artifact (for downstream stages).

@@ -14,11 +14,17 @@ pub(super) fn content_hash(row: &Candidate) -> blake3::Hash {
     hasher.update(row.prompt.as_bytes());
     hasher.update(b"\0");
     hasher.update(row.response.as_bytes());
+    // Only preference rows have one: every other row keeps the id it always had.
+    if !row.rejected.is_empty() {
+        hasher.update(b"\0");
+        hasher.update(row.rejected.as_bytes());
+    }
     hasher.finalize()
 }
 
-/// Drops empty and duplicate rows (keeping the first occurrence), counting each reason.
-pub(super) fn clean(rows: Vec<Candidate>) -> (Vec<Example>, Drops) {
+/// Drops empty and duplicate rows (keeping the first occurrence), counting each reason; with
+/// `preference`, also pairs without a rejected answer or with two equal answers.
+pub(super) fn clean(rows: Vec<Candidate>, preference: bool) -> (Vec<Example>, Drops) {
     let mut drops = Drops::default();
     let mut seen = HashSet::with_capacity(rows.len());
     let mut kept = Vec::with_capacity(rows.len());
@@ -29,6 +35,14 @@ pub(super) fn clean(rows: Vec<Candidate>) -> (Vec<Example>, Drops) {
         }
         if row.response.is_empty() {
             drops.empty_response += 1;
+            continue;
+        }
+        if preference && row.rejected.is_empty() {
+            drops.empty_rejected += 1;
+            continue;
+        }
+        if preference && row.rejected == row.response {
+            drops.same_answers += 1;
             continue;
         }
         let hash = content_hash(&row);
@@ -43,6 +57,7 @@ pub(super) fn clean(rows: Vec<Candidate>) -> (Vec<Example>, Drops) {
             system: non_empty(row.system),
             category: non_empty(row.category),
             source_row: row.source_row,
+            rejected: non_empty(row.rejected),
         });
     }
     (kept, drops)

@@ -35,6 +35,9 @@ pub enum Layout {
     Alpaca,
     /// A chat: `messages: [{role, content}]` (or ShareGPT `conversations: [{from, value}]`).
     Messages,
+    /// Preference pairs: `prompt`, `chosen`, `rejected` (orca-dpo-pairs: `question` for the
+    /// prompt), optional `system` and `category`.
+    Preference,
 }
 
 impl Layout {
@@ -44,6 +47,7 @@ impl Layout {
             Layout::Columns => "columns",
             Layout::Alpaca => "alpaca",
             Layout::Messages => "messages",
+            Layout::Preference => "preference",
         }
     }
 }
@@ -74,6 +78,12 @@ pub struct IngestConfig {
     pub category: Option<String>,
     #[serde(default)]
     pub input: Option<String>,
+    /// The preferred answer's column (layout "preference"; default `chosen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<String>,
+    /// The dispreferred answer's column (layout "preference"; default `rejected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
     /// `{column}` placeholders; `{{`/`}}` are literal braces.
     #[serde(default)]
     pub prompt_template: Option<String>,
@@ -83,6 +93,20 @@ pub struct IngestConfig {
     pub max_rows: Option<usize>,
     #[serde(default = "default_stratify")]
     pub stratify: bool,
+    /// Keep only rows of these categories (needs `category`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub categories: Option<Vec<String>>,
+    /// Keep only rows whose `column` holds one of `values`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<RowFilter>,
+}
+
+/// `filter = { column = "difficulty", values = ["easy"] }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowFilter {
+    pub column: String,
+    pub values: Vec<String>,
 }
 
 fn default_val_fraction() -> f64 {
@@ -144,6 +168,8 @@ pub(super) fn validate_config(cfg: &IngestConfig) -> Result<(), ConfigIssue> {
             ));
         }
     }
+    validate_preference_keys(cfg)?;
+    validate_filters(cfg)?;
     if let Some(template) = &cfg.prompt_template {
         let pieces =
             parse_template(template).map_err(|m| ConfigIssue::new("prompt_template", m))?;
@@ -161,6 +187,66 @@ pub(super) fn validate_config(cfg: &IngestConfig) -> Result<(), ConfigIssue> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// `categories` needs a category column; a filter names a column and at least one value.
+fn validate_filters(cfg: &IngestConfig) -> Result<(), ConfigIssue> {
+    if let Some(categories) = &cfg.categories {
+        if cfg.category.is_none() {
+            return Err(ConfigIssue::new(
+                "categories",
+                "needs `category`, the column holding each row's category",
+            ));
+        }
+        if categories.is_empty() {
+            return Err(ConfigIssue::new(
+                "categories",
+                "lists no category: every row would be dropped; remove the key to keep all",
+            ));
+        }
+    }
+    if let Some(filter) = &cfg.filter {
+        if filter.column.trim().is_empty() {
+            return Err(ConfigIssue::new("filter.column", "must name a column"));
+        }
+        if filter.values.is_empty() {
+            return Err(ConfigIssue::new(
+                "filter.values",
+                "lists no value: every row would be dropped",
+            ));
+        }
+        if cfg.layout == Layout::Messages {
+            return Err(ConfigIssue::new(
+                "filter",
+                "does not apply to layout \"messages\" (a chat's fields are its turns)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `chosen`/`rejected` name the answers of a preference layout, which has no `response`.
+fn validate_preference_keys(cfg: &IngestConfig) -> Result<(), ConfigIssue> {
+    let preference = matches!(cfg.layout, Layout::Preference | Layout::Auto);
+    for (key, value) in [("chosen", &cfg.chosen), ("rejected", &cfg.rejected)] {
+        if value.is_some() && !preference {
+            return Err(ConfigIssue::new(
+                key,
+                "applies to layout = \"preference\" only; remove it or set the layout",
+            ));
+        }
+        if value.as_ref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(ConfigIssue::new(key, "must name a column"));
+        }
+    }
+    let names_answers = cfg.chosen.is_some() || cfg.rejected.is_some();
+    if cfg.response.is_some() && (cfg.layout == Layout::Preference || names_answers) {
+        return Err(ConfigIssue::new(
+            "response",
+            "a preference layout has two answers: name them with `chosen` and `rejected`",
+        ));
     }
     Ok(())
 }

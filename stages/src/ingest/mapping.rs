@@ -31,6 +31,10 @@ pub(super) struct Mapping {
     pub(super) system: Option<usize>,
     pub(super) category: Option<usize>,
     pub(super) input: Option<usize>,
+    /// The rejected answer (layout "preference"; `response` is then the chosen one).
+    pub(super) rejected: Option<usize>,
+    /// The column `filter` tests.
+    pub(super) filter: Option<usize>,
     pub(super) template: Option<Vec<TemplatePiece>>,
     pub(super) template_text: Option<String>,
 }
@@ -42,34 +46,54 @@ pub(super) enum TemplatePiece {
 }
 
 impl Mapping {
-    pub(super) fn new(cfg: &IngestConfig, layout: Layout) -> Result<Self, String> {
+    /// `names`: the columns of the file (or fields of its first record), which pick the
+    /// orca-dpo-pairs form's `question` as the default prompt.
+    pub(super) fn new(
+        cfg: &IngestConfig,
+        layout: Layout,
+        names: &[String],
+    ) -> Result<Self, String> {
         let alpaca = layout == Layout::Alpaca;
+        let preference = layout == Layout::Preference;
+        let has = |n: &str| names.iter().any(|c| c == n);
         let (prompt_default, response_default) = if alpaca {
             ("instruction", "output")
+        } else if preference && has("question") && !has("prompt") {
+            ("question", "chosen")
+        } else if preference {
+            ("prompt", "chosen")
         } else {
             ("prompt", "response")
         };
         let mut needs = Vec::new();
         let prompt = role_need("prompt", cfg.prompt.as_ref(), prompt_default, layout, true);
         let prompt = push_need(&mut needs, prompt);
-        let response = role_need(
-            "response",
-            cfg.response.as_ref(),
-            response_default,
-            layout,
-            true,
-        );
+        let (response_key, response_name) = if preference {
+            ("chosen", cfg.chosen.as_ref())
+        } else {
+            ("response", cfg.response.as_ref())
+        };
+        let response = role_need(response_key, response_name, response_default, layout, true);
         let response = push_need(&mut needs, response);
+        let rejected = preference.then(|| {
+            let need = role_need("rejected", cfg.rejected.as_ref(), "rejected", layout, true);
+            push_need(&mut needs, need)
+        });
         // Optional roles: alpaca's `system` and `input` fields may be absent from a record.
-        let mut optional = |key: &'static str, explicit: Option<&String>, alpaca_name: &str| {
-            let default = alpaca.then_some(alpaca_name);
+        let mut optional = |key: &'static str,
+                            explicit: Option<&String>,
+                            alpaca_name: &str,
+                            named_default: bool| {
+            let default = (alpaca || named_default).then_some(alpaca_name);
             (explicit.is_some() || default.is_some()).then(|| {
                 let need = role_need(key, explicit, default.unwrap_or(key), layout, false);
                 push_need(&mut needs, need)
             })
         };
-        let system = optional("system", cfg.system.as_ref(), "system");
-        let input = optional("input", cfg.input.as_ref(), "input");
+        // orca-dpo-pairs carries a `system` column, read when present as alpaca's is.
+        let system_default = preference && has("system");
+        let system = optional("system", cfg.system.as_ref(), "system", system_default);
+        let input = optional("input", cfg.input.as_ref(), "input", false);
         let category = cfg.category.as_ref().map(|name| {
             push_need(
                 &mut needs,
@@ -77,6 +101,12 @@ impl Mapping {
             )
         });
 
+        let filter = cfg.filter.as_ref().map(|f| {
+            push_need(
+                &mut needs,
+                role_need("filter", Some(&f.column), "", layout, true),
+            )
+        });
         let pieces = match (&cfg.prompt_template, input) {
             (Some(template), _) => Some(parse_template(template)?),
             (None, Some(input)) => Some(vec![
@@ -111,6 +141,8 @@ impl Mapping {
             system,
             category,
             input,
+            rejected,
+            filter,
             template,
             template_text,
         })
@@ -119,9 +151,15 @@ impl Mapping {
     /// Role → column, for stats and the first info line.
     pub(super) fn describe(&self) -> BTreeMap<String, String> {
         let mut roles = BTreeMap::new();
+        let response_role = if self.rejected.is_some() {
+            "chosen"
+        } else {
+            "response"
+        };
         let named = [
             ("prompt", Some(self.prompt)),
-            ("response", Some(self.response)),
+            (response_role, Some(self.response)),
+            ("rejected", self.rejected),
             ("system", self.system),
             ("category", self.category),
             ("input", self.input),
@@ -166,6 +204,8 @@ impl Mapping {
             system: self.system.map(get).transpose()?.unwrap_or_default(),
             category: self.category.map(get).transpose()?.unwrap_or_default(),
             truncated: false,
+            rejected: self.rejected.map(get).transpose()?.unwrap_or_default(),
+            filter: self.filter.map(get).transpose()?.unwrap_or_default(),
         })
     }
 }

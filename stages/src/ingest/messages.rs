@@ -129,6 +129,8 @@ pub(super) fn chat_exchange(record: &JsonRecord, file: &str) -> Result<Candidate
         system: system.join("\n\n"),
         category: String::new(),
         truncated: turns.len() > used,
+        rejected: String::new(),
+        filter: String::new(),
     })
 }
 

@@ -11,6 +11,7 @@ mod config;
 mod error;
 mod mapping;
 mod messages;
+mod preference;
 mod read;
 mod report;
 mod split;
@@ -45,7 +46,6 @@ impl Stage for Ingest {
     const VERSION: u32 = 1;
     const ABOUT: &'static str =
         "read a CSV/JSON/JSONL dataset, clean and deduplicate it, split it into train and val";
-    const DEPS: &'static [&'static str] = &[];
     const STARTER: &'static str = r#"[ingest]
 # The dataset, relative to this file: CSV, JSON (an array of objects) or JSONL (an object a line).
 path = "data/unix_manual_qa.csv"
@@ -160,7 +160,14 @@ fn run_ingest(cfg: &IngestConfig, cx: &mut StageContext) -> StageResult {
         ));
     }
 
-    let (kept, dropped) = clean(loaded.rows);
+    let (rows_in, filtered) = filter_rows(cfg, loaded.rows);
+    if let Some(f) = &filtered {
+        cx.progress().info(&format!(
+            "ingest: kept {} of {rows_read} rows ({} outside `categories`, {} outside `filter`)",
+            f.kept, f.by_category, f.by_filter
+        ));
+    }
+    let (kept, dropped) = clean(rows_in, loaded.layout == config::Layout::Preference);
     cx.progress().info(&if dropped.total() == 0 {
         format!("ingest: dropped none of {rows_read} rows (no empty or duplicate rows)")
     } else {
@@ -239,6 +246,7 @@ fn run_ingest(cfg: &IngestConfig, cx: &mut StageContext) -> StageResult {
         val,
         dropped,
         sampled_out,
+        filtered,
         truncated_conversations: truncated,
         seed: cx.seed(),
         val_fraction: cfg.val_fraction,
@@ -252,6 +260,38 @@ fn run_ingest(cfg: &IngestConfig, cx: &mut StageContext) -> StageResult {
     cx.set_metric("val", val);
     cx.set_metric("dropped", dropped.total());
     Ok(())
+}
+
+/// The rows `categories` and `filter` keep, and the counts of those they leave out (`None`
+/// when neither is set).
+fn filter_rows(
+    cfg: &IngestConfig,
+    rows: Vec<read::Candidate>,
+) -> (Vec<read::Candidate>, Option<stats::Filtered>) {
+    if cfg.categories.is_none() && cfg.filter.is_none() {
+        return (rows, None);
+    }
+    let mut counts = stats::Filtered::default();
+    let kept: Vec<read::Candidate> = rows
+        .into_iter()
+        .filter(|row| {
+            if let Some(categories) = &cfg.categories {
+                if !categories.iter().any(|c| c == &row.category) {
+                    counts.by_category += 1;
+                    return false;
+                }
+            }
+            if let Some(f) = &cfg.filter {
+                if !f.values.iter().any(|v| v == &row.filter) {
+                    counts.by_filter += 1;
+                    return false;
+                }
+            }
+            true
+        })
+        .collect();
+    counts.kept = kept.len();
+    (kept, Some(counts))
 }
 
 fn report_split(

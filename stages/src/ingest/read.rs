@@ -21,6 +21,11 @@ pub(super) struct Candidate {
     pub(super) category: String,
     /// A chat with turns after the first exchange.
     pub(super) truncated: bool,
+    /// The dispreferred answer of a preference row (`response` is the chosen one); empty
+    /// in other layouts.
+    pub(super) rejected: String,
+    /// The value of the `filter` column (empty without a filter).
+    pub(super) filter: String,
 }
 
 /// Everything read from the file, before cleaning.
@@ -64,6 +69,11 @@ pub(super) fn choose_layout(cfg: &IngestConfig, names: &[String]) -> Layout {
         return cfg.layout;
     }
     let has = |n: &str| names.iter().any(|c| c == n);
+    // Two answer columns make a preference file, unless `response` names the one to train on.
+    let answers = has("chosen") && has("rejected") && cfg.response.is_none();
+    if cfg.chosen.is_some() || cfg.rejected.is_some() || answers {
+        return Layout::Preference;
+    }
     let columns_set = cfg.prompt.is_some() || cfg.response.is_some();
     // Keys that only make sense for columns or alpaca also rule out a chat.
     let chat_ruled_out =
@@ -92,7 +102,8 @@ pub(super) fn load_csv(
             file: file.to_string(),
         });
     }
-    let mapping = Mapping::new(cfg, layout).map_err(|m| config_in_run("prompt_template", m))?;
+    let mapping = Mapping::new(cfg, layout, table.columns())
+        .map_err(|m| config_in_run("prompt_template", m))?;
     let mut picks = Vec::with_capacity(mapping.needs.len());
     for need in &mapping.needs {
         let found = table.positions(&need.name);
@@ -149,7 +160,11 @@ pub(super) fn load_json(
     if layout == Layout::Messages {
         return load_messages(cfg, &records, file);
     }
-    let mapping = Mapping::new(cfg, layout).map_err(|m| config_in_run("prompt_template", m))?;
+    if layout == Layout::Preference && is_conversational(&records) {
+        return super::preference::load_conversational(cfg, &records, file);
+    }
+    let mapping =
+        Mapping::new(cfg, layout, &first_names).map_err(|m| config_in_run("prompt_template", m))?;
     let mut rows = Vec::with_capacity(records.len());
     for record in &records {
         let cells = mapping
@@ -175,6 +190,14 @@ pub(super) fn load_json(
         columns: mapping.describe(),
         has_category: mapping.category.is_some(),
     })
+}
+
+/// TRL's conversational preference form: `chosen` holds a list of messages, not text.
+fn is_conversational(records: &[tabular::JsonRecord]) -> bool {
+    records
+        .first()
+        .and_then(|r| r.fields.get("chosen"))
+        .is_some_and(|v| v.is_array())
 }
 
 /// A config problem the engine's validation already refuses; kept as an error, not a panic.

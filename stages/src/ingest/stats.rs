@@ -12,11 +12,25 @@ pub struct Drops {
     pub empty_prompt: usize,
     pub empty_response: usize,
     pub duplicate: usize,
+    /// Preference rows without a rejected answer (absent from other layouts' stats).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub empty_rejected: usize,
+    /// Preference rows whose two answers are the same text.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub same_answers: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Drops {
     pub fn total(&self) -> usize {
-        self.empty_prompt + self.empty_response + self.duplicate
+        self.empty_prompt
+            + self.empty_response
+            + self.duplicate
+            + self.empty_rejected
+            + self.same_answers
     }
 
     /// `2 with an empty prompt, 1 duplicate`, or `none`.
@@ -25,6 +39,11 @@ impl Drops {
             (self.empty_prompt, "with an empty prompt"),
             (self.empty_response, "with an empty response"),
             (self.duplicate, "duplicate"),
+            (self.empty_rejected, "without a rejected answer"),
+            (
+                self.same_answers,
+                "whose chosen and rejected answers are the same",
+            ),
         ]
         .iter()
         .filter(|(n, _)| *n > 0)
@@ -36,6 +55,17 @@ impl Drops {
             parts.join(", ")
         }
     }
+}
+
+/// Rows `categories` and `filter` left out, before cleaning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filtered {
+    /// Rows whose category is not one of `categories`.
+    pub by_category: usize,
+    /// Rows whose `filter.column` holds none of `filter.values`.
+    pub by_filter: usize,
+    /// Rows kept.
+    pub kept: usize,
 }
 
 /// Row counts of one category (or of everything).
@@ -77,6 +107,9 @@ pub struct IngestStats {
     pub dropped: Drops,
     /// Clean rows left out by `max_rows`.
     pub sampled_out: usize,
+    /// Rows read but left out by `categories` or `filter` (absent without either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filtered: Option<Filtered>,
     /// Chats with turns beyond the first user/assistant exchange (only that exchange is kept).
     pub truncated_conversations: usize,
     pub seed: u64,

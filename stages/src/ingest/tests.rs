@@ -67,7 +67,7 @@ fn run_at(workspace: &Path, toml: &str, seed: u64) -> Result<Outputs, String> {
         workspace.to_path_buf(),
         out.path().to_path_buf(),
         out.path().join("partial"),
-        BTreeMap::new(),
+        Vec::new(),
         seed,
         &recorder,
     );
@@ -348,7 +348,8 @@ fn drops_are_counted_by_reason_and_reported() {
         Drops {
             empty_prompt: 1,
             empty_response: 1,
-            duplicate: 1
+            duplicate: 1,
+            ..Drops::default()
         }
     );
     assert_eq!((o.stats.rows_read, o.stats.rows_out), (5, 2));
@@ -862,4 +863,184 @@ fn large_csv_throughput() {
         megabytes as f64 / seconds
     );
     assert_eq!(o.stats.rows_read, i);
+}
+
+/// The pair of every output row, by source row: (prompt, chosen, rejected, system).
+fn pairs_of(out: &Outputs) -> Vec<(String, String, String, Option<String>)> {
+    out.all()
+        .into_iter()
+        .map(|e| (e.prompt, e.response, e.rejected.unwrap(), e.system))
+        .collect()
+}
+
+#[test]
+fn preference_columns_are_renamable_and_bad_pairs_are_counted() {
+    let csv = "q,good,bad\nwhat is ls?,lists files,deletes files\nwhat is cat?,prints files,prints files\nwhat is rm?,removes files,\nwhat is cp?,copies files,moves files\nwhat is mv?,moves files,copies files\n";
+    let toml = "[ingest]\npath = \"p.csv\"\nlayout = \"preference\"\nprompt = \"q\"\nchosen = \"good\"\nrejected = \"bad\"\nval_fraction = 0.34\n";
+    let out = run_with(toml, &[("p.csv", csv.as_bytes())], 1).unwrap();
+    assert_eq!(
+        pairs_of(&out)[0],
+        (
+            "what is ls?".to_string(),
+            "lists files".to_string(),
+            "deletes files".to_string(),
+            None
+        )
+    );
+    assert_eq!(out.all().len(), 3);
+    assert_eq!(out.stats.dropped.same_answers, 1);
+    assert_eq!(out.stats.dropped.empty_rejected, 1);
+    let stats = std::fs::read_to_string(out.out.path().join(STATS_FILE)).unwrap();
+    assert!(stats.contains("\"same_answers\": 1"), "{stats}");
+    assert!(!out.val.is_empty() && !out.train.is_empty());
+}
+
+#[test]
+fn preference_is_detected_from_chosen_and_rejected_columns() {
+    let csv = "prompt,chosen,rejected\na?,yes,no\nb?,up,down\nc?,left,right\n";
+    let out = run_with(
+        "[ingest]\npath = \"p.csv\"\n",
+        &[("p.csv", csv.as_bytes())],
+        1,
+    )
+    .unwrap();
+    assert_eq!(out.stats.layout, "preference");
+    assert_eq!(pairs_of(&out)[1].2, "down");
+    // Other layouts' rows keep their ids and stats: no rejected answer, no new drop counts.
+    let plain = run_with(
+        "[ingest]\npath = \"p.csv\"\nresponse = \"chosen\"\n",
+        &[("p.csv", csv.as_bytes())],
+        1,
+    )
+    .unwrap();
+    assert!(plain.all().iter().all(|e| e.rejected.is_none()));
+    let stats = std::fs::read_to_string(plain.out.path().join(STATS_FILE)).unwrap();
+    assert!(!stats.contains("same_answers"), "{stats}");
+}
+
+#[test]
+fn orca_dpo_pairs_form_reads_question_and_system() {
+    let jsonl = concat!(
+        r#"{"system": "be brief", "question": "what is ls?", "chosen": "lists files", "rejected": "no idea"}"#,
+        "\n",
+        r#"{"system": "", "question": "what is df?", "chosen": "disk free", "rejected": "a file"}"#,
+        "\n",
+        r#"{"system": "be brief", "question": "what is du?", "chosen": "disk usage", "rejected": "dunno"}"#,
+        "\n"
+    );
+    let out = run_with(
+        "[ingest]\npath = \"orca.jsonl\"\n",
+        &[("orca.jsonl", jsonl.as_bytes())],
+        1,
+    )
+    .unwrap();
+    let pairs = pairs_of(&out);
+    assert_eq!(
+        pairs[0],
+        (
+            "what is ls?".into(),
+            "lists files".into(),
+            "no idea".into(),
+            Some("be brief".into())
+        )
+    );
+    assert_eq!(pairs[1].3, None);
+}
+
+#[test]
+fn trl_conversational_form_takes_the_shared_turns_as_the_prompt() {
+    let jsonl = concat!(
+        r#"{"chosen": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi?"}, {"role": "assistant", "content": "hello!"}], "rejected": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi?"}, {"role": "assistant", "content": "go away"}]}"#,
+        "\n",
+        r#"{"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}], "rejected": [{"role": "assistant", "content": "5"}]}"#,
+        "\n",
+        r#"{"chosen": [{"role": "user", "content": "sky?"}, {"role": "assistant", "content": "blue"}], "rejected": [{"role": "user", "content": "sky?"}, {"role": "assistant", "content": "green"}]}"#,
+        "\n"
+    );
+    let out = run_with(
+        "[ingest]\npath = \"trl.jsonl\"\nlayout = \"preference\"\n",
+        &[("trl.jsonl", jsonl.as_bytes())],
+        1,
+    )
+    .unwrap();
+    let pairs = pairs_of(&out);
+    assert_eq!(
+        pairs[0],
+        (
+            "hi?".into(),
+            "hello!".into(),
+            "go away".into(),
+            Some("be kind".into())
+        )
+    );
+    assert_eq!(pairs[1], ("2+2?".into(), "4".into(), "5".into(), None));
+    let bad = r#"{"chosen": [{"role": "user", "content": "x"}], "rejected": [{"role": "user", "content": "x"}]}"#;
+    let err = run_err(
+        "[ingest]\npath = \"bad.jsonl\"\nlayout = \"preference\"\n",
+        &[("bad.jsonl", format!("{bad}\n{bad}\n").as_bytes())],
+    );
+    assert!(
+        err.contains("bad.jsonl") && err.contains("assistant answer"),
+        "{err}"
+    );
+}
+
+#[test]
+fn preference_keys_are_checked() {
+    let i = issue("[ingest]\npath = \"a.csv\"\nlayout = \"columns\"\nchosen = \"c\"\n");
+    assert_eq!(i.key, "chosen");
+    let i = issue("[ingest]\npath = \"a.csv\"\nlayout = \"preference\"\nresponse = \"r\"\n");
+    assert_eq!(i.key, "response");
+}
+
+#[test]
+fn categories_and_filter_keep_rows_and_count_the_rest() {
+    let csv = "q,a,cat,level\n\
+               a?,1,net,easy\n\
+               b?,2,net,hard\n\
+               c?,3,files,easy\n\
+               d?,4,files,easy\n\
+               e?,5,users,easy\n\
+               f?,6,net,easy\n";
+    let toml = "[ingest]\npath = \"c.csv\"\nprompt = \"q\"\nresponse = \"a\"\ncategory = \"cat\"\n\
+                categories = [\"net\", \"files\"]\nfilter = { column = \"level\", values = [\"easy\"] }\n\
+                val_fraction = 0.34\n";
+    let out = run_with(toml, &[("c.csv", csv.as_bytes())], 1).unwrap();
+    let prompts: Vec<String> = out.all().into_iter().map(|e| e.prompt).collect();
+    assert_eq!(prompts, ["a?", "c?", "d?", "f?"]);
+    let filtered = out.stats.filtered.unwrap();
+    assert_eq!(
+        (filtered.by_category, filtered.by_filter, filtered.kept),
+        (1, 1, 4)
+    );
+    let stats = std::fs::read_to_string(out.out.path().join(STATS_FILE)).unwrap();
+    assert!(stats.contains("\"by_category\": 1"), "{stats}");
+    assert!(
+        out.lines.iter().any(|l| l.contains("kept 4 of 6 rows")),
+        "{:?}",
+        out.lines
+    );
+
+    // Without either key, stats.json has no `filtered` entry (the file is as before).
+    let plain = run_with(
+        "[ingest]\npath = \"c.csv\"\nprompt = \"q\"\nresponse = \"a\"\n",
+        &[("c.csv", csv.as_bytes())],
+        1,
+    )
+    .unwrap();
+    assert!(plain.stats.filtered.is_none());
+
+    let err = run_err(
+        "[ingest]\npath = \"c.csv\"\nprompt = \"q\"\nresponse = \"a\"\nfilter = { column = \"levle\", values = [\"easy\"] }\n",
+        &[("c.csv", csv.as_bytes())],
+    );
+    assert!(err.contains("levle") && err.contains("level"), "{err}");
+    assert_eq!(
+        issue("[ingest]\npath = \"c.csv\"\ncategories = [\"net\"]\n").key,
+        "categories"
+    );
+    assert_eq!(
+        issue("[ingest]\npath = \"c.csv\"\ncategory = \"cat\"\nfilter = { column = \"level\", values = [] }\n").key,
+        "filter.values"
+    );
 }

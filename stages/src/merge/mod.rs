@@ -1,5 +1,6 @@
-//! The `merge` stage: folds the sft adapter and then the orpo adapter into the base weights
-//! and exports the final model as an HF directory (`model/`, loadable by transformers and by
+//! The `merge` stage: folds the adapter stack of the instance it names (`model`: by default
+//! the one adapter stage no other builds on; base + sft + orpo in the demo) into the base
+//! weights and exports the final model as an HF directory (`model/`, loadable by transformers and by
 //! `pipe chat --stage merge`), both adapters as portable PEFT directories (`adapters/`), and
 //! optionally a llama.cpp GGUF (`model.gguf`). Every export is loaded back and run on a probe
 //! prompt against the in-memory merged model (see `fidelity`); the figures are in the summary.
@@ -21,64 +22,15 @@ use serde::{Deserialize, Serialize};
 pub use fidelity::{Fidelity, ProbeFigures, ProbeRun};
 pub use gguf::{GgufExport, GgufType, TokenizerSource};
 
-use crate::base::{BaseModel, BaseModelError};
-use crate::contract::{Stage, StageContext, StageResult};
-use crate::dpo::artifact as dpo;
+use crate::base::{BaseModel, BaseModelError, ModelStack, ADAPTER_KINDS};
+use crate::contract::{ConfigIssue, Input, Pipeline, Stage, StageContext, StageResult};
 use crate::llm::{
     load_model_path, merge_adapters, portable_base_reference, ExportDtype, GgufFile, HfExport,
     LlamaModel, LlmError, ModelFormat, ModelWeights, PeftAdapter,
 };
 use crate::model::artifact::ModelInfo;
-use crate::orpo::artifact as orpo;
-use crate::sft::artifact as sft;
 
 use artifact::{ADAPTERS_DIR, GGUF_FILE, MODEL_DIR, SUMMARY_FILE};
-
-/// The training stages whose adapters are merged, in order, with the adapter directory inside
-/// each one's artifact (a pipeline with `[dpo]` has dpo's in orpo's place).
-pub const MERGED_STAGES: [(&str, &str); 2] =
-    [("sft", sft::ADAPTER_DIR), ("orpo", orpo::ADAPTER_DIR)];
-
-/// What merge reads of a preference stage's artifact: its adapter directory and the summary
-/// saying what the adapter applies to.
-#[derive(Debug, Clone, Copy)]
-pub struct PreferenceArtifact {
-    pub stage: &'static str,
-    pub adapter_dir: &'static str,
-    pub summary_file: &'static str,
-    pub applies_to_key: &'static str,
-    pub base_sft: &'static str,
-    pub base: &'static str,
-}
-
-/// The preference stages whose adapter goes on top of sft's; a pipeline holds one of them.
-pub const PREFERENCE_STAGES: [PreferenceArtifact; 2] = [
-    PreferenceArtifact {
-        stage: "orpo",
-        adapter_dir: orpo::ADAPTER_DIR,
-        summary_file: orpo::SUMMARY_FILE,
-        applies_to_key: orpo::APPLIES_TO_KEY,
-        base_sft: orpo::APPLIES_TO_BASE_SFT,
-        base: orpo::APPLIES_TO_BASE,
-    },
-    PreferenceArtifact {
-        stage: "dpo",
-        adapter_dir: dpo::ADAPTER_DIR,
-        summary_file: dpo::SUMMARY_FILE,
-        applies_to_key: dpo::APPLIES_TO_KEY,
-        base_sft: dpo::APPLIES_TO_BASE_SFT,
-        base: dpo::APPLIES_TO_BASE,
-    },
-];
-
-/// The preference stage among the inputs of `cx` (the engine resolved `orpo|dpo` to the one
-/// the pipeline holds) and its artifact directory.
-pub fn preference_input<'c>(cx: &'c StageContext) -> StageResult<(PreferenceArtifact, &'c Path)> {
-    PREFERENCE_STAGES
-        .iter()
-        .find_map(|p| cx.input(p.stage).ok().map(|dir| (*p, dir)))
-        .ok_or_else(|| "merge reads orpo or dpo, and neither is among its inputs".into())
-}
 
 /// The `merge` stage.
 pub struct Merge;
@@ -90,6 +42,10 @@ pub type StageAdapter = (String, PathBuf);
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MergeConfig {
+    /// The adapter stage whose model it folds and exports (default: the one adapter stage no
+    /// other adapter stage builds on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// The element type of `model/model.safetensors`.
     #[serde(default)]
     pub dtype: ExportDtype,
@@ -109,8 +65,6 @@ pub enum MergeError {
         #[source]
         source: Box<LlmError>,
     },
-    #[error("{}: {message}", path.display())]
-    Read { path: PathBuf, message: String },
     #[error("cannot write {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -168,31 +122,53 @@ impl Stage for Merge {
     const NAME: &'static str = "merge";
     const VERSION: u32 = 3;
     const ABOUT: &'static str =
-        "folds the sft and orpo (or dpo) adapters into the base: HF directory, PEFT adapters, optional GGUF";
-    const DEPS: &'static [&'static str] = &["model", "sft", "orpo|dpo"];
+        "folds the adapter stack of the model it names into the base: HF directory, PEFT adapters, optional GGUF";
     const STARTER: &'static str = r#"[merge]
 # dtype = "bf16"           # model/model.safetensors in "f32", "bf16" or "f16"
 # gguf = "none"            # also write model.gguf for llama.cpp: "none", "f16" or "q8_0"
 "#;
     type Config = MergeConfig;
 
+    fn inputs(cfg: &MergeConfig, pipeline: &Pipeline) -> Result<Vec<Input>, ConfigIssue> {
+        let default = match pipeline.single_top(ADAPTER_KINDS, "model") {
+            Ok(top) => top.unwrap_or_else(|| "sft".to_string()),
+            Err(tops) => {
+                return Err(ConfigIssue::new(
+                    "model",
+                    format!(
+                        "several adapter stages could be the final model ({}); say which one merge folds: model = \"{}\"",
+                        tops.join(", "),
+                        tops[0]
+                    ),
+                ))
+            }
+        };
+        Ok(vec![Input::one(
+            "model",
+            cfg.model.as_deref(),
+            &default,
+            ADAPTER_KINDS,
+        )
+        .following("model")])
+    }
+
     fn run(cfg: &MergeConfig, cx: &mut StageContext) -> StageResult {
         let started = Instant::now();
-        let (preference, preference_dir) = preference_input(cx)?;
-        let stages = merged_stages(preference, preference_dir)?;
-        let adapter_dirs: Vec<StageAdapter> = stages
+        let stack = ModelStack::from_chain(cx.chain("model")?)?;
+        let adapter_dirs: Vec<StageAdapter> = stack
+            .adapters
             .iter()
-            .map(|(s, dir)| Ok((s.to_string(), cx.input(s)?.join(dir))))
-            .collect::<StageResult<_>>()?;
-        // When orpo (dpo) continued the sft adapter, the sft one is kept for reference only.
-        let kept: Vec<StageAdapter> = if stages.iter().any(|(s, _)| *s == "sft") {
-            Vec::new()
-        } else {
-            vec![("sft".into(), cx.input("sft")?.join(sft::ADAPTER_DIR))]
-        };
+            .map(|a| (a.instance.clone(), a.dir.clone()))
+            .collect();
+        // An adapter that a later stage continued training is kept for reference only.
+        let kept: Vec<StageAdapter> = stack
+            .replaced
+            .iter()
+            .map(|a| (a.instance.clone(), a.dir.clone()))
+            .collect();
         let mut summary = merge(
             cfg,
-            cx.input("model")?,
+            &stack.base,
             cx.workspace(),
             &adapter_dirs,
             &kept,
@@ -223,37 +199,6 @@ impl Stage for Merge {
                 "summary.json is in an older format ({e}); `pipe run --from merge` rewrites it"
             ),
         }
-    }
-}
-
-/// The adapters that make the final model, from the preference stage's `summary.json`: sft
-/// then orpo (dpo), or orpo (dpo) alone when it continued training the sft adapter
-/// (`adapter_applies_to = "base"`).
-fn merged_stages(
-    preference: PreferenceArtifact,
-    dir: &Path,
-) -> Result<Vec<(&'static str, &'static str)>, MergeError> {
-    let path = dir.join(preference.summary_file);
-    let text = std::fs::read_to_string(&path).map_err(|source| MergeError::Read {
-        path: path.clone(),
-        message: source.to_string(),
-    })?;
-    let summary: serde_json::Value = serde_json::from_str(&text).map_err(|e| MergeError::Read {
-        path: path.clone(),
-        message: format!("not JSON: {e}"),
-    })?;
-    let own = (preference.stage, preference.adapter_dir);
-    match summary[preference.applies_to_key].as_str() {
-        Some(v) if v == preference.base_sft => Ok(vec![MERGED_STAGES[0], own]),
-        None => Ok(vec![MERGED_STAGES[0], own]),
-        Some(v) if v == preference.base => Ok(vec![own]),
-        Some(other) => Err(MergeError::Read {
-            path,
-            message: format!(
-                "`{}` = {other:?}: expected {:?} or {:?}; re-run `pipe run --from {}`",
-                preference.applies_to_key, preference.base_sft, preference.base, preference.stage
-            ),
-        }),
     }
 }
 

@@ -9,10 +9,12 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 
 use super::*;
-use crate::contract::pick_table;
+use crate::contract::{pick_table, Link};
 use crate::llm::testing::{self, random_weights, tiny_config, TinyVocab};
 use crate::llm::{load_model_path, merge_adapters_into_model, Architecture, TargetModule};
+use crate::orpo::artifact as orpo;
 use crate::progress::NullProgress;
+use crate::sft::artifact as sft;
 use crate::testkit::stage_artifact;
 
 /// A workspace with a committed `model` artifact for the model at `model_path`.
@@ -117,7 +119,7 @@ fn run_merge_as(
         fx.ws.path().to_path_buf(),
         out.path().to_path_buf(),
         fx.ws.path().join("partial"),
-        inputs,
+        crate::testkit::default_inputs("merge", &inputs),
         7,
         &NullProgress,
     );
@@ -264,7 +266,7 @@ fn exported_directory_has_the_hf_files_and_portable_adapters() {
         Some(crate::testkit::TINY_TEMPLATE)
     );
     assert!(!out.path().join(GGUF_FILE).exists());
-    for (stage, _) in MERGED_STAGES {
+    for stage in ["sft", "orpo"] {
         let adapter = out.path().join(ADAPTERS_DIR).join(stage);
         let loaded = PeftAdapter::load(&adapter, &Device::Cpu).unwrap();
         let reference = loaded.config.base_model_name_or_path.unwrap();
@@ -350,7 +352,13 @@ fn an_orpo_adapter_that_continued_sft_is_merged_alone() {
         .join("adapter_config.json")
         .is_file());
     orpo_applies_to(&fx, "elsewhere");
-    let err = merged_stages(PREFERENCE_STAGES[0], &fx.ws.path().join("orpo")).unwrap_err();
+    let ws = fx.ws.path();
+    let chain = [
+        Link::new("orpo", "orpo", &ws.join("orpo")),
+        Link::new("sft", "sft", &ws.join("sft")),
+        Link::new("model", "model", &ws.join("model")),
+    ];
+    let err = ModelStack::from_chain(&chain).unwrap_err();
     assert!(err.to_string().contains("adapter_applies_to"), "{err}");
 }
 

@@ -80,7 +80,6 @@ impl Stage for Model {
     const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "check the base model (weights, tokenizer, chat template) every ML stage trains or runs";
-    const DEPS: &'static [&'static str] = &[];
     const STARTER: &'static str = r#"[model]
 # The base model: a local GGUF file or HF directory (config.json, tokenizer.json,
 # *.safetensors), relative to this file, or "hf:org/name[@revision][:file.gguf]" from the
@@ -419,7 +418,6 @@ mod tests {
     use crate::llm::ModelFormat;
     use crate::progress::NullProgress;
     use candle_core::Device;
-    use std::collections::BTreeMap;
 
     fn config(toml: &str) -> ModelStageConfig {
         pick_table(toml, "model").unwrap()
@@ -433,7 +431,7 @@ mod tests {
             workspace.to_path_buf(),
             out.path().to_path_buf(),
             out.path().join("partial"),
-            BTreeMap::new(),
+            Vec::new(),
             1,
             &NullProgress,
         );

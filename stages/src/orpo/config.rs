@@ -40,6 +40,11 @@ trainer_table! {
     /// The `[orpo]` table as written (its own keys, then the shared training keys);
     /// [`OrpoStageConfig::resolve`] gives the effective settings.
     pub struct OrpoStageConfig {
+        /// The instance whose model it starts from (default `sft` when the pipeline has an
+        /// instance of that name, else `model`).
+        pub model: Option<String>,
+        /// The score instance (or preference ingest) whose pairs it trains on (default `score`).
+        pub pairs: Option<String>,
         pub init: Option<Init>,
         pub beta: Option<f64>,
         pub nll: Option<Nll>,

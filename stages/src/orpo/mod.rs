@@ -26,7 +26,7 @@ use artifact::{ADAPTER_DIR, METRICS_FILE, SUMMARY_FILE};
 use config::OrpoSettings;
 use report::OrpoSummary;
 
-use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
+use crate::contract::{ConfigIssue, Input, Pipeline, Stage, StageContext, StageResult};
 use crate::llm::loss::DEFAULT_CHUNK;
 #[cfg(test)]
 use crate::llm::PeftAdapter;
@@ -57,8 +57,7 @@ impl Stage for Orpo {
     const NAME: &'static str = "orpo";
     const VERSION: u32 = 1;
     const ABOUT: &'static str =
-        "ORPO preference training on score's pairs, on top of base + sft, resumable";
-    const DEPS: &'static [&'static str] = &["model", "sft", "score"];
+        "ORPO preference training on pairs (score's, or a preference ingest's) on its input model, resumable";
     const STARTER: &'static str = r#"[orpo]
 # init = "new"             # "new": a new LoRA on base + sft (merged); "continue_sft": train
 #                          # the sft adapter further (the orpo adapter then replaces it)
@@ -90,6 +89,14 @@ impl Stage for Orpo {
 # use_rslora = false
 "#;
     type Config = OrpoStageConfig;
+
+    fn inputs(cfg: &OrpoStageConfig, pipeline: &Pipeline) -> Result<Vec<Input>, ConfigIssue> {
+        Ok(crate::train::preference::inputs(
+            cfg.model.as_deref(),
+            cfg.pairs.as_deref(),
+            pipeline,
+        ))
+    }
 
     fn validate(cfg: &OrpoStageConfig) -> Result<(), ConfigIssue> {
         config::validate(cfg)

@@ -25,7 +25,7 @@ fn context<'a>(
         ws.to_path_buf(),
         out.to_path_buf(),
         partial.to_path_buf(),
-        inputs,
+        crate::testkit::default_inputs("orpo", &inputs),
         7,
         &NullProgress,
     )
@@ -400,7 +400,7 @@ fn show_prints_summary_and_curves() {
 #[test]
 fn the_stage_refuses_bad_keys_by_name() {
     let stage = crate::contract::erase::<Orpo>();
-    match stage.load_config("[orpo]\nbeta = -1.0\n") {
+    match stage.load_config("[orpo]\nbeta = -1.0\n", "orpo") {
         Err(crate::contract::ConfigProblem::Invalid(issue)) => assert_eq!(issue.key, "beta"),
         other => panic!("{other:?}"),
     }
@@ -433,8 +433,8 @@ fn every_error_message_shows_its_cause() {
         Box::new(TrainError::llm("orpo", "step 3")(LlmError::Invalid(
             cause.into(),
         ))),
-        Box::new(PolicyError::SftAdapter {
-            path: PathBuf::from("sft"),
+        Box::new(PolicyError::Adapters {
+            stack: "base + sft adapter".into(),
             source: llm(),
         }),
         Box::new(PairsError::Render {

@@ -18,7 +18,7 @@ use serde::Serialize;
 use artifact::{Pair, PAIRS_FILE, SCORERS_FILE, SCORES_FILE, STATS_FILE};
 use report::{ScoredCandidate, ScoredPrompt};
 
-use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
+use crate::contract::{ConfigIssue, Input, Pipeline, Stage, StageContext, StageResult};
 use crate::generate::artifact::{
     read_candidates, CandidateRecord, CandidatesError, CANDIDATES_FILE,
 };
@@ -64,7 +64,6 @@ impl Stage for Score {
     const VERSION: u32 = 1;
     const ABOUT: &'static str =
         "score generated candidates (reference, embedding, rules, command) into preference pairs";
-    const DEPS: &'static [&'static str] = &["generate"];
     const STARTER: &'static str = r#"[score]
 # include_reference = true # the reference answer competes as a candidate (usually chosen)
 # min_margin = 0.05        # keep a pair only if chosen − rejected ≥ this (scores in [0, 1])
@@ -90,6 +89,15 @@ impl Stage for Score {
 # path = "data/extra_pairs.csv"
 "#;
     type Config = ScoreConfig;
+
+    fn inputs(cfg: &ScoreConfig, _pipeline: &Pipeline) -> Result<Vec<Input>, ConfigIssue> {
+        Ok(vec![Input::one(
+            "candidates",
+            cfg.candidates.as_deref(),
+            "generate",
+            &["generate"],
+        )])
+    }
 
     fn external_inputs(cfg: &ScoreConfig) -> Vec<PathBuf> {
         let mut inputs = cfg.external_inputs();
@@ -183,7 +191,7 @@ fn path_part(arg: &str) -> Option<&str> {
 fn run_score(cfg: &ScoreConfig, cx: &mut StageContext) -> Result<(), ScoreError> {
     let started = Instant::now();
     let workspace = cx.workspace().to_path_buf();
-    let records = read_candidates(&cx.input("generate").map_err(read)?.join(CANDIDATES_FILE))?;
+    let records = read_candidates(&cx.input("candidates").map_err(read)?.join(CANDIDATES_FILE))?;
     let effective = resolved_scorers(&cfg.scorers(), &workspace);
     let scorers = Scorers::new(&effective, &workspace)?;
     let names: Vec<String> = scorers

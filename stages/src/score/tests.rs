@@ -91,7 +91,10 @@ fn run(ws: &Path, gen: &Path, doc: &str) -> tempfile::TempDir {
         ws.to_path_buf(),
         out.path().to_path_buf(),
         ws.join("partial"),
-        BTreeMap::from([("generate".to_string(), gen.to_path_buf())]),
+        crate::testkit::default_inputs(
+            "score",
+            &BTreeMap::from([("generate".to_string(), gen.to_path_buf())]),
+        ),
         1,
         &NullProgress,
     );

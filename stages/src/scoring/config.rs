@@ -111,6 +111,9 @@ impl ScorersConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreConfig {
+    /// The generate instance whose candidates it scores (default `generate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<ReferenceConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -133,6 +136,7 @@ pub struct ScoreConfig {
 impl Default for ScoreConfig {
     fn default() -> Self {
         Self {
+            candidates: None,
             reference: None,
             embedding: None,
             rules: None,

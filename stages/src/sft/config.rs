@@ -34,6 +34,10 @@ trainer_table! {
     /// The `[sft]` table as written (its own keys, then the shared training keys);
     /// [`SftConfig::resolve`] gives the effective settings.
     pub struct SftConfig {
+        /// The ingest instance whose train/val rows it trains on (default `ingest`).
+        pub data: Option<String>,
+        /// The instance whose model it starts from (default `model`, the base).
+        pub model: Option<String>,
         #[serde(default)]
         pub preset: Preset,
         pub overlength: Option<Overlength>,

@@ -27,11 +27,13 @@ use config::SftSettings;
 use data::TokenRow;
 use report::{Sample, SftSummary};
 
-use crate::base::{BaseModel, BaseModelError};
-use crate::contract::{ConfigIssue, Stage, StageContext, StageResult};
+use crate::base::{load_adapters, BaseModel, BaseModelError, ModelStack, MODEL_KINDS};
+use crate::contract::{ConfigIssue, Input, Pipeline, Stage, StageContext, StageResult};
 use crate::ingest::artifact::{self as ingest, ExamplesError, TRAIN_FILE, VAL_FILE};
 use crate::llm::loss::{TargetLogProbs, DEFAULT_CHUNK};
-use crate::llm::{LlamaModel, LlmError, Mode, TargetMask, TextTokenizer, TokenBatch};
+use crate::llm::{
+    merge_adapters_into_model, LlamaModel, LlmError, Mode, TargetMask, TextTokenizer, TokenBatch,
+};
 use crate::progress::Progress;
 use crate::train::driver::{
     Driver, Finished, Objective, Prepared, RunPlace, RunTotals, TrainError, Values, METRICS_PARTIAL,
@@ -114,7 +116,6 @@ impl Stage for Sft {
     const VERSION: u32 = 1;
     const ABOUT: &'static str =
         "LoRA supervised fine-tuning on the train split, evaluated on val, resumable";
-    const DEPS: &'static [&'static str] = &["ingest", "model"];
     const STARTER: &'static str = r#"[sft]
 # preset = "balanced"      # defaults for every key below left out:
 #                          #   fast:             1 epoch,  lr 3e-4, batch 8,     seq 256,  r 8 on q/v
@@ -151,6 +152,13 @@ impl Stage for Sft {
 # use_rslora = false
 "#;
     type Config = SftConfig;
+
+    fn inputs(cfg: &SftConfig, _pipeline: &Pipeline) -> Result<Vec<Input>, ConfigIssue> {
+        Ok(vec![
+            Input::one("data", cfg.data.as_deref(), "ingest", &["ingest"]),
+            Input::one("model", cfg.model.as_deref(), "model", MODEL_KINDS).following("model"),
+        ])
+    }
 
     fn validate(cfg: &SftConfig) -> Result<(), ConfigIssue> {
         config::validate(cfg)
@@ -195,9 +203,9 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
     reset_peak();
     let settings = cfg.resolve();
     let seed = settings.seed.unwrap_or(cx.seed());
-    let (base, device) =
-        BaseModel::open(cx.input("model")?, cx.workspace()).map_err(SftError::from)?;
-    let ingest_dir = cx.input("ingest")?.to_path_buf();
+    let stack = ModelStack::from_chain(cx.chain("model")?)?;
+    let (base, device) = BaseModel::open(&stack.base, cx.workspace()).map_err(SftError::from)?;
+    let ingest_dir = cx.input("data")?.to_path_buf();
     let train_rows = ingest::read_examples(&ingest_dir.join(TRAIN_FILE)).map_err(SftError::from)?;
     let val_rows = ingest::read_examples(&ingest_dir.join(VAL_FILE)).map_err(SftError::from)?;
     let (train, train_counts) = encode(&base, &train_rows, &settings, TRAIN_FILE)?;
@@ -211,6 +219,13 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
         tokenizer,
         ..
     } = base;
+    // On a stack (sft after another adapter stage) the new LoRA trains on its merged weights.
+    let below =
+        load_adapters(&stack, &device).map_err(llm("cannot load the input model's adapters"))?;
+    if !below.is_empty() {
+        merge_adapters_into_model(&mut model, &below)
+            .map_err(llm("cannot merge the input model's adapters"))?;
+    }
     model
         .attach_lora(&settings.lora.engine_config(seed))
         .map_err(llm("cannot attach LoRA"))?;
@@ -218,7 +233,13 @@ pub(crate) fn run_sft(cfg: &SftConfig, cx: &mut StageContext, hooks: Hooks) -> S
     let pad = info.pad_token_id;
     let eval_batches = eval_batches(&val, settings.batch_size, pad, &device)?;
     let rows = train.iter().chain(&val).map(|r| (r.id.as_str(), r.len()));
-    let fingerprint = fingerprint(STATE_FORMAT, &settings, seed, &info.name, &[], rows);
+    let below_dirs: Vec<String> = stack
+        .adapters
+        .iter()
+        .map(|a| a.dir.to_string_lossy().into_owned())
+        .collect();
+    let below_refs: Vec<&str> = below_dirs.iter().map(String::as_str).collect();
+    let fingerprint = fingerprint(STATE_FORMAT, &settings, seed, &info.name, &below_refs, rows);
     let partial = cx.partial_dir().map_err(|source| SftError::Write {
         path: PathBuf::from("the checkpoint directory under artifacts/.partial/sft"),
         source,

@@ -27,6 +27,7 @@ fn row(i: usize, prompt: &str, response: &str) -> Row {
         system: None,
         category: None,
         source_row: i as u64 + 1,
+        rejected: None,
     }
 }
 
@@ -86,7 +87,7 @@ fn run_in(fx: &Fixture, toml: &str, partial: &Path, hooks: Hooks) -> Result<Done
         fx.ws.path().to_path_buf(),
         out.path().to_path_buf(),
         partial.to_path_buf(),
-        inputs,
+        crate::testkit::default_inputs("sft", &inputs),
         7,
         &NullProgress,
     );
@@ -438,11 +439,13 @@ fn show_prints_summary_curve_and_samples() {
 #[test]
 fn the_stage_refuses_bad_keys_by_name() {
     let stage = crate::contract::erase::<Sft>();
-    match stage.load_config("[sft]\n[sft.lora]\nr = 0\n") {
+    match stage.load_config("[sft]\n[sft.lora]\nr = 0\n", "sft") {
         Err(crate::contract::ConfigProblem::Invalid(issue)) => assert_eq!(issue.key, "lora.r"),
         other => panic!("{other:?}"),
     }
-    let loaded = stage.load_config("[sft]\npreset = \"fast\"\n").unwrap();
+    let loaded = stage
+        .load_config("[sft]\npreset = \"fast\"\n", "sft")
+        .unwrap();
     assert_eq!(loaded.canonical["lora"]["r"], 8);
     assert!(Sft::STARTER.starts_with("[sft]"));
     let starter: SftConfig = pick_table(Sft::STARTER, "sft").unwrap();

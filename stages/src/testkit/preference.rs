@@ -62,6 +62,7 @@ pub fn write_rows(path: &Path, n: usize) {
                 system: None,
                 category: None,
                 source_row: i as u64 + 1,
+                rejected: None,
             };
             serde_json::to_string(&row).unwrap() + "\n"
         })

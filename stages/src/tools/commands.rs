@@ -137,6 +137,11 @@ fn model_options(args: &ModelArgs, host: &dyn ToolHost) -> Result<ModelOptions, 
         .map_err(|e| ToolError::Usage(format!("--device: {e}")))?;
     let cwd = std::env::current_dir().map_err(|e| ToolError::Failed(format!(".: {e}")))?;
     let adapters = args.adapters.iter().map(|a| cwd.join(a)).collect();
+    // The directory of pipeline.toml: a `model` artifact's spec is relative to it.
+    let workspace = match host.config_path().parent() {
+        Some(p) if !p.as_os_str().is_empty() => cwd.join(p),
+        _ => cwd.clone(),
+    };
     let needs_pipeline = args.stage.is_some() || args.model.is_none();
     let pipeline_model = if needs_pipeline || host.config_path().exists() {
         pipeline_model(host)?
@@ -152,18 +157,20 @@ fn model_options(args: &ModelArgs, host: &dyn ToolHost) -> Result<ModelOptions, 
     kwargs.extend(parse_template_kwargs(&args.template_kwargs)?);
     check_template_kwargs(&kwargs)
         .map_err(|e| ToolError::Usage(format!("--template-kwarg: {e}")))?;
-    let stage_dir = match &args.stage {
+    let stage = match &args.stage {
         Some(stage) => Some(
-            host.artifact_dir(stage, "--stage")
+            host.artifact_chain(stage, "model", "--stage")
                 .map_err(ToolError::Host)?,
         ),
         None => None,
     };
+
     Ok(ModelOptions {
         model,
         model_root,
         adapters,
-        stage_dir,
+        stage,
+        workspace,
         device,
         template: args.template.clone(),
         template_kwargs: kwargs,

@@ -1,10 +1,12 @@
 //! The model a tool talks to: a base model (path or hub spec) with adapters, or a pipeline
-//! stage's artifact (its `adapter/` on top of the base, or its merged `model/`), with its
-//! tokenizer and chat template. One adapter stays attached beside the 8-bit decode copies
-//! (which then hold a GGUF base exactly); several are merged in order.
+//! instance's model (an adapter stage's stack on its base, or a merge's `model/`), with its
+//! tokenizer and chat template. The last adapter stays attached beside the 8-bit decode
+//! copies (which then hold a GGUF base exactly); the ones before it are merged in order.
 
 use std::path::PathBuf;
 
+use crate::base::ModelStack;
+use crate::inputs::Link;
 use crate::llm::device::DeviceChoice;
 use crate::llm::template::TemplateKwargs;
 use crate::llm::{
@@ -12,8 +14,6 @@ use crate::llm::{
     LlmResult, ModelSpec, PeftAdapter, TextTokenizer,
 };
 
-/// The adapter directory inside a training stage's artifact (sft's; orpo names its own alike).
-const STAGE_ADAPTER_DIR: &str = crate::sft::artifact::ADAPTER_DIR;
 /// The merged-model directory inside merge's artifact.
 const STAGE_MODEL_DIR: &str = crate::merge::artifact::MODEL_DIR;
 
@@ -28,8 +28,11 @@ pub struct ModelOptions {
     pub model_root: PathBuf,
     /// PEFT adapter directories (relative ones to the current directory), merged in order.
     pub adapters: Vec<PathBuf>,
-    /// A committed stage artifact directory (`--stage`), resolved by the engine.
-    pub stage_dir: Option<PathBuf>,
+    /// `--stage`: the instance's committed artifact and those below it through `model`,
+    /// resolved by the engine (top first).
+    pub stage: Option<Vec<Link>>,
+    /// The workspace root, which a `model` artifact's spec is relative to.
+    pub workspace: PathBuf,
     pub device: DeviceChoice,
     /// `model` (the model's own, the default) or a named fallback template.
     pub template: Option<String>,
@@ -57,26 +60,28 @@ impl ModelSession {
     /// Loads the base model, then applies the adapters (`--adapter` ones, then the stage's).
     pub fn open(options: &ModelOptions) -> LlmResult<Self> {
         let device = options.device.open()?;
-        let (spec, stage_adapter) = base_and_stage_adapter(options)?;
+        let (spec, root, stage_adapters) = base_and_stage_adapters(options)?;
         let loaded = match options.random_weights {
-            Some(seed) => load_model_random(&spec, &options.model_root, &device, seed)?,
-            None => load_model(&spec, &options.model_root, &device)?,
+            Some(seed) => load_model_random(&spec, &root, &device, seed)?,
+            None => load_model(&spec, &root, &device)?,
         };
         let template = loaded
             .template(options.template.as_deref())
             .and_then(|t| t.with_kwargs(options.template_kwargs.clone()));
         let mut model = LlamaModel::from_tensors(&loaded.config, loaded.weights.into_map())?;
         let mut adapter_dirs = options.adapters.clone();
-        adapter_dirs.extend(stage_adapter);
+        adapter_dirs.extend(stage_adapters);
         let adapters = adapter_dirs
             .iter()
             .map(|dir| PeftAdapter::load(dir, &device))
             .collect::<LlmResult<Vec<_>>>()?;
-        // One adapter stays attached (decoding then rounds only the base, whose GGUF weights
-        // the 8-bit copies hold exactly); several are merged in order.
-        match adapters.as_slice() {
-            [one] => one.attach_to(&mut model)?,
-            many => merge_adapters_into_model(&mut model, many)?,
+        // The last adapter stays attached (decoding then rounds only the weights below it,
+        // which for a GGUF base alone the 8-bit copies hold exactly); the others are merged.
+        if let Some((last, below)) = adapters.split_last() {
+            if !below.is_empty() {
+                merge_adapters_into_model(&mut model, below)?;
+            }
+            last.attach_to(&mut model)?;
         }
         if !options.exact {
             model.pack_for_decode()?;
@@ -94,23 +99,37 @@ impl ModelSession {
     }
 }
 
-/// The model to load and the stage's adapter, if the stage artifact has one.
-fn base_and_stage_adapter(options: &ModelOptions) -> LlmResult<(ModelSpec, Option<PathBuf>)> {
-    if let Some(dir) = &options.stage_dir {
-        let merged = dir.join(STAGE_MODEL_DIR);
-        if merged.is_dir() {
-            return Ok((ModelSpec::Local(merged), None));
-        }
-        let adapter = dir.join(STAGE_ADAPTER_DIR);
-        if !adapter.is_dir() {
-            return Err(LlmError::Invalid(format!(
-                "{}: the stage artifact has neither `{STAGE_ADAPTER_DIR}/` nor `{STAGE_MODEL_DIR}/`; pick a stage that trains or merges a model",
-                dir.display()
-            )));
-        }
-        return Ok((base_spec(options)?, Some(adapter)));
+/// The model to load (and what a relative path in it is relative to) and the adapters of
+/// the `--stage` instance's stack, bottom first.
+fn base_and_stage_adapters(
+    options: &ModelOptions,
+) -> LlmResult<(ModelSpec, PathBuf, Vec<PathBuf>)> {
+    let Some(chain) = &options.stage else {
+        return Ok((base_spec(options)?, options.model_root.clone(), Vec::new()));
+    };
+    let top = chain
+        .first()
+        .ok_or_else(|| LlmError::Invalid("--stage: the engine gave no artifact".into()))?;
+    let merged = top.dir.join(STAGE_MODEL_DIR);
+    if top.kind == "merge" && merged.is_dir() {
+        return Ok((
+            ModelSpec::Local(merged),
+            options.workspace.clone(),
+            Vec::new(),
+        ));
     }
-    Ok((base_spec(options)?, None))
+    let stack = ModelStack::from_chain(chain).map_err(|e| {
+        LlmError::Invalid(format!(
+            "--stage {}: {e}; pick an instance that trains or merges a model",
+            top.instance
+        ))
+    })?;
+    let info =
+        crate::model::artifact::read_info(&stack.base.join(crate::model::artifact::MODEL_FILE))
+            .map_err(|e| LlmError::Invalid(e.to_string()))?;
+    let spec = ModelSpec::parse(&info.spec)?.pinned(info.revision.as_deref());
+    let adapters = stack.adapters.into_iter().map(|a| a.dir).collect();
+    Ok((spec, options.workspace.clone(), adapters))
 }
 
 fn base_spec(options: &ModelOptions) -> LlmResult<ModelSpec> {

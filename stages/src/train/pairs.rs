@@ -1,6 +1,6 @@
-//! The score stage's preference pairs turned into token ids for the preference trainers
-//! (orpo, dpo): read from `pairs.jsonl`, split into train and held-out pairs by a seeded hash
-//! of their ids, rendered with the model's chat template (the rendering sft and generate use)
+//! Preference pairs turned into token ids for the preference trainers (orpo, dpo): a score
+//! instance's `pairs.jsonl`, split into train and held-out pairs by a seeded hash of their
+//! ids, or the train and val splits of an ingest instance with layout "preference"; rendered with the model's chat template (the rendering sft and generate use)
 //! and fitted to `max_seq_len`.
 
 use std::path::{Path, PathBuf};
@@ -230,25 +230,78 @@ pub struct Pairs {
     pub counts: PairCounts,
 }
 
-/// Reads, splits, renders and fits the pairs of `path` for `stage`; each side must keep at
+/// Where a preference stage's pairs come from.
+pub enum PairsSource {
+    /// A score instance's `pairs.jsonl`: split by `eval_fraction`.
+    Score(PathBuf),
+    /// An ingest instance's artifact with layout "preference": its train split trains, its
+    /// val split is held out.
+    Ingest(PathBuf),
+}
+
+/// The pairs of a preference ingest's split file, with their 1-based lines.
+fn ingest_pairs(path: &Path) -> Result<Vec<(usize, Pair)>, PairsError> {
+    use crate::ingest::artifact::read_examples;
+    use crate::scoring::TextSource;
+    let rows = read_examples(path).map_err(|e| PairsError::Pairs {
+        path: path.to_path_buf(),
+        line: 0,
+        message: e.to_string(),
+    })?;
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let rejected = row.rejected.ok_or_else(|| PairsError::Pairs {
+                path: path.to_path_buf(),
+                line: i + 1,
+                message: "the row has no rejected answer: `pairs` reads an ingest instance with layout = \"preference\"".into(),
+            })?;
+            let pair = Pair {
+                id: row.id,
+                prompt: row.prompt,
+                system: row.system,
+                chosen: row.response,
+                rejected,
+                chosen_score: None,
+                rejected_score: None,
+                chosen_source: TextSource::Reference,
+                rejected_source: TextSource::Reference,
+            };
+            Ok((i + 1, pair))
+        })
+        .collect()
+}
+
+/// Reads, splits, renders and fits the pairs of `source` for `stage`; each side must keep at
 /// least one.
 pub fn prepare(
     stage: &'static str,
     base: &BaseModel,
-    path: &Path,
+    source: &PairsSource,
     (eval_fraction, max_seq_len): (f64, usize),
     seed: u64,
 ) -> Result<Pairs, PairsError> {
-    let all = read_pairs(path)?;
-    if all.len() < 2 {
-        return Err(PairsError::TooFewPairs {
-            stage,
-            path: path.to_path_buf(),
-            count: all.len(),
-        });
-    }
-    let total = all.len();
-    let split = split(all, eval_fraction, seed);
+    let (split, total) = match source {
+        PairsSource::Score(path) => {
+            let all = read_pairs(path)?;
+            if all.len() < 2 {
+                return Err(PairsError::TooFewPairs {
+                    stage,
+                    path: path.to_path_buf(),
+                    count: all.len(),
+                });
+            }
+            let total = all.len();
+            (split(all, eval_fraction, seed), total)
+        }
+        PairsSource::Ingest(dir) => {
+            use crate::ingest::artifact::{TRAIN_FILE, VAL_FILE};
+            let train = ingest_pairs(&dir.join(TRAIN_FILE))?;
+            let eval = ingest_pairs(&dir.join(VAL_FILE))?;
+            let total = train.len() + eval.len();
+            (SplitPairs { train, eval }, total)
+        }
+    };
     let (train, train_counts) = encode(base, &split.train, max_seq_len)?;
     let (eval, eval_counts) = encode(base, &split.eval, max_seq_len)?;
     for (side, rows, counts) in [

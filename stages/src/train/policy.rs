@@ -1,16 +1,14 @@
-//! The model a preference trainer (orpo, dpo) starts from: the base with the sft adapter
-//! merged and a new LoRA to train (`init = "new"`), or the base with the sft adapter attached
+//! The model a preference trainer (orpo, dpo) starts from: its input model's stack with every
+//! adapter merged and a new LoRA to train (`init = "new"`), or with the top adapter attached
 //! as the one to train further (`init = "continue_sft"`). Either way, before the first step it
-//! computes exactly base + sft, the stage's input model.
-
-use std::path::{Path, PathBuf};
+//! computes exactly the stage's input model.
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use super::lora_settings::LoraSettings;
-use crate::llm::{merge_adapters_into_model, LlamaModel, LlmError, PeftAdapter};
-use crate::sft::artifact::ADAPTER_DIR as SFT_ADAPTER_DIR;
+use crate::base::{load_adapters, ModelStack};
+use crate::llm::{merge_adapters_into_model, LlamaModel, LlmError};
 
 /// Which adapter a preference trainer trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -27,12 +25,14 @@ pub enum Init {
 /// Why the starting model could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot read the sft adapter in {}: {source}; re-run `pipe run --from sft`", path.display())]
-    SftAdapter {
-        path: PathBuf,
+    #[error("cannot read the adapters of the input model ({stack}): {source}; re-run the stage that made it")]
+    Adapters {
+        stack: String,
         #[source]
         source: Box<LlmError>,
     },
+    #[error("init = \"continue_sft\" trains the input model's adapter further, but the input model ({0}) has none; set `model` to an sft instance or use init = \"new\"")]
+    NothingToContinue(String),
     #[error("{context}: {source}")]
     Llm {
         context: &'static str,
@@ -41,16 +41,12 @@ pub enum PolicyError {
     },
 }
 
-/// The sft adapter inside sft's artifact directory.
-pub fn sft_adapter_dir(sft_artifact: &Path) -> PathBuf {
-    sft_artifact.join(SFT_ADAPTER_DIR)
-}
-
-/// Turns `model` (the base) into the policy `init` asks for, reading the sft adapter of
-/// `sft_dir` (an adapter directory).
+/// Turns `model` (the base of `stack`) into the policy `init` asks for: the stack's adapters
+/// merged and a new LoRA attached (`New`), or all but the top one merged and the top one
+/// attached to train further (`ContinueSft`).
 pub fn start_policy(
     model: &mut LlamaModel,
-    sft_dir: &Path,
+    stack: &ModelStack,
     init: Init,
     lora: &LoraSettings,
     seed: u64,
@@ -62,20 +58,29 @@ pub fn start_policy(
             source: Box::new(source),
         }
     };
-    let sft = PeftAdapter::load(sft_dir, device).map_err(|source| PolicyError::SftAdapter {
-        path: sft_dir.to_path_buf(),
+    let mut adapters = load_adapters(stack, device).map_err(|source| PolicyError::Adapters {
+        stack: stack.describe("base"),
         source: Box::new(source),
     })?;
-    match init {
-        Init::New => {
-            merge_adapters_into_model(model, &[sft])
-                .map_err(llm("cannot merge the sft adapter into the base model"))?;
-            model
-                .attach_lora(&lora.engine_config(seed))
-                .map_err(llm("cannot attach LoRA"))
-        }
-        Init::ContinueSft => sft
+    let top = match init {
+        Init::New => None,
+        Init::ContinueSft => Some(
+            adapters
+                .pop()
+                .ok_or_else(|| PolicyError::NothingToContinue(stack.describe("base")))?,
+        ),
+    };
+    if !adapters.is_empty() {
+        merge_adapters_into_model(model, &adapters).map_err(llm(
+            "cannot merge the input model's adapters into the base model",
+        ))?;
+    }
+    match top {
+        None => model
+            .attach_lora(&lora.engine_config(seed))
+            .map_err(llm("cannot attach LoRA")),
+        Some(top) => top
             .attach_to(model)
-            .map_err(llm("cannot attach the sft adapter")),
+            .map_err(llm("cannot attach the input model's adapter")),
     }
 }

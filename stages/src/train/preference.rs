@@ -319,44 +319,42 @@ pub struct PreferenceSetup<'a, S> {
     pub format: u32,
 }
 
-/// Reads the `model`, `sft` and `score` artifacts of `cx`: the pairs (split, rendered,
-/// fitted; each side non-empty) and the policy ([`super::policy::start_policy`]).
+/// Reads the `model` stack and the `pairs` of `cx`: the pairs (split, rendered, fitted; each
+/// side non-empty) and the policy ([`super::policy::start_policy`]).
 pub fn start<S: Serialize>(
     cx: &StageContext,
     setup: &PreferenceSetup<'_, S>,
 ) -> crate::contract::StageResult<PreferenceStart> {
-    use crate::score::artifact::PAIRS_FILE;
     let t = setup.train;
     let seed = t.seed.unwrap_or(cx.seed());
-    let pairs_path = cx.input("score")?.join(PAIRS_FILE);
-    let sft_dir = super::policy::sft_adapter_dir(cx.input("sft")?);
-    let (base, device) = crate::base::BaseModel::open(cx.input("model")?, cx.workspace())?;
+    let pairs_path = pairs_file(cx)?;
+    let stack = crate::base::ModelStack::from_chain(cx.chain("model")?)?;
+    let (base, device) = crate::base::BaseModel::open(&stack.base, cx.workspace())?;
     let split = (setup.eval_fraction, t.max_seq_len);
     let pairs = super::pairs::prepare(setup.stage, &base, &pairs_path, split, seed)?;
     let crate::base::BaseModel {
         info, mut model, ..
     } = base;
-    super::policy::start_policy(&mut model, &sft_dir, setup.init, &t.lora, seed, &device)?;
+    super::policy::start_policy(&mut model, &stack, setup.init, &t.lora, seed, &device)?;
     let lengths: Vec<usize> = pairs.train.iter().map(PairRow::len).collect();
     let mut eval = pairs.eval;
     if let Some(max) = setup.max_eval_pairs {
         eval.truncate(max);
     }
-    // The sft artifact's directory names its key.
-    let sft_key = sft_dir.to_string_lossy();
+    // The adapters' directories name their artifacts' keys.
+    let below: Vec<String> = stack
+        .adapters
+        .iter()
+        .map(|a| a.dir.to_string_lossy().into_owned())
+        .collect();
+    let below: Vec<&str> = below.iter().map(String::as_str).collect();
     let rows = pairs
         .train
         .iter()
         .chain(&eval)
         .map(|r| (r.id.as_str(), r.tokens()));
-    let fingerprint = super::resume::fingerprint(
-        setup.format,
-        setup.settings,
-        seed,
-        &info.name,
-        &[&sft_key],
-        rows,
-    );
+    let fingerprint =
+        super::resume::fingerprint(setup.format, setup.settings, seed, &info.name, &below, rows);
     let partial = cx
         .partial_dir()
         .map_err(|source| super::output::OutputError {
@@ -378,6 +376,43 @@ pub fn start<S: Serialize>(
         fingerprint,
         partial,
     })
+}
+
+/// The inputs of a preference stage: `model` (default: the instance `sft` when the pipeline
+/// has one, else the base `model`) and `pairs` (default `score`).
+pub fn inputs(
+    model: Option<&str>,
+    pairs: Option<&str>,
+    pipeline: &crate::contract::Pipeline,
+) -> Vec<crate::contract::Input> {
+    use crate::contract::Input;
+    let default_model = if pipeline.kind_of("sft") == Some("sft") {
+        "sft"
+    } else {
+        "model"
+    };
+    vec![
+        Input::one("model", model, default_model, crate::base::MODEL_KINDS).following("model"),
+        Input::one("pairs", pairs, "score", &["score", "ingest"]),
+    ]
+}
+
+/// The pairs of the instance the input `pairs` names: a score instance's `pairs.jsonl`, or
+/// the splits of an ingest instance with layout "preference".
+fn pairs_file(cx: &StageContext) -> crate::contract::StageResult<super::pairs::PairsSource> {
+    use super::pairs::PairsSource;
+    let link = cx.top("pairs")?;
+    match link.kind.as_str() {
+        "score" => Ok(PairsSource::Score(
+            link.dir.join(crate::score::artifact::PAIRS_FILE),
+        )),
+        "ingest" => Ok(PairsSource::Ingest(link.dir.clone())),
+        other => Err(format!(
+            "`pairs` reads `{}`, an instance of kind {other}, whose rows are not preference pairs",
+            link.instance
+        )
+        .into()),
+    }
 }
 
 /// Writes what a finished trainer leaves in `out`: the adapter (PEFT) in `adapter_dir` and the
