@@ -220,6 +220,13 @@ mod tests {
         let other = dir.path().join("other.csv");
         std::fs::write(&data, "a,b\n1,2\n").unwrap();
         std::fs::write(&other, "a,b\n3,4\n").unwrap();
+        // One mtime for both, so that `cp -p` brings back the one the cache saw.
+        let when =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        for path in [&data, &other] {
+            let file = std::fs::File::options().write(true).open(path).unwrap();
+            file.set_modified(when).unwrap();
+        }
         let mut cache = DigestCache::load(dir.path().join("c.json"));
         let before = cache.digest(&data).unwrap();
         // The ctime has a clock tick's resolution; make sure it moves.

@@ -162,7 +162,6 @@ impl<'r> Workspace<'r> {
                 true => self.config.stages[stage].environment_on_gpus.clone(),
                 false => self.config.stages[stage].environment.clone(),
             },
-            environment: self.config.stages[stage].environment.clone(),
             reads: self.config.wiring.reads(stage, |n| self.kind(n)),
         })
     }
