@@ -5,7 +5,7 @@
 //! does not stop the rest. The sweep is recorded under
 //! `artifacts/.sweeps/` so that `pipe compare` can put its rows first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -578,7 +578,7 @@ impl Sweep {
         let seconds = clock.elapsed().as_secs_f64();
         match result {
             Ok(outcome) => {
-                let mut claimed = std::collections::BTreeSet::new();
+                let mut claimed = BTreeSet::new();
                 for (i, plan) in &planned {
                     let turn = turn_of(plan, &outcome, &mut claimed);
                     self.finish_variant(*i, turn, seconds)?;
@@ -696,11 +696,7 @@ impl Sweep {
 /// What a variant's jobs came to: the first of its stages that failed (or was skipped after
 /// a failure), else ok. A stage key several variants share counts as run by the first that
 /// planned it (`claimed`) and as cached by the others, as in a sweep run one by one.
-fn turn_of(
-    plan: &Plan,
-    batch: &BatchOutcome,
-    claimed: &mut std::collections::BTreeSet<(String, String)>,
-) -> Turn {
+fn turn_of(plan: &Plan, batch: &BatchOutcome, claimed: &mut BTreeSet<(String, String)>) -> Turn {
     let keys = plan_keys(plan);
     let failed = plan.steps.iter().find_map(|s| {
         let why = batch.failed.get(&(s.stage.to_string(), s.key.clone()))?;

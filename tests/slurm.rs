@@ -7,7 +7,8 @@
 mod support;
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -202,12 +203,9 @@ fn checkpoint_step(ws: &Ws) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
 }
 
-#[test]
-fn a_cancelled_sft_job_resumes_from_its_checkpoint_when_run_again() {
-    if !slurm_or_skip() {
-        return;
-    }
-    let ws = tiny_workspace(&cancellable());
+/// Starts `pipe run --executor slurm --to sft` (stdout to a file) and waits until its sft job
+/// has checkpointed step `min_step` or later.
+fn submit_sft_until_step(ws: &Ws, min_step: u64, what: &str) -> (Child, PathBuf) {
     let stdout_path = ws.path("submitter.out");
     let mut child = ws
         .command(&["run", "--executor", "slurm", "--to", "sft"])
@@ -216,19 +214,19 @@ fn a_cancelled_sft_job_resumes_from_its_checkpoint_when_run_again() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
-    while checkpoint_step(&ws).is_none_or(|s| s < 10) {
-        assert!(Instant::now() < deadline, "no sft checkpoint appeared");
+    while checkpoint_step(ws).is_none_or(|s| s < min_step) {
+        assert!(Instant::now() < deadline, "{what}");
         assert!(
             child.try_wait().unwrap().is_none(),
             "the submitter ended early"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let printed = std::fs::read_to_string(&stdout_path).unwrap();
-    let sft_jobs = job_ids(&printed, "sft");
-    assert_eq!(sft_jobs.len(), 1, "{printed}");
-    let scancel = Command::new("scancel").arg(&sft_jobs[0]).status().unwrap();
-    assert!(scancel.success());
+    (child, stdout_path)
+}
+
+/// Waits for the submitter: its exit status, what it printed and its stderr.
+fn finish(mut child: Child, stdout_path: &Path) -> (ExitStatus, String, String) {
     let status = child.wait().unwrap();
     let mut stderr = String::new();
     child
@@ -237,7 +235,26 @@ fn a_cancelled_sft_job_resumes_from_its_checkpoint_when_run_again() {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
+    (
+        status,
+        std::fs::read_to_string(stdout_path).unwrap(),
+        stderr,
+    )
+}
+
+#[test]
+fn a_cancelled_sft_job_resumes_from_its_checkpoint_when_run_again() {
+    if !slurm_or_skip() {
+        return;
+    }
+    let ws = tiny_workspace(&cancellable());
+    let (child, stdout_path) = submit_sft_until_step(&ws, 10, "no sft checkpoint appeared");
     let printed = std::fs::read_to_string(&stdout_path).unwrap();
+    let sft_jobs = job_ids(&printed, "sft");
+    assert_eq!(sft_jobs.len(), 1, "{printed}");
+    let scancel = Command::new("scancel").arg(&sft_jobs[0]).status().unwrap();
+    assert!(scancel.success());
+    let (status, printed, stderr) = finish(child, &stdout_path);
     assert_eq!(status.code(), Some(1), "{printed}\n{stderr}");
     assert!(stderr.contains("CANCELLED"), "{printed}\n{stderr}");
     assert!(
@@ -395,29 +412,10 @@ fn ctrl_c_cancels_the_jobs_the_run_submitted() {
         return;
     }
     let ws = tiny_workspace(&cancellable());
-    let stdout_path = ws.path("submitter.out");
-    let mut child = ws
-        .command(&["run", "--executor", "slurm", "--to", "sft"])
-        .stdout(std::fs::File::create(&stdout_path).unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while checkpoint_step(&ws).is_none() {
-        assert!(Instant::now() < deadline, "sft never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (child, stdout_path) = submit_sft_until_step(&ws, 0, "sft never started");
     // SAFETY: a plain kill(2) of the child we spawned.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let printed = std::fs::read_to_string(&stdout_path).unwrap();
+    let (status, printed, stderr) = finish(child, &stdout_path);
     assert_eq!(status.code(), Some(130), "{printed}\n{stderr}");
     let sft = job_ids(&printed, "sft");
     assert!(

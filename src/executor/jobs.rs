@@ -285,20 +285,17 @@ impl<S: BatchSystem> Run<'_, S> {
         for step in &run.plan.steps {
             keys.insert(step.stage, &step.key);
             let id = (step.stage.to_string(), step.key.clone());
-            if !matches!(step.action, Action::Run(_)) {
+            let Action::Run(why) = &step.action else {
                 if self.announced.insert(id) {
                     self.announce(step);
                 }
                 continue;
-            }
+            };
             if self.by_key.contains_key(&id) {
                 continue; // an earlier plan of this run builds it
             }
             let needs = self.needs(step.stage, &keys);
             let request = self.batch.request(run.ws, step, run.overrides);
-            let Action::Run(why) = &step.action else {
-                unreachable!("matched above")
-            };
             let (job_id, done) = if dry_run {
                 self.reporter.would_run(step.stage, &step.key, why);
                 let after: Vec<String> = needs
