@@ -1,7 +1,7 @@
 //! Pipelines other than the fixed chain, through the real binary on the tiny generated model:
 //! SFT only (ingest → model → sft → merge → eval comparing base and the merged sft model),
-//! and the demo pipeline.toml with `[generate]`, `[score]` and `[orpo]` deleted, which must
-//! be that same valid pipeline.
+//! the demo pipeline.toml with `[generate]`, `[score]` and `[orpo]` deleted, which must be
+//! that same valid pipeline, and multi-turn chats trained whole and answered in context.
 
 mod support;
 
@@ -179,4 +179,85 @@ fn the_demo_without_generate_score_and_orpo_is_sft_then_merge_and_eval() {
     assert!(mermaid.contains("sft --> merge"), "{mermaid}");
     assert!(mermaid.contains("sft --> eval"), "{mermaid}");
     assert!(!mermaid.contains("orpo"), "{mermaid}");
+}
+
+/// Two-exchange chats from [`support::tools_csv`]'s rows: row `i` then row `i + 1`.
+fn tool_chats() -> String {
+    let tools = [
+        "ls", "cat", "grep", "sed", "awk", "cp", "mv", "rm", "tar", "ssh",
+    ];
+    let turn = |role: &str, content: String| serde_json::json!({"role": role, "content": content});
+    tools
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| {
+            let messages = vec![
+                turn("user", format!("What does {} do?", w[0])),
+                turn("assistant", format!("{} is tool number {i}.", w[0])),
+                turn("user", format!("What does {} do?", w[1])),
+                turn("assistant", format!("{} is tool number {}.", w[1], i + 1)),
+            ];
+            serde_json::json!({ "messages": messages }).to_string() + "\n"
+        })
+        .collect()
+}
+
+#[test]
+fn multi_turn_chats_are_trained_whole_and_answered_with_their_history() {
+    let pipeline = r#"
+[project]
+seed = 3
+
+[ingest]
+path = "data/chats.jsonl"
+val_fraction = 0.34
+
+[model]
+path = "tiny"
+
+[sft]
+max_steps = 2
+batch_size = 2
+max_seq_len = 128
+samples = 0
+
+[generate]
+split = "train"
+limit = 2
+candidates = 2
+max_new_tokens = 4
+
+[eval]
+models = ["model", "sft"]
+limit = 2
+max_new_tokens = 4
+"#;
+    let ws = tiny_workspace(pipeline);
+    ws.write("data/chats.jsonl", tool_chats());
+    let r = ws.ok(&["run", "--to", "generate"]);
+    assert!(r.all().contains("9 records"), "{}", r.all());
+    let show = ws.ok(&["show", "ingest"]).stdout;
+    assert!(show.contains("9 multi-turn rows"), "{show}");
+    // Generation answers the last question in the context of the first exchange.
+    let status = ws.ok(&["status"]).stdout;
+    let key = status
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("generate "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("{status}"));
+    let text = std::fs::read_to_string(
+        ws.path("artifacts/generate")
+            .join(key)
+            .join("candidates.jsonl"),
+    )
+    .unwrap();
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        let history = record["history"].as_array().unwrap();
+        assert_eq!(history.len(), 2, "{line}");
+        assert_eq!(history[1]["role"], "assistant", "{line}");
+    }
+    ws.ok(&["run", "--only", "eval"]);
+    let eval = eval_json(&ws, "eval", &[]);
+    assert_eq!(model_names(&eval), ["base", "sft"]);
 }

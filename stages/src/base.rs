@@ -79,44 +79,64 @@ impl BaseModel {
         })
     }
 
-    /// The messages of a single-turn prompt (system: the row's, else the configured default).
-    pub fn messages(&self, system: Option<&str>, prompt: &str) -> Vec<ChatMessage> {
-        chat_messages(self.info.system_prompt.as_deref(), system, prompt)
+    /// The messages of a prompt: the system prompt (the row's, else the configured default),
+    /// the earlier turns of a multi-turn row, then the last user turn.
+    pub fn messages(
+        &self,
+        system: Option<&str>,
+        history: &[ChatMessage],
+        prompt: &str,
+    ) -> Vec<ChatMessage> {
+        chat_messages(self.info.system_prompt.as_deref(), system, history, prompt)
     }
 
     /// The one rendering of a training example that every stage shares: prompt and
-    /// completion ids split where a completion-only loss masks.
+    /// completion ids split where a completion-only loss masks, with the earlier assistant
+    /// turns of a multi-turn row located in the prompt.
     pub fn render_example(
         &self,
         system: Option<&str>,
+        history: &[ChatMessage],
         prompt: &str,
         response: &str,
     ) -> Result<PromptCompletion, LlmError> {
         self.template.render_prompt_completion(
-            &self.messages(system, prompt),
+            &self.messages(system, history, prompt),
             response,
             &self.tokenizer,
         )
     }
 
-    /// The prompt ids generation conditions on (the same as [`BaseModel::render_example`]'s).
-    pub fn render_prompt(&self, system: Option<&str>, prompt: &str) -> Result<Vec<u32>, LlmError> {
-        let text = self.template.render(&self.messages(system, prompt), true)?;
+    /// The prompt ids generation conditions on (the same text as
+    /// [`BaseModel::render_example`]'s prompt).
+    pub fn render_prompt(
+        &self,
+        system: Option<&str>,
+        history: &[ChatMessage],
+        prompt: &str,
+    ) -> Result<Vec<u32>, LlmError> {
+        let text = self
+            .template
+            .render(&self.messages(system, history, prompt), true)?;
         self.tokenizer.encode(&text, false)
     }
 }
 
-/// The conversation of one single-turn example: the row's system prompt, else the
-/// configured default, else none (the template's own default applies).
+/// The conversation of one example: the row's system prompt, else the configured default, else
+/// none (the template's own default applies); then the earlier turns and the user's prompt.
 pub fn chat_messages(
     default_system: Option<&str>,
     row_system: Option<&str>,
+    history: &[ChatMessage],
     prompt: &str,
 ) -> Vec<ChatMessage> {
     let system = row_system
         .filter(|s| !s.trim().is_empty())
         .or(default_system);
-    ChatMessage::prompt(system, prompt)
+    let mut messages: Vec<ChatMessage> = system.map(ChatMessage::system).into_iter().collect();
+    messages.extend(history.iter().cloned());
+    messages.push(ChatMessage::user(prompt));
+    messages
 }
 
 /// The kinds whose instances yield a model a stage can start from or answer with: the base

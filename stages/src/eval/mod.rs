@@ -520,6 +520,7 @@ pub fn evaluate(
         .map(|((g, row), id)| Answer {
             id,
             prompt: &row.example.prompt,
+            history: &row.example.history,
             reference: &row.example.response,
             answer: &g.text,
         })
@@ -585,11 +586,12 @@ fn render_rows(
                 )
             };
             let prompt_ids = base
-                .render_prompt(example.system.as_deref(), &example.prompt)
+                .render_prompt(example.system.as_deref(), &example.history, &example.prompt)
                 .map_err(llm(context()))?;
             let rendered = base
                 .render_example(
                     example.system.as_deref(),
+                    &example.history,
                     &example.prompt,
                     &example.response,
                 )
@@ -603,7 +605,7 @@ fn render_rows(
                 if prompt.len() > keep {
                     prompt.drain(..prompt.len() - keep);
                 }
-                Some(Example { prompt, completion })
+                Some(Example::new(prompt, completion))
             };
             Ok(Row {
                 example,

@@ -48,6 +48,7 @@ fn row(i: usize, prompt: &str, response: &str) -> ingest::Example {
         category: None,
         source_row: i as u64 + 1,
         rejected: None,
+        history: Vec::new(),
     }
 }
 

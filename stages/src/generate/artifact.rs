@@ -33,6 +33,9 @@ pub struct CandidateRecord {
     pub prompt: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
+    /// The turns before `prompt` of a multi-turn row (the context it is asked in).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<crate::llm::ChatMessage>,
     /// The dataset's answer.
     pub reference: String,
     pub candidates: Vec<GeneratedCandidate>,

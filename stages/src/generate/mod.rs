@@ -309,7 +309,7 @@ fn render(
     rows.into_iter()
         .map(|row| {
             let ids = base
-                .render_prompt(row.system.as_deref(), &row.prompt)
+                .render_prompt(row.system.as_deref(), &row.history, &row.prompt)
                 .map_err(llm(format!(
                     "row id {} (source row {}): cannot render it with the chat template",
                     row.id, row.source_row
@@ -413,6 +413,7 @@ impl Session<'_> {
                 id: p.row.id.clone(),
                 prompt: p.row.prompt.clone(),
                 system: p.row.system.clone(),
+                history: p.row.history.clone(),
                 reference: p.row.response.clone(),
                 candidates: c.into_iter().flatten().collect(),
             })

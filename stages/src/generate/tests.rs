@@ -21,6 +21,7 @@ fn row(i: usize, prompt: &str, response: &str) -> Row {
         category: None,
         source_row: i as u64 + 1,
         rejected: None,
+        history: Vec::new(),
     }
 }
 
@@ -282,6 +283,7 @@ fn truncation_keeps_whole_chunks_of_complete_lines() {
         id: "a".into(),
         prompt: "p".into(),
         system: None,
+        history: Vec::new(),
         reference: "r".into(),
         candidates: vec![],
     };

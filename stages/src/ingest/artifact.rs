@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::llm::ChatMessage;
+
 /// The training split, one [`Example`] per line.
 pub const TRAIN_FILE: &str = "train.jsonl";
 /// The validation split, one [`Example`] per line.
@@ -18,7 +20,8 @@ pub const STATS_FILE: &str = "stats.json";
 /// One output row of `train.jsonl` / `val.jsonl`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Example {
-    /// First 16 hex digits of blake3(system \0 prompt \0 response): stable across runs and files.
+    /// First 16 hex digits of blake3(system \0 prompt \0 response, then the rejected answer
+    /// and the history where a row has them): stable across runs and files.
     pub id: String,
     pub prompt: String,
     pub response: String,
@@ -32,6 +35,10 @@ pub struct Example {
     /// the chosen one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<String>,
+    /// The user and assistant turns before `prompt` in a multi-turn chat, oldest first: the
+    /// context the prompt is asked in. sft trains on its assistant turns too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<ChatMessage>,
 }
 
 /// A seeded sample of `limit` rows (all of them, in file order, without a limit): rows

@@ -6,7 +6,8 @@ use super::artifact::Example;
 use super::read::Candidate;
 use super::stats::Drops;
 
-/// blake3 over system \0 prompt \0 response: the duplicate key and the source of the id.
+/// blake3 over system \0 prompt \0 response (and the rejected answer and history a row may
+/// have): the duplicate key and the source of the id.
 pub(super) fn content_hash(row: &Candidate) -> blake3::Hash {
     let mut hasher = blake3::Hasher::new();
     hasher.update(row.system.as_bytes());
@@ -18,6 +19,14 @@ pub(super) fn content_hash(row: &Candidate) -> blake3::Hash {
     if !row.rejected.is_empty() {
         hasher.update(b"\0");
         hasher.update(row.rejected.as_bytes());
+    }
+    // Likewise only multi-turn rows: the same last exchange after another history is
+    // another row.
+    for turn in &row.history {
+        hasher.update(b"\0history\0");
+        hasher.update(turn.role.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(turn.content.as_bytes());
     }
     hasher.finalize()
 }
@@ -58,6 +67,7 @@ pub(super) fn clean(rows: Vec<Candidate>, preference: bool) -> (Vec<Example>, Dr
             category: non_empty(row.category),
             source_row: row.source_row,
             rejected: non_empty(row.rejected),
+            history: row.history,
         });
     }
     (kept, drops)

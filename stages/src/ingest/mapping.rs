@@ -204,6 +204,7 @@ impl Mapping {
             system: self.system.map(get).transpose()?.unwrap_or_default(),
             category: self.category.map(get).transpose()?.unwrap_or_default(),
             truncated: false,
+            history: Vec::new(),
             rejected: self.rejected.map(get).transpose()?.unwrap_or_default(),
             filter: self.filter.map(get).transpose()?.unwrap_or_default(),
         })

@@ -1,5 +1,6 @@
 //! The `messages` layout: a chat (`messages: [{role, content}]` or ShareGPT's
-//! `conversations: [{from, value}]`) reduced to its first user/assistant exchange.
+//! `conversations: [{from, value}]`) kept whole: its last answer is the row's response, the
+//! user turn before it the prompt, and the turns before that the row's history.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +10,7 @@ use super::config::{IngestConfig, Layout};
 use super::error::IngestError;
 use super::mapping::{clean_text, missing_column, role_need};
 use super::read::{Candidate, Loaded};
+use crate::llm::ChatMessage;
 use crate::tabular::{self, JsonRecord};
 
 /// A chat role, with ShareGPT's names folded in.
@@ -40,7 +42,7 @@ pub(super) fn load_messages(
         .map(|name| role_need("category", Some(name), "", Layout::Messages, true));
     let mut rows = Vec::with_capacity(records.len());
     for record in records {
-        let mut row = chat_exchange(record, file)?;
+        let mut row = chat_conversation(record, file)?;
         if let Some(need) = &category {
             let value = tabular::text_field(record, &need.name, file)?.ok_or_else(|| {
                 let available: Vec<String> = record.fields.keys().cloned().collect();
@@ -59,7 +61,9 @@ pub(super) fn load_messages(
     let mut columns = BTreeMap::new();
     columns.insert(
         "messages".to_string(),
-        "first user turn → prompt, next assistant turn → response".to_string(),
+        "last assistant turn after a user turn → response, that user turn → prompt, \
+         the turns before → history"
+            .to_string(),
     );
     if let Some(need) = &category {
         columns.insert("category".to_string(), need.name.clone());
@@ -72,8 +76,11 @@ pub(super) fn load_messages(
     })
 }
 
-/// The first user turn, the assistant turn after it, and the system turns before it.
-pub(super) fn chat_exchange(record: &JsonRecord, file: &str) -> Result<Candidate, IngestError> {
+/// The conversation of one record: the system turns before the dialogue, the last answer
+/// that follows a user turn (the response), that user turn (the prompt) and the user and
+/// assistant turns before it (the history). Turns after that answer, system turns inside the
+/// dialogue and turns of other roles are not kept: the row is marked `truncated`.
+pub(super) fn chat_conversation(record: &JsonRecord, file: &str) -> Result<Candidate, IngestError> {
     let bad = |message: String| IngestError::BadRecord {
         file: file.to_string(),
         location: record.location,
@@ -104,34 +111,65 @@ pub(super) fn chat_exchange(record: &JsonRecord, file: &str) -> Result<Candidate
         .enumerate()
         .map(|(i, turn)| turn_parts(turn).map_err(|m| bad(format!("message {}: {m}", i + 1))))
         .collect::<Result<Vec<_>, _>>()?;
-    let first_user = turns.iter().position(|(role, _)| *role == Role::User);
-    let system: Vec<String> = turns[..first_user.unwrap_or(turns.len())]
+    Ok(conversation_row(record.row, &turns))
+}
+
+/// Splits parsed turns into system, history, prompt and response (see [`chat_conversation`]).
+fn conversation_row(source_row: u64, turns: &[(Role, String)]) -> Candidate {
+    let opening = turns
         .iter()
-        .filter(|(role, _)| *role == Role::System)
+        .take_while(|(role, _)| *role == Role::System)
+        .count();
+    let system: Vec<String> = turns[..opening]
+        .iter()
         .map(|(_, content)| clean_text(content))
         .filter(|s| !s.is_empty())
         .collect();
-    let system_turns = turns[..first_user.unwrap_or(turns.len())]
+    let dialogue: Vec<&(Role, String)> = turns[opening..]
         .iter()
-        .filter(|(role, _)| *role == Role::System)
-        .count();
-    let prompt = first_user.map(|u| clean_text(&turns[u].1));
-    // The answer must be the very next turn: a later assistant turn may answer something else.
-    let response = first_user
-        .and_then(|u| turns.get(u + 1))
-        .filter(|(role, _)| *role == Role::Assistant)
-        .map(|(_, content)| clean_text(content));
-    let used = system_turns + usize::from(prompt.is_some()) + usize::from(response.is_some());
-    Ok(Candidate {
-        source_row: record.row,
-        prompt: prompt.unwrap_or_default(),
-        response: response.unwrap_or_default(),
+        .filter(|(role, _)| matches!(role, Role::User | Role::Assistant))
+        .collect();
+    // The answer must directly follow its question: a later assistant turn may answer
+    // something else.
+    let answer = (1..dialogue.len())
+        .rev()
+        .find(|&i| dialogue[i].0 == Role::Assistant && dialogue[i - 1].0 == Role::User);
+    let (history, prompt, response) = match answer {
+        Some(i) => (
+            dialogue[..i - 1]
+                .iter()
+                .map(|(role, content)| chat_message(*role, content))
+                .collect(),
+            clean_text(&dialogue[i - 1].1),
+            clean_text(&dialogue[i].1),
+        ),
+        None => {
+            let last_user = dialogue.iter().rev().find(|(role, _)| *role == Role::User);
+            let prompt = last_user.map(|(_, c)| clean_text(c)).unwrap_or_default();
+            (Vec::new(), prompt, String::new())
+        }
+    };
+    let used = opening + answer.map_or(0, |i| i + 1);
+    Candidate {
+        source_row,
+        prompt,
+        response,
         system: system.join("\n\n"),
         category: String::new(),
         truncated: turns.len() > used,
         rejected: String::new(),
         filter: String::new(),
-    })
+        history,
+    }
+}
+
+/// A kept dialogue turn as the chat template sees it.
+pub(super) fn chat_message(role: Role, content: &str) -> ChatMessage {
+    let text = clean_text(content);
+    match role {
+        Role::Assistant => ChatMessage::assistant(text),
+        _ => ChatMessage::user(text),
+    }
 }
 
 /// `(role, content)` of one chat turn (`role`/`content`, or ShareGPT `from`/`value`).

@@ -43,7 +43,8 @@ pub struct Ingest;
 
 impl Stage for Ingest {
     const NAME: &'static str = "ingest";
-    const VERSION: u32 = 1;
+    // 2: multi-turn chats are kept whole (`history`), no longer cut to their first exchange.
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "read a CSV/JSON/JSONL dataset, clean and deduplicate it, split it into train and val";
     const STARTER: &'static str = r#"[ingest]
@@ -55,8 +56,9 @@ path = "data/unix_manual_qa.csv"
 # delimiter = ","        # CSV field separator, one character (default "," or "\t" for .tsv)
 # layout = "auto"        # "auto", "columns", "alpaca" (instruction/input/output/system fields),
 #                        # "messages" (JSON/JSONL chats: messages = [{role, content}], or
-#                        # ShareGPT conversations = [{from, value}]; the first user turn and the
-#                        # assistant turn after it are kept, later turns are counted and dropped)
+#                        # ShareGPT conversations = [{from, value}], kept whole: the last
+#                        # answer is the response, the user turn before it the prompt, earlier
+#                        # turns its history; sft trains on every assistant turn)
 # Column (CSV) or field (JSON) names. Defaults: "prompt" and "response" for layout "columns";
 # "instruction", "output", "input", "system" for layout "alpaca".
 prompt = "question"
@@ -155,8 +157,8 @@ fn run_ingest(cfg: &IngestConfig, cx: &mut StageContext) -> StageResult {
     let truncated = loaded.rows.iter().filter(|r| r.truncated).count();
     if truncated > 0 {
         cx.progress().info(&format!(
-            "ingest: {truncated} chats have turns after the first user/assistant exchange; \
-             kept only that exchange of each"
+            "ingest: {truncated} chats have turns that are not kept (after the last answer \
+             that follows a user turn, system turns inside the dialogue, or other roles)"
         ));
     }
 
@@ -248,6 +250,7 @@ fn run_ingest(cfg: &IngestConfig, cx: &mut StageContext) -> StageResult {
         sampled_out,
         filtered,
         truncated_conversations: truncated,
+        multi_turn: rows.iter().filter(|r| !r.history.is_empty()).count(),
         seed: cx.seed(),
         val_fraction: cfg.val_fraction,
         stratified,

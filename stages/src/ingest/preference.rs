@@ -1,10 +1,11 @@
 //! TRL's conversational preference form: `chosen` and `rejected` are message lists that share
 //! the prompt turns (and an optional explicit `prompt` list); the pair is the last user turn,
-//! the system turn if any, and the two final assistant answers.
+//! the turns before it (the history), the system turn if any, and the two final answers.
 
 use super::config::IngestConfig;
 use super::error::IngestError;
 use super::read::{Candidate, Loaded};
+use crate::llm::ChatMessage;
 use crate::tabular::JsonRecord;
 
 /// Reads every record of the conversational form into candidates.
@@ -89,12 +90,19 @@ fn conversational_row(
             ))),
         }
     };
-    let prompt = context
+    let last_user = context
         .iter()
-        .rev()
-        .find(|(r, _)| r == "user")
-        .map(|(_, c)| c.clone())
+        .rposition(|(r, _)| r == "user")
         .ok_or_else(|| bad("no user turn before the answers".into()))?;
+    let prompt = context[last_user].1.clone();
+    let history = context[..last_user]
+        .iter()
+        .filter_map(|(role, content)| match role.as_str() {
+            "user" => Some(ChatMessage::user(content.as_str())),
+            "assistant" => Some(ChatMessage::assistant(content.as_str())),
+            _ => None,
+        })
+        .collect();
     let system = context
         .iter()
         .find(|(r, _)| r == "system")
@@ -117,6 +125,7 @@ fn conversational_row(
         system,
         category,
         truncated: false,
+        history,
         rejected: answer(&rejected, rejected_key)?,
         filter: match &cfg.filter {
             Some(f) => record

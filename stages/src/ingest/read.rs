@@ -19,13 +19,15 @@ pub(super) struct Candidate {
     pub(super) system: String,
     /// Empty when absent.
     pub(super) category: String,
-    /// A chat with turns after the first exchange.
+    /// A chat with turns that are not kept (after the last answer, or of other roles).
     pub(super) truncated: bool,
     /// The dispreferred answer of a preference row (`response` is the chosen one); empty
     /// in other layouts.
     pub(super) rejected: String,
     /// The value of the `filter` column (empty without a filter).
     pub(super) filter: String,
+    /// The turns before `prompt` of a multi-turn chat (empty for a single exchange).
+    pub(super) history: Vec<crate::llm::ChatMessage>,
 }
 
 /// Everything read from the file, before cleaning.

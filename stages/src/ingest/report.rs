@@ -36,8 +36,15 @@ pub(super) fn write_stats(s: &IngestStats, out: &mut dyn Write) -> std::io::Resu
     if s.truncated_conversations > 0 {
         writeln!(
             out,
-            "            {:>8} chats cut to their first exchange",
+            "            {:>8} chats with turns not kept (after the last answer, or of other roles)",
             s.truncated_conversations
+        )?;
+    }
+    if s.multi_turn > 0 {
+        writeln!(
+            out,
+            "            {:>8} multi-turn rows (every assistant turn trained)",
+            s.multi_turn
         )?;
     }
     let share = if s.rows_out > 0 {

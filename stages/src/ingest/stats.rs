@@ -110,8 +110,12 @@ pub struct IngestStats {
     /// Rows read but left out by `categories` or `filter` (absent without either).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filtered: Option<Filtered>,
-    /// Chats with turns beyond the first user/assistant exchange (only that exchange is kept).
+    /// Chats with turns that are not kept: after the last answer that follows a user turn,
+    /// system turns inside the dialogue, or roles other than system/user/assistant.
     pub truncated_conversations: usize,
+    /// Rows written with earlier turns (multi-turn chats kept whole).
+    #[serde(default)]
+    pub multi_turn: usize,
     pub seed: u64,
     pub val_fraction: f64,
     /// Whether the split was stratified by category.

@@ -14,6 +14,7 @@ use super::stats::{Drops, Percentiles};
 use super::template::{parse_template, Piece};
 use super::*;
 use crate::contract::pick_table;
+use crate::llm::ChatMessage;
 use crate::progress::{Bar, NullProgress, Progress};
 
 /// Progress that keeps the info lines, to check that drops are reported.
@@ -264,11 +265,11 @@ fn alpaca_jsonl_without_input_fields() {
 }
 
 #[test]
-fn messages_jsonl_keeps_the_first_exchange_and_counts_the_rest() {
+fn messages_jsonl_keeps_whole_chats_and_counts_turns_not_kept() {
     let jsonl = [
         r#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}], "topic": "greet"}"#,
-        r#"{"messages": [{"role": "user", "content": "One?"}, {"role": "assistant", "content": "1"}, {"role": "user", "content": "Two?"}, {"role": "assistant", "content": "2"}], "topic": "count"}"#,
-        r#"{"conversations": [{"from": "human", "value": "ShareGPT?"}, {"from": "gpt", "value": "Yes."}], "topic": "greet"}"#,
+        r#"{"messages": [{"role": "user", "content": "One?"}, {"role": "assistant", "content": "1"}, {"role": "user", "content": "Two?"}, {"role": "assistant", "content": " 2 "}], "topic": "count"}"#,
+        r#"{"conversations": [{"from": "human", "value": "ShareGPT?"}, {"from": "gpt", "value": "Yes."}, {"from": "human", "value": "And?"}, {"from": "gpt", "value": "Done."}, {"from": "human", "value": "Left open?"}], "topic": "greet"}"#,
         r#"{"messages": [{"role": "user", "content": "Unanswered?"}], "topic": "count"}"#,
     ]
     .join("\n");
@@ -282,24 +283,64 @@ fn messages_jsonl_keeps_the_first_exchange_and_counts_the_rest() {
         ("Hi?", "Hello.")
     );
     assert_eq!(all[0].system.as_deref(), Some("Be brief."));
+    assert!(all[0].history.is_empty());
+    // The last answer is the response, the question before it the prompt, the rest history.
     assert_eq!(
         (all[1].prompt.as_str(), all[1].response.as_str()),
-        ("One?", "1")
+        ("Two?", "2")
     );
     assert_eq!(
+        all[1].history,
+        vec![ChatMessage::user("One?"), ChatMessage::assistant("1")]
+    );
+    // A trailing question has no answer to learn: it is not kept, and counted.
+    assert_eq!(
         (all[2].prompt.as_str(), all[2].response.as_str()),
-        ("ShareGPT?", "Yes.")
+        ("And?", "Done.")
+    );
+    assert_eq!(
+        all[2].history,
+        vec![
+            ChatMessage::user("ShareGPT?"),
+            ChatMessage::assistant("Yes.")
+        ]
     );
     assert_eq!(all[2].category.as_deref(), Some("greet"));
-    assert_eq!(o.stats.truncated_conversations, 1);
+    assert_eq!(o.stats.truncated_conversations, 2);
+    assert_eq!(o.stats.multi_turn, 2);
     assert_eq!(o.stats.dropped.empty_response, 1);
     assert!(
         o.lines
             .iter()
-            .any(|l| l.contains("1 chats have turns after the first")),
+            .any(|l| l.contains("2 chats have turns that are not kept")),
         "{:?}",
         o.lines
     );
+}
+
+#[test]
+fn the_same_last_exchange_after_another_history_is_another_row() {
+    let chat = |first: &str| {
+        format!(
+            r#"{{"messages": [{{"role": "user", "content": "{first}"}}, {{"role": "assistant", "content": "ok"}}, {{"role": "user", "content": "Next?"}}, {{"role": "assistant", "content": "Done."}}]}}"#
+        )
+    };
+    let single = r#"{"messages": [{"role": "user", "content": "Next?"}, {"role": "assistant", "content": "Done."}]}"#;
+    let jsonl = [chat("A?"), chat("B?"), chat("A?"), single.to_string()].join("\n");
+    let o = run_with(
+        "[ingest]\npath = \"c.jsonl\"\n",
+        &[("c.jsonl", jsonl.as_bytes())],
+        1,
+    )
+    .unwrap();
+    let all = o.all();
+    assert_eq!(all.len(), 3, "only the repeated chat is a duplicate");
+    assert_eq!(o.stats.dropped.duplicate, 1);
+    let single_row = all.iter().find(|r| r.history.is_empty()).unwrap();
+    // A single exchange keeps the id it had before chats were kept whole.
+    let mut h = blake3::Hasher::new();
+    h.update(b"\0Next?\0Done.");
+    assert_eq!(single_row.id, h.finalize().to_hex()[..16]);
 }
 
 #[test]

@@ -124,10 +124,7 @@ impl Family {
 fn nll_and_last_logits(model: &LlamaModel, seqs: &[Vec<u32>], pad: u32) -> Vec<(f64, Vec<f32>)> {
     let examples: Vec<Example> = seqs
         .iter()
-        .map(|s| Example {
-            prompt: s[..1].to_vec(),
-            completion: s[1..].to_vec(),
-        })
+        .map(|s| Example::new(s[..1].to_vec(), s[1..].to_vec()))
         .collect();
     let batch = TokenBatch::new(&examples, pad, model.device()).unwrap();
     let hidden = model
@@ -280,10 +277,7 @@ fn check_train_step(fam: &Family, tag: &str, worst: &mut Worst) {
     let seq = ids(&fam.expected["cases"][step["sequence"].as_str().unwrap()]["ids"]);
     let model = fam.with_adapter();
     let batch = TokenBatch::new(
-        &[Example {
-            prompt: seq[..1].to_vec(),
-            completion: seq[1..].to_vec(),
-        }],
+        &[Example::new(seq[..1].to_vec(), seq[1..].to_vec())],
         fam.pad,
         model.device(),
     )

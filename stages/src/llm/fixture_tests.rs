@@ -57,10 +57,7 @@ fn pad_id() -> u32 {
 fn nll_and_last_logits(model: &LlamaModel, seqs: &[Vec<u32>]) -> Vec<(f64, Vec<f32>)> {
     let examples: Vec<Example> = seqs
         .iter()
-        .map(|s| Example {
-            prompt: s[..1].to_vec(),
-            completion: s[1..].to_vec(),
-        })
+        .map(|s| Example::new(s[..1].to_vec(), s[1..].to_vec()))
         .collect();
     let batch = TokenBatch::new(&examples, pad_id(), model.device()).unwrap();
     let hidden = model
@@ -250,10 +247,7 @@ fn sft_completion_loss_matches_transformers() {
     let cases = fx["cases"].as_array().unwrap();
     let examples: Vec<Example> = cases
         .iter()
-        .map(|c| Example {
-            prompt: ids(&c["prompt_ids"]),
-            completion: ids(&c["completion_ids"]),
-        })
+        .map(|c| Example::new(ids(&c["prompt_ids"]), ids(&c["completion_ids"])))
         .collect();
     let model = base_model();
     let batch = TokenBatch::new(&examples, pad_id(), model.device()).unwrap();

@@ -375,7 +375,7 @@ fn describe_adapter(stage: &str, adapter: &PeftAdapter) -> MergedAdapter {
 /// A short chat prompt rendered with the model's template: the probe of every export check.
 fn probe_ids(base: &BaseModel) -> Result<Vec<u32>, MergeError> {
     let mut ids = base
-        .render_prompt(None, "What does the ls command do?")
+        .render_prompt(None, &[], "What does the ls command do?")
         .map_err(llm("cannot render the probe prompt"))?;
     ids.truncate(64);
     Ok(ids)

@@ -383,7 +383,7 @@ fn real_model_merges_and_exports() {
     let fx = fixture_for(ws, &path.to_string_lossy());
     let (out, sft, orpo) = run_merge(&fx, "dtype = \"f32\"\ngguf = \"q8_0\"\n");
     let b = base(&fx);
-    let ids = b.render_prompt(None, "What does grep do?").unwrap();
+    let ids = b.render_prompt(None, &[], "What does grep do?").unwrap();
     let want = reference_logits(&fx, &sft, &orpo, &ids);
     let hf = logits_of(&out.path().join(MODEL_DIR), &ids);
     // Merged in f64 and rounded once vs. LoRA applied in f32 on top: float rounding only.

@@ -204,7 +204,7 @@ fn run_model(cfg: &ModelStageConfig, cx: &mut StageContext) -> StageResult {
         .map_err(BaseModelError::Template)?;
     // A render now catches a template that cannot render a plain exchange (or the system
     // prompt) before any training starts.
-    let messages = chat_messages(cfg.system_prompt.as_deref(), None, "ping");
+    let messages = chat_messages(cfg.system_prompt.as_deref(), None, &[], "ping");
     compiled
         .render_prompt_completion(&messages, "pong", &loaded.tokenizer)
         .map_err(BaseModelError::Template)?;
@@ -456,15 +456,15 @@ mod tests {
         assert!(info.parameters > 10_000);
         assert_eq!(info.eos_token_ids, vec![crate::testkit::TINY_EOS]);
         let base = BaseModel::load(out.path(), ws.path(), &Device::Cpu).unwrap();
-        let pc = base.render_example(None, "hi", "ok").unwrap();
+        let pc = base.render_example(None, &[], "hi", "ok").unwrap();
         assert!(
             pc.prompt_text.starts_with("<|im_start|>system\nBe brief."),
             "{}",
             pc.prompt_text
         );
-        assert_eq!(base.render_prompt(None, "hi").unwrap(), pc.prompt_ids);
+        assert_eq!(base.render_prompt(None, &[], "hi").unwrap(), pc.prompt_ids);
         let own = base
-            .render_example(Some("Row system."), "hi", "ok")
+            .render_example(Some("Row system."), &[], "hi", "ok")
             .unwrap();
         assert!(own.prompt_text.contains("Row system."));
         let mut shown = Vec::new();
@@ -540,7 +540,7 @@ mod tests {
         let (out, info) = run_in(ws.path(), toml).unwrap();
         assert!(info.chat_template.kwargs.is_empty());
         let base = BaseModel::load(out.path(), ws.path(), &Device::Cpu).unwrap();
-        let pc = base.render_example(None, "hi", "ok").unwrap();
+        let pc = base.render_example(None, &[], "hi", "ok").unwrap();
         assert_eq!(pc.prompt_text, "<user>hi<assistant>");
 
         let with = format!("{toml}template_kwargs = {{ enable_thinking = false }}\n");
@@ -550,7 +550,7 @@ mod tests {
             serde_json::Value::Bool(false)
         );
         let base = BaseModel::load(out.path(), ws.path(), &Device::Cpu).unwrap();
-        let pc = base.render_example(None, "hi", "ok").unwrap();
+        let pc = base.render_example(None, &[], "hi", "ok").unwrap();
         assert_eq!(pc.prompt_text, "<user>hi<assistant><nothink>");
         let mut shown = Vec::new();
         Model::show(out.path(), &mut shown).unwrap();

@@ -271,6 +271,7 @@ fn score_records(
             inputs.push(ScoreInput {
                 id,
                 prompt: &r.prompt,
+                history: &r.history,
                 reference: &r.reference,
                 candidate,
             });
@@ -294,6 +295,7 @@ fn score_records(
             id: r.id.clone(),
             prompt: r.prompt.clone(),
             system: r.system.clone(),
+            history: r.history.clone(),
             reference: ScoredCandidate {
                 text: r.reference.clone(),
                 scores: reference,
@@ -321,6 +323,7 @@ fn pool(p: &ScoredPrompt) -> PromptCandidates {
         id: p.id.clone(),
         prompt: p.prompt.clone(),
         system: p.system.clone(),
+        history: p.history.clone(),
         reference: Some(scored(&p.reference)),
         candidates: p.candidates.iter().map(scored).collect(),
     }

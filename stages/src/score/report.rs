@@ -30,6 +30,9 @@ pub struct ScoredPrompt {
     pub prompt: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
+    /// The turns before `prompt` of a multi-turn row (the context it is asked in).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<crate::llm::ChatMessage>,
     /// The reference answer scored as a candidate of its own prompt.
     pub reference: ScoredCandidate,
     /// The generated candidates, in generate's order.

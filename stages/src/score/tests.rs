@@ -28,6 +28,7 @@ fn record(id: &str, reference: &str, candidates: &[&str]) -> CandidateRecord {
         id: id.to_string(),
         prompt: format!("what is {id}?"),
         system: None,
+        history: Vec::new(),
         reference: reference.to_string(),
         candidates: candidates.iter().map(|c| candidate(c)).collect(),
     }
@@ -165,6 +166,7 @@ fn scores_pairs_stats_and_scorers_files_agree() {
         .map(|c| Answer {
             id: "x",
             prompt: &ls.prompt,
+            history: &[],
             reference: "list directory contents",
             answer: &c.text,
         })

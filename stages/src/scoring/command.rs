@@ -2,7 +2,8 @@
 //! reads every row as JSON Lines on stdin and prints one number per row on stdout.
 //!
 //! Protocol: one invocation for all rows (a judge that loads a model pays for it once). Each
-//! stdin line is `{"id": ..., "prompt": ..., "reference": ..., "candidate": ...}`; stdout must
+//! stdin line is `{"id": ..., "prompt": ..., "reference": ..., "candidate": ...}`, with
+//! `"history": [{"role", "content"}, ...]` after `prompt` for a multi-turn row; stdout must
 //! hold exactly one number per input row, in input order (trailing blank lines are ignored).
 //! Numbers are mapped from `scale = [low, high]` (default `[0, 1]`) onto [0, 1]; a number
 //! outside the scale is an error rather than clamped, since it means the program and the
@@ -110,6 +111,8 @@ pub struct CommandScorer {
 struct Row<'a> {
     id: &'a str,
     prompt: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    history: &'a [crate::llm::ChatMessage],
     reference: &'a str,
     candidate: &'a str,
 }
@@ -356,6 +359,7 @@ fn jsonl(rows: &[ScoreInput<'_>]) -> Vec<u8> {
         let line = Row {
             id: row.id,
             prompt: row.prompt,
+            history: row.history,
             reference: row.reference,
             candidate: row.candidate,
         };
@@ -636,18 +640,24 @@ for line in sys.stdin:
             ScoreInput {
                 id: "a",
                 prompt: "What does ls do?",
+                history: &[],
                 reference: "list directory contents",
                 candidate: "list directory contents",
             },
             ScoreInput {
                 id: "b",
                 prompt: "What does cp do?",
+                history: &[],
                 reference: "copy files and directories",
                 candidate: "copy files",
             },
             ScoreInput {
                 id: "c",
                 prompt: "Quote \"this\"\nand 한국어",
+                history: Box::leak(Box::new([
+                    crate::llm::ChatMessage::user("Earlier?"),
+                    crate::llm::ChatMessage::assistant("Yes."),
+                ])),
                 reference: "x",
                 candidate: "y",
             },
@@ -711,6 +721,18 @@ for line in sys.stdin:
             e,
             "command scorer `sh fail.sh` failed (exit status: 3); its stderr ends with:\n  judge: model missing"
         );
+    }
+
+    #[test]
+    fn a_multi_turn_row_sends_its_history_and_a_single_turn_row_none() {
+        let text = String::from_utf8(jsonl(&rows())).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(lines[0].get("history").is_none(), "{text}");
+        assert_eq!(lines[2]["history"][1]["content"], "Yes.", "{text}");
+        assert_eq!(lines[2]["history"][0]["role"], "user", "{text}");
     }
 
     #[test]

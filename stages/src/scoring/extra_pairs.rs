@@ -147,6 +147,7 @@ pub fn read_extra_pairs(
             id: pair_id(system.as_deref(), &prompt, &chosen, &rejected),
             prompt,
             system,
+            history: Vec::new(),
             chosen,
             rejected,
             chosen_score: None,

@@ -129,6 +129,8 @@ pub use stats::{distributions, render_distributions, Distribution};
 pub struct ScoreInput<'a> {
     pub id: &'a str,
     pub prompt: &'a str,
+    /// The turns before `prompt` of a multi-turn row (a judge needs the context).
+    pub history: &'a [crate::llm::ChatMessage],
     pub reference: &'a str,
     pub candidate: &'a str,
 }

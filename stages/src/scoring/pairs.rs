@@ -33,6 +33,8 @@ pub struct PromptCandidates {
     pub id: String,
     pub prompt: String,
     pub system: Option<String>,
+    /// The turns before `prompt` of a multi-turn row.
+    pub history: Vec<crate::llm::ChatMessage>,
     /// The reference answer scored as a candidate; used when `include_reference` is set.
     pub reference: Option<ScoredText>,
     /// The generated answers.
@@ -59,6 +61,9 @@ pub struct Pair {
     pub prompt: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
+    /// The turns before `prompt` of a multi-turn row (the context it is asked in).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<crate::llm::ChatMessage>,
     pub chosen: String,
     pub rejected: String,
     /// Combined scores; absent for extra pairs, which are not scored.
@@ -179,6 +184,7 @@ impl PairBuilder {
             id: p.id.clone(),
             prompt: p.prompt.clone(),
             system: p.system.clone(),
+            history: p.history.clone(),
             chosen: c.text.to_string(),
             rejected: r.text.to_string(),
             chosen_score: Some(c.score),
@@ -258,6 +264,7 @@ mod tests {
             id: "p1".into(),
             prompt: "What does ls do?".into(),
             system: None,
+            history: Vec::new(),
             reference: reference.map(|s| scored("list directory contents", s)),
             candidates: candidates.iter().map(|&(t, s)| scored(t, s)).collect(),
         }

@@ -36,6 +36,8 @@ pub struct Answer<'a> {
     /// Names the row in a command scorer's input and in errors (e.g. `<example id>/sft`).
     pub id: &'a str,
     pub prompt: &'a str,
+    /// The turns before `prompt` of a multi-turn row.
+    pub history: &'a [crate::llm::ChatMessage],
     pub reference: &'a str,
     pub answer: &'a str,
 }
@@ -52,6 +54,7 @@ pub fn score_answers(
         .map(|a| ScoreInput {
             id: a.id,
             prompt: a.prompt,
+            history: a.history,
             reference: a.reference,
             candidate: a.answer,
         })

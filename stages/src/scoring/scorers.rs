@@ -250,6 +250,7 @@ mod tests {
         ScoreInput {
             id,
             prompt: "What does ls do?",
+            history: &[],
             reference,
             candidate,
         }

@@ -1,5 +1,6 @@
 //! Ingest rows turned into token ids for training: rendered with the model's chat template
-//! through [`BaseModel::render_example`] (the rendering every stage shares), fitted to
+//! through [`BaseModel::render_example`] (the rendering every stage shares, every assistant
+//! turn of a multi-turn row a target), fitted to
 //! `max_seq_len` by the over-length policy, and counted. A row that keeps no target token
 //! never reaches a batch, so no batch can be without targets.
 
@@ -25,12 +26,13 @@ impl TokenRow {
         self.example.prompt.len() + self.example.completion.len()
     }
 
-    /// Target tokens this row gives a loss: the completion, or every token after the first.
+    /// Target tokens this row gives a loss: the assistant turns (the completion and, in a
+    /// multi-turn row, the earlier answers), or every token after the first.
     pub fn targets(&self, train_on_prompt: bool) -> usize {
         if train_on_prompt {
             self.len() - 1
         } else {
-            self.example.completion.len()
+            self.example.target_count()
         }
     }
 
@@ -55,7 +57,12 @@ pub fn encode_split(
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let rendered = base
-            .render_example(row.system.as_deref(), &row.prompt, &row.response)
+            .render_example(
+                row.system.as_deref(),
+                &row.history,
+                &row.prompt,
+                &row.response,
+            )
             .map_err(|source| SftError::Render {
                 file: file.to_string(),
                 id: row.id.clone(),
@@ -65,6 +72,7 @@ pub fn encode_split(
         let example = Example {
             prompt: rendered.prompt_ids,
             completion: rendered.completion_ids,
+            prompt_targets: rendered.prompt_targets,
         };
         // The template always closes the assistant turn, but an empty completion would have
         // no targets: treat it like one that does not fit.
@@ -104,10 +112,7 @@ mod tests {
 
     #[test]
     fn targets_count_completion_or_everything() {
-        let example = Example {
-            prompt: vec![1, 2, 3],
-            completion: vec![7, 8],
-        };
+        let example = Example::new(vec![1, 2, 3], vec![7, 8]);
         let row = TokenRow {
             id: "x".into(),
             source_row: 1,

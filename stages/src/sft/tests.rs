@@ -28,6 +28,7 @@ fn row(i: usize, prompt: &str, response: &str) -> Row {
         category: None,
         source_row: i as u64 + 1,
         rejected: None,
+        history: Vec::new(),
     }
 }
 

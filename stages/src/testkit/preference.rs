@@ -30,6 +30,7 @@ pub fn tool_pairs(n: usize) -> Vec<Pair> {
                 id: format!("{i:016x}"),
                 prompt: format!("what is {w} {i}?"),
                 system: None,
+                history: Vec::new(),
                 chosen: format!("{w} is a tool"),
                 rejected: "no idea".to_string(),
                 chosen_score: Some(1.0),
@@ -63,6 +64,7 @@ pub fn write_rows(path: &Path, n: usize) {
                 category: None,
                 source_row: i as u64 + 1,
                 rejected: None,
+                history: Vec::new(),
             };
             serde_json::to_string(&row).unwrap() + "\n"
         })

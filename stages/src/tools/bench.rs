@@ -286,10 +286,7 @@ fn train_steps(session: &ModelSession, options: &BenchOptions) -> LlmResult<(Str
     let examples: Vec<Example> = (0..options.batch)
         .map(|b| {
             let ids = token_ids(options.seq, b, vocab);
-            Example {
-                prompt: ids[..1].to_vec(),
-                completion: ids[1..].to_vec(),
-            }
+            Example::new(ids[..1].to_vec(), ids[1..].to_vec())
         })
         .collect();
     let batch = TokenBatch::new(&examples, 0, model.device())?;

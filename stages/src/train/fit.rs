@@ -77,9 +77,20 @@ pub fn fit(example: Example, max_seq_len: usize, policy: Overlength) -> Fit {
     let keep = max_seq_len - example.completion.len();
     let cut = example.prompt.len() - keep;
     Fit::Truncated(Example {
+        prompt_targets: shifted_targets(&example.prompt_targets, cut),
         prompt: example.prompt[cut..].to_vec(),
         completion: example.completion,
     })
+}
+
+/// The prompt's target ranges once its first `cut` tokens are gone: shifted, clipped, and
+/// never starting at the new first token (nothing precedes it to predict it).
+fn shifted_targets(targets: &[std::ops::Range<usize>], cut: usize) -> Vec<std::ops::Range<usize>> {
+    targets
+        .iter()
+        .map(|r| r.start.saturating_sub(cut).max(1)..r.end.saturating_sub(cut))
+        .filter(|r| !r.is_empty())
+        .collect()
 }
 
 #[cfg(test)]
@@ -87,10 +98,7 @@ mod tests {
     use super::*;
 
     fn ex(p: usize, c: usize) -> Example {
-        Example {
-            prompt: (0..p as u32).collect(),
-            completion: (100..100 + c as u32).collect(),
-        }
+        Example::new((0..p as u32).collect(), (100..100 + c as u32).collect())
     }
 
     #[test]
@@ -117,6 +125,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(fit(ex(10, 4), 6, Overlength::Drop), Fit::DropOverlength);
+        // An earlier assistant turn cut in half keeps its surviving tokens as targets; one
+        // cut away entirely is gone.
+        let multi = Example {
+            prompt_targets: vec![1..3, 5..8],
+            ..ex(10, 2)
+        };
+        match fit(multi, 6, Overlength::TruncatePrompt) {
+            Fit::Truncated(e) => assert_eq!((e.prompt.len(), e.prompt_targets), (4, vec![1..2])),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(fit(ex(2, 4), 6, Overlength::Drop), Fit::Whole(ex(2, 4)));
     }
 }

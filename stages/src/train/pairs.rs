@@ -160,10 +160,7 @@ pub fn encode(
         let pair_tokens = render(base, pair, *line)?;
         let longer = pair_tokens.chosen.len().max(pair_tokens.rejected.len());
         // Fit the prompt against the longer completion: both sequences then fit.
-        let probe = Example {
-            prompt: pair_tokens.prompt.clone(),
-            completion: vec![0; longer],
-        };
+        let probe = Example::new(pair_tokens.prompt.clone(), vec![0; longer]);
         let prompt = match fit(probe, max_seq_len, Overlength::TruncatePrompt) {
             Fit::Whole(e) => e.prompt,
             Fit::Truncated(e) => {
@@ -191,12 +188,17 @@ pub fn encode(
 /// One pair through the chat template: the prompt ids and the two completions.
 fn render(base: &BaseModel, pair: &Pair, line: usize) -> Result<PreferencePair, PairsError> {
     let rendered = |response: &str| {
-        base.render_example(pair.system.as_deref(), &pair.prompt, response)
-            .map_err(|source| PairsError::Render {
-                line,
-                id: pair.id.clone(),
-                source: Box::new(source),
-            })
+        base.render_example(
+            pair.system.as_deref(),
+            &pair.history,
+            &pair.prompt,
+            response,
+        )
+        .map_err(|source| PairsError::Render {
+            line,
+            id: pair.id.clone(),
+            source: Box::new(source),
+        })
     };
     let chosen = rendered(&pair.chosen)?;
     let rejected = rendered(&pair.rejected)?;
@@ -260,6 +262,7 @@ fn ingest_pairs(path: &Path) -> Result<Vec<(usize, Pair)>, PairsError> {
                 id: row.id,
                 prompt: row.prompt,
                 system: row.system,
+                history: row.history,
                 chosen: row.response,
                 rejected,
                 chosen_score: None,
@@ -379,6 +382,7 @@ mod tests {
             id: id.to_string(),
             prompt: "p".into(),
             system: None,
+            history: Vec::new(),
             chosen: "c".into(),
             rejected: "r".into(),
             chosen_score: Some(1.0),

@@ -39,9 +39,11 @@ fn frozen_linear_speedup_on_a_lora_step() {
         .unwrap();
     // 4 sequences of 128 tokens, half prompt, half completion.
     let examples: Vec<Example> = (0..4u32)
-        .map(|s| Example {
-            prompt: (0..64).map(|i| 100 + (s * 977 + i * 31) % 40000).collect(),
-            completion: (0..64).map(|i| 100 + (s * 353 + i * 17) % 40000).collect(),
+        .map(|s| {
+            Example::new(
+                (0..64).map(|i| 100 + (s * 977 + i * 31) % 40000).collect(),
+                (0..64).map(|i| 100 + (s * 353 + i * 17) % 40000).collect(),
+            )
         })
         .collect();
     let batch = TokenBatch::new(&examples, 0, &Device::Cpu).unwrap();
@@ -82,9 +84,11 @@ fn where_a_lora_step_spends_its_time() {
         })
         .unwrap();
     let examples: Vec<Example> = (0..4u32)
-        .map(|s| Example {
-            prompt: (0..64).map(|i| 100 + (s * 977 + i * 31) % 40000).collect(),
-            completion: (0..64).map(|i| 100 + (s * 353 + i * 17) % 40000).collect(),
+        .map(|s| {
+            Example::new(
+                (0..64).map(|i| 100 + (s * 977 + i * 31) % 40000).collect(),
+                (0..64).map(|i| 100 + (s * 353 + i * 17) % 40000).collect(),
+            )
         })
         .collect();
     let batch = TokenBatch::new(&examples, 0, &Device::Cpu).unwrap();

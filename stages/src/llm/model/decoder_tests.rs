@@ -24,18 +24,9 @@ fn lora_all(r: usize) -> LoraConfig {
 
 fn examples() -> Vec<Example> {
     vec![
-        Example {
-            prompt: vec![1, 5, 9, 12],
-            completion: vec![7, 3, 2],
-        },
-        Example {
-            prompt: vec![1, 30],
-            completion: vec![4, 2],
-        },
-        Example {
-            prompt: vec![1, 8, 8, 8, 17, 6],
-            completion: vec![11, 25, 19, 2],
-        },
+        Example::new(vec![1, 5, 9, 12], vec![7, 3, 2]),
+        Example::new(vec![1, 30], vec![4, 2]),
+        Example::new(vec![1, 8, 8, 8, 17, 6], vec![11, 25, 19, 2]),
     ]
 }
 

@@ -1,16 +1,43 @@
 //! Right-padded training batches of prompt + completion token ids, with the next-token targets
 //! and the masks that select which targets a loss counts (the `labels = -100` of HF).
 
+use std::ops::Range;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::llm::error::{LlmError, LlmResult};
 
-/// One training example: the completion follows the prompt; only completion tokens are
-/// targets of a completion-only loss.
+/// One training example: the completion follows the prompt; only completion tokens (and the
+/// earlier assistant turns of a multi-turn prompt) are targets of a completion-only loss.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Example {
     pub prompt: Vec<u32>,
     pub completion: Vec<u32>,
+    /// Ranges of `prompt` holding earlier assistant turns of a multi-turn conversation: targets
+    /// of a completion-only loss too, as TRL's assistant-only loss trains every assistant turn.
+    /// Sorted, disjoint, never starting at 0 (a target needs a token before it).
+    pub prompt_targets: Vec<Range<usize>>,
+}
+
+impl Example {
+    /// A single-turn example: only the completion is a target.
+    pub fn new(prompt: Vec<u32>, completion: Vec<u32>) -> Self {
+        Example {
+            prompt,
+            completion,
+            prompt_targets: Vec::new(),
+        }
+    }
+
+    /// Target tokens of a completion-only loss: the completion and the prompt's targets.
+    pub fn target_count(&self) -> usize {
+        self.completion.len() + self.prompt_targets.iter().map(Range::len).sum::<usize>()
+    }
+
+    /// Whether token `t` of prompt + completion is a target of a completion-only loss.
+    fn is_target(&self, t: usize) -> bool {
+        t >= self.prompt.len() || self.prompt_targets.iter().any(|r| r.contains(&t))
+    }
 }
 
 /// A batch of examples padded on the right to the longest one.
@@ -25,7 +52,8 @@ pub struct TokenBatch {
     pub attention_mask: Tensor,
     /// `[batch, seq]` u32, the next token (0 where there is none).
     pub targets: Tensor,
-    /// `[batch, seq]` f32: 1 where the target is a completion token.
+    /// `[batch, seq]` f32: 1 where the target is a completion token (or a token of an earlier
+    /// assistant turn, see [`Example::prompt_targets`]).
     pub completion_mask: Tensor,
     /// `[batch, seq]` f32: 1 where the target is any real token (prompt or completion), the
     /// positions of a full-sequence loss.
@@ -68,14 +96,13 @@ impl TokenBatch {
         for (b, ex) in examples.iter().enumerate() {
             let row = b * seq;
             let tokens: Vec<u32> = ex.prompt.iter().chain(&ex.completion).copied().collect();
-            let p = ex.prompt.len();
             for (t, &tok) in tokens.iter().enumerate() {
                 ids[row + t] = tok;
                 real[row + t] = 1;
                 if t + 1 < tokens.len() {
                     targets[row + t] = tokens[t + 1];
                     sequence_mask[row + t] = 1.0;
-                    if t + 1 >= p {
+                    if ex.is_target(t + 1) {
                         completion_mask[row + t] = 1.0;
                     }
                 }
@@ -122,14 +149,8 @@ mod tests {
     #[test]
     fn targets_are_shifted_and_masks_select_completion() -> LlmResult<()> {
         let ex = [
-            Example {
-                prompt: vec![1, 2],
-                completion: vec![3, 4],
-            },
-            Example {
-                prompt: vec![5],
-                completion: vec![6],
-            },
+            Example::new(vec![1, 2], vec![3, 4]),
+            Example::new(vec![5], vec![6]),
         ];
         let b = TokenBatch::new(&ex, 0, &Device::Cpu)?;
         assert_eq!(
@@ -156,11 +177,26 @@ mod tests {
     }
 
     #[test]
+    fn earlier_assistant_turns_are_targets_too() -> LlmResult<()> {
+        // user(1 2) assistant(3 4) user(5) | assistant(6 7): tokens 2..4 of the prompt and the
+        // completion are predicted; the user turns are not.
+        let ex = Example {
+            prompt_targets: vec![2..4],
+            ..Example::new(vec![1, 2, 3, 4, 5], vec![6, 7])
+        };
+        assert_eq!(ex.target_count(), 4);
+        let b = TokenBatch::new(&[ex], 0, &Device::Cpu)?;
+        assert_eq!(
+            b.completion_mask.to_vec2::<f32>()?,
+            vec![vec![0., 1., 1., 0., 1., 1., 0.]]
+        );
+        assert_eq!(b.completion_lens, vec![2]);
+        Ok(())
+    }
+
+    #[test]
     fn refuses_examples_without_targets() {
-        let empty = [Example {
-            prompt: vec![1],
-            completion: vec![],
-        }];
+        let empty = [Example::new(vec![1], vec![])];
         let err = TokenBatch::new(&empty, 0, &Device::Cpu).unwrap_err();
         assert!(err.to_string().contains("example 0"), "{err}");
         assert!(TokenBatch::new(&[], 0, &Device::Cpu).is_err());

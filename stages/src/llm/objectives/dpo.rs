@@ -87,14 +87,12 @@ pub fn pair_logps(
         return Err(LlmError::Invalid("dpo: empty batch of pairs".into()));
     }
     let p = pairs.len();
-    let chosen = pairs.iter().map(|x| Example {
-        prompt: x.prompt.clone(),
-        completion: x.chosen.clone(),
-    });
-    let rejected = pairs.iter().map(|x| Example {
-        prompt: x.prompt.clone(),
-        completion: x.rejected.clone(),
-    });
+    let chosen = pairs
+        .iter()
+        .map(|x| Example::new(x.prompt.clone(), x.chosen.clone()));
+    let rejected = pairs
+        .iter()
+        .map(|x| Example::new(x.prompt.clone(), x.rejected.clone()));
     let examples: Vec<Example> = chosen.chain(rejected).collect();
     let batch = TokenBatch::new(&examples, pad_id, model.device())?;
     let select = vec![TargetMask::Completion; 2 * p];

@@ -6,3 +6,4 @@ pub mod spm;
 pub mod template;
 pub mod text_stream;
 pub mod tokenizer;
+mod turns;

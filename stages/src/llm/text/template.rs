@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::llm::error::{LlmError, LlmResult};
 use crate::llm::text::tokenizer::{SpecialTokens, TextTokenizer};
+use crate::llm::text::turns;
 
 /// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +134,9 @@ pub struct PromptCompletion {
     pub completion_text: String,
     pub prompt_ids: Vec<u32>,
     pub completion_ids: Vec<u32>,
+    /// Ranges of `prompt_ids` holding the prompt's earlier assistant turns (each with its
+    /// end-of-turn tokens); empty for a single-turn prompt.
+    pub prompt_targets: Vec<std::ops::Range<usize>>,
 }
 
 impl PromptCompletion {
@@ -289,12 +293,40 @@ impl ChatTemplate {
             .strip_prefix(&prompt_text)
             .ok_or_else(|| self.not_a_prefix(&prompt_text, &full_text))?
             .to_string();
+        let turns = self.earlier_turns(&conversation, &full_text, &prompt_text)?;
+        let (prompt_ids, prompt_targets) =
+            turns::encode_with_turns(tokenizer, &prompt_text, &turns)?;
         Ok(PromptCompletion {
-            prompt_ids: tokenizer.encode(&prompt_text, false)?,
+            prompt_ids,
             completion_ids: tokenizer.encode_continuation(&completion_text)?,
             prompt_text,
             completion_text,
+            prompt_targets,
         })
+    }
+
+    /// Byte ranges of `prompt_text` holding the earlier assistant turns of `conversation`
+    /// (none without them, and then nothing more is rendered).
+    fn earlier_turns(
+        &self,
+        conversation: &[ChatMessage],
+        full_text: &str,
+        prompt_text: &str,
+    ) -> LlmResult<Vec<std::ops::Range<usize>>> {
+        let answers = conversation
+            .iter()
+            .filter(|m| m.role == "assistant")
+            .count();
+        if answers < 2 {
+            return Ok(Vec::new());
+        }
+        let error = |message: String| LlmError::Template {
+            name: self.name.clone(),
+            message: format!("multi-turn row: {message}"),
+        };
+        let marked = turns::marked(conversation).map_err(error)?;
+        let marked_render = self.render(&marked, false)?;
+        turns::earlier_turns(conversation, &marked_render, full_text, prompt_text).map_err(error)
     }
 
     fn not_a_prefix(&self, prompt: &str, full: &str) -> LlmError {
@@ -730,5 +762,79 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(bad.contains("unsupported format `%Q`"), "{bad}");
+    }
+
+    /// A two-exchange chat through `template`: the batch's completion-mask targets, decoded.
+    fn masked_targets(template: &ChatTemplate) -> (PromptCompletion, String, String) {
+        let tokenizer = testing::smollm2_tokenizer();
+        let prompt = [
+            ChatMessage::user("Question one?"),
+            ChatMessage::assistant("Alpha one."),
+            ChatMessage::user("Question two?"),
+        ];
+        let rendered = template
+            .render_prompt_completion(&prompt, "Beta two.", tokenizer)
+            .unwrap();
+        let example = crate::llm::Example {
+            prompt: rendered.prompt_ids.clone(),
+            completion: rendered.completion_ids.clone(),
+            prompt_targets: rendered.prompt_targets.clone(),
+        };
+        let batch = crate::llm::TokenBatch::new(&[example], 0, &candle_core::Device::Cpu).unwrap();
+        let mask = batch.completion_mask.to_vec2::<f32>().unwrap().remove(0);
+        let targets = batch.targets.to_vec2::<u32>().unwrap().remove(0);
+        let (mut learned, mut masked) = (Vec::new(), Vec::new());
+        let ids = rendered.ids();
+        for (t, &m) in mask.iter().enumerate() {
+            if m > 0.0 {
+                learned.push(targets[t]);
+            } else if t + 1 < ids.len() {
+                masked.push(targets[t]);
+            }
+        }
+        (
+            rendered,
+            tokenizer.decode(&learned, false).unwrap(),
+            tokenizer.decode(&masked, false).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_multi_turn_row_learns_every_assistant_turn_and_nothing_else() {
+        let (rendered, learned, masked) = masked_targets(&smollm2_template());
+        assert_eq!(learned, "Alpha one.<|im_end|>\nBeta two.<|im_end|>\n");
+        assert!(
+            !masked.contains("Alpha") && !masked.contains("Beta"),
+            "{masked}"
+        );
+        assert!(masked.contains("Question one?") && masked.contains("Question two?"));
+        // The prompt is the text generation sees; its ids tokenize the same as a whole.
+        assert_eq!(
+            rendered.prompt_ids,
+            testing::smollm2_tokenizer()
+                .encode(&rendered.prompt_text, false)
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn every_family_template_locates_the_earlier_turns() {
+        // Qwen3 is not prefix-preserving (an empty think block on the last answer only), so
+        // growing-prefix renders would fail there; every family must still mask right.
+        for family in ["qwen3", "gemma3", "llama3.2", "deepseek_coder", "tinyllama"] {
+            let (template, _) = family_fixture(family);
+            let (rendered, learned, masked) = masked_targets(&template);
+            assert_eq!(rendered.prompt_targets.len(), 1, "{family}");
+            assert!(
+                learned.starts_with("Alpha one.") && learned.contains("Beta two."),
+                "{family}: {learned:?}"
+            );
+            assert!(!learned.contains("Question"), "{family}: {learned:?}");
+            assert!(!masked.contains("Alpha one."), "{family}: {masked:?}");
+            assert!(
+                masked.contains("Question one?") && masked.contains("Question two?"),
+                "{family}: {masked:?}"
+            );
+        }
     }
 }

@@ -37,14 +37,8 @@ fn lora_model(arch: Architecture) -> LlamaModel {
 
 fn batch() -> TokenBatch {
     let examples = vec![
-        Example {
-            prompt: vec![1, 5, 9, 3],
-            completion: vec![7, 8, 2],
-        },
-        Example {
-            prompt: vec![1, 4],
-            completion: vec![11, 12, 13, 14, 2],
-        },
+        Example::new(vec![1, 5, 9, 3], vec![7, 8, 2]),
+        Example::new(vec![1, 4], vec![11, 12, 13, 14, 2]),
     ];
     TokenBatch::new(&examples, 0, &Device::Cpu).unwrap()
 }
