@@ -15,5 +15,3 @@ pub const APPLIES_TO_BASE_SFT: &str = "base+sft";
 /// `init = "continue_sft"`: the adapter is the sft adapter trained further; it applies to the
 /// base alone.
 pub const APPLIES_TO_BASE: &str = "base";
-/// The summary key of the reference log-probs' figures (orpo's summary has none).
-pub const REFERENCE_KEY: &str = "reference";

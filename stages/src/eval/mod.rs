@@ -23,12 +23,12 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use artifact::{ANSWERS_FILE, EVAL_FILE, REPORT_FILE};
-use report::{read_metrics, render, TrainingLogs};
+use report::{read_metrics, render, TrainingLog};
 use results::{mean_scores, win_rates, AnswerRecord, EvalResults, ModelAnswer, ModelResult};
 
 use crate::base::{apply_stack_for_decode, BaseModel, BaseModelError, ModelStack};
 use crate::contract::{ConfigIssue, Input, Link, Pipeline, Stage, StageContext, StageResult};
-use crate::dpo::artifact::{REFERENCE_KEY, SUMMARY_FILE as DPO_SUMMARY_FILE};
+use crate::dpo::artifact::METRICS_FILE as DPO_METRICS_FILE;
 use crate::ingest::artifact::{self as ingest, ExamplesError, VAL_FILE};
 use crate::llm::{
     load_model_path, Example, GenerationConfig, Generator, LlamaModel, LlmError, SamplingParams,
@@ -271,16 +271,6 @@ impl Stage for Eval {
     }
 }
 
-/// The report's name of the preference stage whose artifact is `dir`: dpo's summary records
-/// its reference log-probs, orpo's has none.
-fn preference_name(dir: &Path) -> &'static str {
-    let summary = std::fs::read_to_string(dir.join(DPO_SUMMARY_FILE)).unwrap_or_default();
-    match serde_json::from_str::<serde_json::Value>(&summary) {
-        Ok(v) if v.get(REFERENCE_KEY).is_some() => "DPO",
-        _ => "ORPO",
-    }
-}
-
 /// The kinds eval can compare: anything that yields a model, and merge's export.
 const EVAL_MODEL_KINDS: &[&str] = &["model", "sft", "orpo", "dpo", "merge"];
 
@@ -328,10 +318,24 @@ pub struct Inputs {
     pub models: Vec<EvalModel>,
     /// The score artifact whose `scorers.json` it rebuilds; `None`: the reference scorer.
     pub scorers: Option<PathBuf>,
-    /// The adapter stages met on the models' chains, for the training curves of the report.
+    /// The adapter instances on the models' chains, each once and base first
+    /// ([`trained_links`]): the report draws the training curves of every one.
     pub trained: Vec<Link>,
     /// Seeds the sample of val rows `limit` takes (the project seed).
     pub seed: u64,
+}
+
+/// The adapter instances on the models' `chains` (each listed top first, as the engine gives
+/// them), each once: chains in models order, each walked from the base up, so an sft's curves
+/// come before those of the orpo trained on it.
+fn trained_links(chains: &[Vec<Link>]) -> Vec<Link> {
+    let mut trained: Vec<Link> = Vec::new();
+    for link in chains.iter().flat_map(|chain| chain.iter().rev()) {
+        if crate::base::ADAPTER_KINDS.contains(&link.kind.as_str()) && !trained.contains(link) {
+            trained.push(link.clone());
+        }
+    }
+    trained
 }
 
 /// One model eval compares.
@@ -353,18 +357,9 @@ pub enum ModelSource {
 impl Inputs {
     /// The inputs of a running eval instance.
     pub fn of(cx: &StageContext) -> StageResult<Self> {
-        let mut trained: Vec<Link> = Vec::new();
         let mut models = Vec::new();
         for chain in cx.chains("models") {
             let top = &chain[0];
-            for link in chain
-                .iter()
-                .filter(|l| crate::base::ADAPTER_KINDS.contains(&l.kind.as_str()))
-            {
-                if !trained.contains(link) {
-                    trained.push(link.clone());
-                }
-            }
             let source = if top.kind == "merge" {
                 ModelSource::Merged(top.dir.join(MERGED_MODEL_DIR))
             } else {
@@ -384,7 +379,7 @@ impl Inputs {
                 .then(|| cx.input("scorers"))
                 .transpose()?
                 .map(Path::to_path_buf),
-            trained,
+            trained: trained_links(cx.chains("models")),
         })
     }
 
@@ -771,17 +766,22 @@ fn write_outputs(
         lines.push('\n');
     }
     write(ANSWERS_FILE, lines)?;
-    let sft = inputs.trained.iter().find(|l| l.kind == "sft");
-    let preference = inputs.trained.iter().find(|l| l.kind != "sft");
-    let logs = TrainingLogs {
-        sft: sft
-            .map(|l| read_metrics(&l.dir.join(SFT_METRICS_FILE)))
-            .unwrap_or_default(),
-        preference: preference
-            .map(|l| read_metrics(&l.dir.join(ORPO_METRICS_FILE)))
-            .unwrap_or_default(),
-        preference_name: preference.map_or("ORPO", |l| preference_name(&l.dir)),
-    };
+    let logs: Vec<TrainingLog> = inputs
+        .trained
+        .iter()
+        .map(|l| {
+            let metrics = match l.kind.as_str() {
+                "sft" => SFT_METRICS_FILE,
+                "dpo" => DPO_METRICS_FILE,
+                _ => ORPO_METRICS_FILE,
+            };
+            TrainingLog {
+                instance: l.instance.clone(),
+                kind: l.kind.clone(),
+                lines: read_metrics(&l.dir.join(metrics)),
+            }
+        })
+        .collect();
     let names: Vec<&str> = results.models.iter().map(|m| m.name.as_str()).collect();
     write(
         REPORT_FILE,

@@ -1,7 +1,8 @@
 //! `report.html`: one self-contained page (inline CSS and SVG, no script, nothing fetched) with
-//! the training curves of sft and orpo from their `metrics.jsonl`, ORPO's reward accuracy and
-//! margin, the score table, the win rates and answers side by side. Every text from the data
-//! (prompts, answers, names) is HTML-escaped.
+//! the score table, the win rates, the training curves of every sft, orpo and dpo instance on
+//! the compared models' paths (from each one's `metrics.jsonl`: the loss, and a preference
+//! stage's reward accuracy and margin) and answers side by side. Every text from the data
+//! (prompts, answers, instance and model names) is HTML-escaped.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -17,14 +18,48 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-/// The training logs the report draws, as read from the stages' `metrics.jsonl`.
-#[derive(Default)]
-pub struct TrainingLogs {
-    pub sft: Vec<Json>,
-    /// The preference stage's log (orpo or dpo; both log TRL's reward metrics).
-    pub preference: Vec<Json>,
-    /// `ORPO` or `DPO`, for the chart titles.
-    pub preference_name: &'static str,
+/// One training instance's log, as read from its `metrics.jsonl`.
+pub struct TrainingLog {
+    /// The instance's name in pipeline.toml.
+    pub instance: String,
+    /// Its kind: `sft`, or a preference stage (`orpo`, `dpo`: both log TRL's reward metrics).
+    pub kind: String,
+    pub lines: Vec<Json>,
+}
+
+impl TrainingLog {
+    /// A chart's title: the kind (`SFT loss`), after the instance's name when that is not
+    /// the kind's (`sft_hi: SFT loss`), so that instances of one kind can be told apart.
+    fn title(&self, chart: &str) -> String {
+        let kind = self.kind.to_uppercase();
+        if self.instance == self.kind {
+            format!("{kind} {chart}")
+        } else {
+            format!("{}: {kind} {chart}", self.instance)
+        }
+    }
+
+    /// Its charts: the loss, and for a preference stage its reward accuracy and margin.
+    fn charts(&self) -> Vec<(String, Vec<Series>)> {
+        let pair = |train: &str, eval: &str, key: &str| {
+            vec![
+                line(train, TRAIN, series(&self.lines, key)),
+                line(eval, EVAL, series(&self.lines, &format!("eval_{key}"))),
+            ]
+        };
+        let mut charts = vec![(self.title("loss"), pair("train loss", "eval loss", "loss"))];
+        if self.kind != "sft" {
+            charts.push((
+                self.title("reward accuracy"),
+                pair("train", "eval", "rewards/accuracies"),
+            ));
+            charts.push((
+                self.title("reward margin"),
+                pair("train", "eval", "rewards/margins"),
+            ));
+        }
+        charts
+    }
 }
 
 /// Reads a `metrics.jsonl` as generic JSON lines (sft and orpo log different keys); a missing
@@ -65,11 +100,11 @@ pub fn esc(text: &str) -> String {
 const TRAIN: &str = "#2563eb";
 const EVAL: &str = "#dc2626";
 
-/// The whole page.
+/// The whole page; `logs` are drawn in their order, each log's charts together.
 pub fn render(
     title: &str,
     results: &EvalResults,
-    logs: &TrainingLogs,
+    logs: &[TrainingLog],
     records: &[AnswerRecord],
     samples: usize,
 ) -> String {
@@ -91,54 +126,13 @@ pub fn render(
     html.push_str(&score_table(results));
     html.push_str(&category_table(results));
     html.push_str(&win_table(results));
-    html.push_str("<h2>Training</h2>\n<div class=\"charts\">\n");
-    let name = logs.preference_name;
-    let charts = [
-        (
-            "SFT loss".to_string(),
-            vec![
-                line("train loss", TRAIN, series(&logs.sft, "loss")),
-                line("eval loss", EVAL, series(&logs.sft, "eval_loss")),
-            ],
-        ),
-        (
-            format!("{name} loss"),
-            vec![
-                line("train loss", TRAIN, series(&logs.preference, "loss")),
-                line("eval loss", EVAL, series(&logs.preference, "eval_loss")),
-            ],
-        ),
-        (
-            format!("{name} reward accuracy"),
-            vec![
-                line(
-                    "train",
-                    TRAIN,
-                    series(&logs.preference, "rewards/accuracies"),
-                ),
-                line(
-                    "eval",
-                    EVAL,
-                    series(&logs.preference, "eval_rewards/accuracies"),
-                ),
-            ],
-        ),
-        (
-            format!("{name} reward margin"),
-            vec![
-                line("train", TRAIN, series(&logs.preference, "rewards/margins")),
-                line(
-                    "eval",
-                    EVAL,
-                    series(&logs.preference, "eval_rewards/margins"),
-                ),
-            ],
-        ),
-    ];
-    for (title, lines) in &charts {
-        html.push_str(&line_chart(title, lines));
+    if !logs.is_empty() {
+        html.push_str("<h2>Training</h2>\n<div class=\"charts\">\n");
+        for (title, lines) in logs.iter().flat_map(TrainingLog::charts) {
+            html.push_str(&line_chart(&title, &lines));
+        }
+        html.push_str("</div>\n");
     }
-    html.push_str("</div>\n");
     html.push_str(&answers_section(
         &results
             .models

@@ -1,12 +1,13 @@
 //! Tests of the eval stage on the tiny model: eval.json holds three models whose NLLs are those
 //! of base, base + sft and the merged model, answers.jsonl one line per prompt with every
-//! model's scored answer, and report.html is self-contained, escaped and has its charts.
+//! model's scored answer, and report.html is self-contained, escaped and draws the curves of
+//! every training instance on the models' paths.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-use super::report::{esc, line_chart, series, Series};
+use super::report::{esc, line_chart, render, series, Series, TrainingLog};
 use super::*;
 use crate::contract::pick_table;
 use crate::llm::TargetModule;
@@ -353,4 +354,87 @@ fn charts_escape_names_and_survive_empty_or_flat_series() {
         serde_json::json!({"step": 4}),
     ];
     assert_eq!(series(&lines, "loss"), vec![(3.0, 1.5)]);
+}
+
+fn log(instance: &str, kind: &str, metrics: &str) -> TrainingLog {
+    TrainingLog {
+        instance: instance.into(),
+        kind: kind.into(),
+        lines: metrics
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+    }
+}
+
+#[test]
+fn the_report_draws_every_training_instance_in_order() {
+    let results = EvalResults {
+        prompts: 0,
+        nll_rows_dropped: 0,
+        max_new_tokens: 8,
+        models: Vec::new(),
+        win_rates: Vec::new(),
+        seconds: 0.0,
+        categories: Default::default(),
+    };
+    let logs = [
+        log("sft_lo", "sft", SFT_METRICS),
+        log("sft<hi>", "sft", SFT_METRICS),
+        log("orpo", "orpo", ORPO_METRICS),
+        log("dpo_b", "dpo", ORPO_METRICS),
+    ];
+    let html = render("t", &results, &logs, &[], 0);
+    let titles = [
+        "sft_lo: SFT loss",
+        "sft&lt;hi&gt;: SFT loss",
+        "ORPO loss",
+        "ORPO reward accuracy",
+        "ORPO reward margin",
+        "dpo_b: DPO loss",
+        "dpo_b: DPO reward accuracy",
+        "dpo_b: DPO reward margin",
+    ];
+    let figures: Vec<&str> = html.split("<figure>").skip(1).collect();
+    assert_eq!(figures.len(), titles.len(), "{html}");
+    for (figure, title) in figures.iter().zip(titles) {
+        assert!(
+            figure.contains(&format!("class=\"title\">{title}</text>")),
+            "{title}: {figure}"
+        );
+        // Each log's own points: sft's train and eval loss, a preference stage's train curve
+        // (its eval has one point, a dot).
+        let curves = if title.contains("SFT") { 2 } else { 1 };
+        assert_eq!(figure.matches("<polyline").count(), curves, "{title}");
+    }
+    assert!(!html.contains("sft<hi>"));
+
+    let none = render("t", &results, &[], &[], 0);
+    assert!(!none.contains("<svg") && !none.contains("Training"));
+}
+
+#[test]
+fn trained_instances_are_listed_once_from_the_base_up() {
+    let link = |name: &str, kind: &str| Link::new(name, kind, Path::new(name));
+    let chains = [
+        vec![link("model", "model")],
+        vec![link("sft_hi", "sft"), link("model", "model")],
+        vec![
+            link("merge", "merge"),
+            link("dpo", "dpo"),
+            link("orpo", "orpo"),
+            link("sft_lo", "sft"),
+            link("model", "model"),
+        ],
+        vec![
+            link("orpo", "orpo"),
+            link("sft_lo", "sft"),
+            link("model", "model"),
+        ],
+    ];
+    let names: Vec<String> = trained_links(&chains)
+        .into_iter()
+        .map(|l| l.instance)
+        .collect();
+    assert_eq!(names, ["sft_hi", "sft_lo", "orpo", "dpo"]);
 }
