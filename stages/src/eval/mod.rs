@@ -62,7 +62,7 @@ pub struct EvalConfig {
     /// The score instance whose scorers judge the answers (default `score` when present).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scorers: Option<String>,
-    /// Evaluate the first N val rows (default: all).
+    /// Evaluate a seeded sample of N val rows (default: all): the same rows for every model.
     #[serde(default)]
     pub limit: Option<usize>,
     #[serde(default = "default_max_new_tokens")]
@@ -163,11 +163,12 @@ fn llm(context: impl Into<String>) -> impl FnOnce(LlmError) -> EvalError {
 impl Stage for Eval {
     const NAME: &'static str = "eval";
     /// 3: `limit` takes a seeded sample of the val rows (was: the first N); any set of models.
-    const VERSION: u32 = 3;
+    /// 4: report.html draws the curves of every training instance, not only the first two.
+    const VERSION: u32 = 4;
     const ABOUT: &'static str =
         "compares models (base vs sft vs final by default) on the val split: scores, NLL, win rates, report.html";
     const STARTER: &'static str = r#"[eval]
-# limit = 32               # evaluate the first N val rows (default: all)
+# limit = 32               # evaluate a seeded sample of N val rows (default: all)
 # max_new_tokens = 128     # greedy answers of every model, same settings
 # batch_size = 8           # prompts generated together
 # max_seq_len = 512        # tokens per row for the NLL of the reference answers
