@@ -1,7 +1,7 @@
 //! Every pipeline under examples/ runs through the real binary at tiny sizes: the file as
 //! shipped (its tables, instances and inputs), with `-s` overrides that swap in the tiny
 //! generated model, a few rows and a couple of steps. Each example's eval names the models
-//! its README line promises.
+//! its README line promises, and `pipe dag --mermaid` draws exactly the graph it declares.
 
 mod support;
 
@@ -49,6 +49,27 @@ fn tiny(tables: &[&str]) -> Vec<String> {
     out
 }
 
+/// The edges `pipe dag --mermaid` draws for the example, sorted.
+fn mermaid_edges(ws: &Ws, name: &str) -> Vec<String> {
+    let config = format!("examples/{name}/pipeline.toml");
+    let out = ws.ok(&["--config", &config, "dag", "--mermaid"]).stdout;
+    let mut edges: Vec<String> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.contains("-->"))
+        .map(str::to_string)
+        .collect();
+    edges.sort();
+    edges
+}
+
+/// `"a --> b"` for each `(a, b)`, sorted.
+fn edges(pairs: &[(&str, &str)]) -> Vec<String> {
+    let mut out: Vec<String> = pairs.iter().map(|(a, b)| format!("{a} --> {b}")).collect();
+    out.sort();
+    out
+}
+
 /// Runs the example with tiny overrides; returns the model names of its eval.json.
 fn run_example(name: &str, tables: &[&str]) -> (Ws, Vec<String>) {
     let ws = workspace(name);
@@ -92,14 +113,40 @@ fn run_example(name: &str, tables: &[&str]) -> (Ws, Vec<String>) {
 
 #[test]
 fn sft_only() {
-    let (_, names) = run_example("sft-only", &["sft", "merge"]);
+    let (ws, names) = run_example("sft-only", &["sft", "merge"]);
     assert_eq!(names, ["base", "final"]);
+    assert_eq!(
+        mermaid_edges(&ws, "sft-only"),
+        edges(&[
+            ("ingest", "sft"),
+            ("model", "sft"),
+            ("model", "merge"),
+            ("sft", "merge"),
+            ("ingest", "eval"),
+            ("model", "eval"),
+            ("sft", "eval"),
+            ("merge", "eval"),
+        ])
+    );
 }
 
 #[test]
 fn orpo_on_pairs() {
     let (ws, names) = run_example("orpo-on-pairs", &["orpo", "merge"]);
     assert_eq!(names, ["base", "final"]);
+    assert_eq!(
+        mermaid_edges(&ws, "orpo-on-pairs"),
+        edges(&[
+            ("ingest", "orpo"),
+            ("model", "orpo"),
+            ("model", "merge"),
+            ("orpo", "merge"),
+            ("ingest", "eval"),
+            ("model", "eval"),
+            ("orpo", "eval"),
+            ("merge", "eval"),
+        ])
+    );
     // The train split trained, the val split was held out: orpo's summary counts both.
     let dir = ws.path("examples/orpo-on-pairs/artifacts/orpo");
     let entry = std::fs::read_dir(&dir)
@@ -114,12 +161,43 @@ fn orpo_on_pairs() {
 
 #[test]
 fn sft_then_preference() {
-    let (_, names) = run_example("sft-then-preference", &["sft", "orpo", "merge", "prefs"]);
+    let (ws, names) = run_example("sft-then-preference", &["sft", "orpo", "merge", "prefs"]);
     assert_eq!(names, ["base", "sft", "final"]);
+    assert_eq!(
+        mermaid_edges(&ws, "sft-then-preference"),
+        edges(&[
+            ("ingest", "sft"),
+            ("model", "sft"),
+            ("prefs", "orpo"),
+            ("sft", "orpo"),
+            ("model", "orpo"),
+            ("model", "merge"),
+            ("sft", "merge"),
+            ("orpo", "merge"),
+            ("ingest", "eval"),
+            ("model", "eval"),
+            ("sft", "eval"),
+            ("orpo", "eval"),
+            ("merge", "eval"),
+        ])
+    );
 }
 
 #[test]
 fn two_variants() {
-    let (_, names) = run_example("two-variants", &["sft_lo", "sft_hi"]);
+    let (ws, names) = run_example("two-variants", &["sft_lo", "sft_hi"]);
     assert_eq!(names, ["base", "sft_lo", "sft_hi"]);
+    assert_eq!(
+        mermaid_edges(&ws, "two-variants"),
+        edges(&[
+            ("ingest", "sft_lo"),
+            ("model", "sft_lo"),
+            ("ingest", "sft_hi"),
+            ("model", "sft_hi"),
+            ("ingest", "eval"),
+            ("model", "eval"),
+            ("sft_lo", "eval"),
+            ("sft_hi", "eval"),
+        ])
+    );
 }
