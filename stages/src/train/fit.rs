@@ -132,7 +132,12 @@ mod tests {
             ..ex(10, 2)
         };
         match fit(multi, 6, Overlength::TruncatePrompt) {
-            Fit::Truncated(e) => assert_eq!((e.prompt.len(), e.prompt_targets), (4, vec![1..2])),
+            Fit::Truncated(e) => {
+                assert_eq!(
+                    (e.prompt.len(), e.prompt_targets),
+                    (4, std::iter::once(1..2).collect())
+                )
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(fit(ex(2, 4), 6, Overlength::Drop), Fit::Whole(ex(2, 4)));

@@ -181,7 +181,7 @@ mod tests {
         // user(1 2) assistant(3 4) user(5) | assistant(6 7): tokens 2..4 of the prompt and the
         // completion are predicted; the user turns are not.
         let ex = Example {
-            prompt_targets: vec![2..4],
+            prompt_targets: std::iter::once(2..4).collect(),
             ..Example::new(vec![1, 2, 3, 4, 5], vec![6, 7])
         };
         assert_eq!(ex.target_count(), 4);
