@@ -39,6 +39,12 @@ samples = 2
 
 /// The eval.json of the instance's current artifact (the key `pipe status` names).
 fn eval_json(ws: &Ws, instance: &str, overrides: &[&str]) -> serde_json::Value {
+    let path = eval_dir(ws, instance, overrides).join("eval.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The directory of the instance's current artifact (the key `pipe status` names).
+fn eval_dir(ws: &Ws, instance: &str, overrides: &[&str]) -> std::path::PathBuf {
     let mut args = vec!["status"];
     args.extend_from_slice(overrides);
     let status = ws.ok(&args).stdout;
@@ -51,11 +57,7 @@ fn eval_json(ws: &Ws, instance: &str, overrides: &[&str]) -> serde_json::Value {
                 .flatten()
         })
         .unwrap_or_else(|| panic!("{instance} is not cached: {status}"));
-    let path = ws
-        .path(&format!("artifacts/{instance}"))
-        .join(key)
-        .join("eval.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    ws.path(&format!("artifacts/{instance}")).join(key)
 }
 
 fn model_names(eval: &serde_json::Value) -> Vec<String> {
@@ -260,4 +262,16 @@ max_new_tokens = 4
     ws.ok(&["run", "--only", "eval"]);
     let eval = eval_json(&ws, "eval", &[]);
     assert_eq!(model_names(&eval), ["base", "sft"]);
+    // Each answer is recorded, and shown, with the turns it was asked after.
+    let dir = eval_dir(&ws, "eval", &[]);
+    let answers = std::fs::read_to_string(dir.join("answers.jsonl")).unwrap();
+    for line in answers.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(record["history"].as_array().unwrap().len(), 2, "{line}");
+    }
+    let report = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(
+        report.contains("<b>earlier turns</b><pre>user: What does"),
+        "{report}"
+    );
 }

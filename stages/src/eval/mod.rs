@@ -691,6 +691,7 @@ fn answer_records(
             id: row.example.id.clone(),
             source_row: row.example.source_row,
             prompt: row.example.prompt.clone(),
+            history: row.example.history.clone(),
             reference: row.example.response.clone(),
             answers: names
                 .iter()

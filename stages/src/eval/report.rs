@@ -388,9 +388,22 @@ fn answers_section(models: &[&str], records: &[AnswerRecord], samples: usize) ->
         records.len()
     );
     for r in records.iter().take(samples) {
+        h.push_str("<section class=\"sample\">");
+        if !r.history.is_empty() {
+            let turns: Vec<String> = r
+                .history
+                .iter()
+                .map(|t| format!("{}: {}", t.role, t.content))
+                .collect();
+            let _ = write!(
+                h,
+                "<div class=\"prompt\"><b>earlier turns</b><pre>{}</pre></div>",
+                esc(&turns.join("\n"))
+            );
+        }
         let _ = write!(
             h,
-            "<section class=\"sample\"><div class=\"prompt\"><b>prompt</b> <span class=\"id\">(source row {})</span><pre>{}</pre></div><div class=\"row\">\
+            "<div class=\"prompt\"><b>prompt</b> <span class=\"id\">(source row {})</span><pre>{}</pre></div><div class=\"row\">\
              <div class=\"cell ref\"><b>reference</b><pre>{}</pre></div>",
             r.source_row,
             esc(&r.prompt),

@@ -28,6 +28,9 @@ pub struct AnswerRecord {
     pub id: String,
     pub source_row: u64,
     pub prompt: String,
+    /// The turns before `prompt` of a multi-turn row, which every model answered in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<crate::llm::ChatMessage>,
     pub reference: String,
     /// By model name (`base`, `sft`, `final`).
     pub answers: BTreeMap<String, ModelAnswer>,
@@ -269,6 +272,7 @@ mod tests {
             id: "x".into(),
             source_row: 1,
             prompt: String::new(),
+            history: Vec::new(),
             reference: String::new(),
             answers: BTreeMap::from([
                 ("base".to_string(), answer(base)),
