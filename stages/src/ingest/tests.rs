@@ -996,6 +996,8 @@ fn trl_conversational_form_takes_the_shared_turns_as_the_prompt() {
         r#"{"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}], "rejected": [{"role": "assistant", "content": "5"}]}"#,
         "\n",
         r#"{"chosen": [{"role": "user", "content": "sky?"}, {"role": "assistant", "content": "blue"}], "rejected": [{"role": "user", "content": "sky?"}, {"role": "assistant", "content": "green"}]}"#,
+        "\n",
+        r#"{"prompt": [{"role": "user", "content": "name a colour"}, {"role": "assistant", "content": "red"}, {"role": "user", "content": "another?"}], "chosen": [{"role": "assistant", "content": "blue"}], "rejected": [{"role": "assistant", "content": "red"}]}"#,
         "\n"
     );
     let out = run_with(
@@ -1015,6 +1017,24 @@ fn trl_conversational_form_takes_the_shared_turns_as_the_prompt() {
         )
     );
     assert_eq!(pairs[1], ("2+2?".into(), "4".into(), "5".into(), None));
+    // A multi-turn prompt: the last question is the prompt, the turns before it its history.
+    let multi = out
+        .all()
+        .into_iter()
+        .find(|r| r.prompt == "another?")
+        .unwrap();
+    assert_eq!(
+        multi.history,
+        vec![
+            ChatMessage::user("name a colour"),
+            ChatMessage::assistant("red")
+        ]
+    );
+    assert!(out
+        .all()
+        .iter()
+        .filter(|r| r.prompt != "another?")
+        .all(|r| r.history.is_empty()));
     let bad = r#"{"chosen": [{"role": "user", "content": "x"}], "rejected": [{"role": "user", "content": "x"}]}"#;
     let err = run_err(
         "[ingest]\npath = \"bad.jsonl\"\nlayout = \"preference\"\n",
