@@ -6,9 +6,10 @@
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device};
 use serde_json::Value;
 
+use super::testing::probes::{argmax, decode_step_logits, greedy_batch, ids, nll_and_last_logits};
 use super::testing::workspace_root;
 use crate::llm::io::merge::merge_adapters;
 use crate::llm::io::peft::PeftAdapter;
@@ -17,8 +18,8 @@ use crate::llm::model::config::ModelConfig;
 use crate::llm::model::decoder::LlamaModel;
 use crate::llm::model::kernels::with_kernels;
 use crate::llm::model::lora::Mode;
-use crate::llm::objectives::batch::{Example, TargetMask, TokenBatch};
-use crate::llm::objectives::loss::{sft_loss, TargetLogProbs, DEFAULT_CHUNK};
+use crate::llm::objectives::batch::{Example, TokenBatch};
+use crate::llm::objectives::loss::{sft_loss, DEFAULT_CHUNK};
 
 /// The bounds: NLL, top-10 logits, training loss (absolute), gradient norms
 /// (relative), and the top1 − top2 margin below which a greedy choice may flip on rounding.
@@ -38,14 +39,6 @@ fn family_dir(name: &str) -> PathBuf {
 fn read_json(path: PathBuf) -> Value {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f64> {
@@ -120,33 +113,6 @@ impl Family {
     }
 }
 
-/// Per sequence: mean next-token NLL over all positions and the last position's logits.
-fn nll_and_last_logits(model: &LlamaModel, seqs: &[Vec<u32>], pad: u32) -> Vec<(f64, Vec<f32>)> {
-    let examples: Vec<Example> = seqs
-        .iter()
-        .map(|s| Example::new(s[..1].to_vec(), s[1..].to_vec()))
-        .collect();
-    let batch = TokenBatch::new(&examples, pad, model.device()).unwrap();
-    let hidden = model
-        .hidden_states(&batch.input_ids, Some(&batch.attention_mask), Mode::Eval)
-        .unwrap();
-    let select = vec![TargetMask::Sequence; seqs.len()];
-    let lp = TargetLogProbs::from_hidden(model, &hidden, &batch, &select, DEFAULT_CHUNK)
-        .unwrap()
-        .mean_per_sequence(TargetMask::Sequence)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    seqs.iter()
-        .enumerate()
-        .map(|(b, s)| {
-            let last = hidden.i((b, s.len() - 1)).unwrap();
-            let logits = model.logits(&last).unwrap().to_vec1::<f32>().unwrap();
-            (-(lp[b] as f64), logits)
-        })
-        .collect()
-}
-
 /// The reference's top-10 logits at the last position within `tol`, and the same top-1;
 /// returns the worst error.
 fn check_top10(what: &str, case: &Value, logits: &[f32], tol: f64) -> f64 {
@@ -177,60 +143,6 @@ fn check_nll_and_top10(what: &str, case: &Value, nll: f64, logits: &[f32], worst
     worst.nll = worst.nll.max(err);
     assert!(err < NLL_TOL, "{what}: nll {nll} vs {want} (err {err})");
     worst.logit = worst.logit.max(check_top10(what, case, logits, LOGIT_TOL));
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-            if x > bv {
-                (i, x)
-            } else {
-                (bi, bv)
-            }
-        })
-        .0
-}
-
-/// Greedy continuations of several prompts: left-padded prefill, then one cached step per
-/// token (the generator's path).
-fn greedy_batch(model: &LlamaModel, prompts: &[Vec<u32>], steps: usize, pad: u32) -> Vec<Vec<u32>> {
-    let len = prompts.iter().map(Vec::len).max().unwrap();
-    let (mut ids, mut mask) = (Vec::new(), Vec::new());
-    for p in prompts {
-        let n = len - p.len();
-        ids.extend(std::iter::repeat_n(pad, n).chain(p.iter().copied()));
-        mask.extend(std::iter::repeat_n(0u32, n).chain(std::iter::repeat_n(1, p.len())));
-    }
-    let dev = Device::Cpu;
-    let ids = Tensor::from_vec(ids, (prompts.len(), len), &dev).unwrap();
-    let mask = Tensor::from_vec(mask, (prompts.len(), len), &dev).unwrap();
-    let mut cache = model.new_cache();
-    let mut logits = model
-        .forward_cached(&ids, Some(&mask), &mut cache)
-        .unwrap()
-        .i((.., len - 1))
-        .unwrap();
-    let mut out = vec![Vec::new(); prompts.len()];
-    for _ in 0..steps {
-        let next = logits
-            .argmax(1)
-            .unwrap()
-            .to_dtype(DType::U32)
-            .unwrap()
-            .to_vec1::<u32>()
-            .unwrap();
-        for (o, &n) in out.iter_mut().zip(&next) {
-            o.push(n);
-        }
-        let step = Tensor::from_vec(next, (prompts.len(), 1), &dev).unwrap();
-        logits = model
-            .forward_cached(&step, None, &mut cache)
-            .unwrap()
-            .i((.., 0))
-            .unwrap();
-    }
-    out
 }
 
 /// Our greedy ids equal the reference's up to the first step whose margin is a near tie.
@@ -342,24 +254,6 @@ fn check_train_step(fam: &Family, tag: &str, worst: &mut Worst) {
         "{} {tag}: total grad norm {total} vs {want}",
         fam.name
     );
-}
-
-/// The last position's logits through the decode path: the sequence minus its last token
-/// prefilled, then one cached single-row step (the skinny kernels, 8-bit when packed).
-fn decode_step_logits(model: &LlamaModel, seq: &[u32]) -> Vec<f32> {
-    let dev = Device::Cpu;
-    let (head, last) = seq.split_at(seq.len() - 1);
-    let mut cache = model.new_cache();
-    let head = Tensor::new(head, &dev).unwrap().unsqueeze(0).unwrap();
-    model.forward_cached_last(&head, None, &mut cache).unwrap();
-    let step = Tensor::new(last, &dev).unwrap().unsqueeze(0).unwrap();
-    model
-        .forward_cached_last(&step, None, &mut cache)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
 }
 
 /// The 8-bit packed decode (what generate, eval and chat use) on the base model and with the

@@ -4,9 +4,10 @@
 
 use std::sync::OnceLock;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
+use super::testing::probes::{argmax, decode_step_logits, greedy_batch, ids, nll_and_last_logits};
 use super::testing::{smollm2_fixture, smollm2_model};
 use crate::llm::io::merge::merge_adapters;
 use crate::llm::io::peft::PeftAdapter;
@@ -37,47 +38,12 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn num(v: &Value) -> f64 {
     v.as_f64().unwrap()
 }
 
 fn pad_id() -> u32 {
     base_model().config().pad_token_id.unwrap_or(0)
-}
-
-/// Per sequence: mean next-token NLL over all positions, and the last position's logits.
-fn nll_and_last_logits(model: &LlamaModel, seqs: &[Vec<u32>]) -> Vec<(f64, Vec<f32>)> {
-    let examples: Vec<Example> = seqs
-        .iter()
-        .map(|s| Example::new(s[..1].to_vec(), s[1..].to_vec()))
-        .collect();
-    let batch = TokenBatch::new(&examples, pad_id(), model.device()).unwrap();
-    let hidden = model
-        .hidden_states(&batch.input_ids, Some(&batch.attention_mask), Mode::Eval)
-        .unwrap();
-    let select = vec![TargetMask::Sequence; seqs.len()];
-    let lp = TargetLogProbs::from_hidden(model, &hidden, &batch, &select, DEFAULT_CHUNK)
-        .unwrap()
-        .mean_per_sequence(TargetMask::Sequence)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    seqs.iter()
-        .enumerate()
-        .map(|(b, s)| {
-            let last = hidden.i((b, s.len() - 1)).unwrap();
-            let logits = model.logits(&last).unwrap().to_vec1::<f32>().unwrap();
-            (-(lp[b] as f64), logits)
-        })
-        .collect()
 }
 
 /// Checks a case's `nll_mean` and `last_top10` ([id, logit] pairs) against ours.
@@ -114,67 +80,17 @@ fn check_top10(what: &str, case: &Value, logits: &[f32], worst: &mut [f64; 2]) {
     );
 }
 
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-            if x > bv {
-                (i, x)
-            } else {
-                (bi, bv)
-            }
-        })
-        .0
-}
-
-/// Greedy continuation of several prompts at once: left-padded prefill, then one cached step
-/// per token (the path the generator uses).
-fn greedy_batch(model: &LlamaModel, prompts: &[Vec<u32>], steps: usize) -> Vec<Vec<u32>> {
-    let len = prompts.iter().map(Vec::len).max().unwrap();
-    let (mut ids, mut mask) = (Vec::new(), Vec::new());
-    for p in prompts {
-        let pad = len - p.len();
-        ids.extend(std::iter::repeat_n(pad_id(), pad).chain(p.iter().copied()));
-        mask.extend(std::iter::repeat_n(0u32, pad).chain(std::iter::repeat_n(1, p.len())));
-    }
-    let dev = Device::Cpu;
-    let ids = Tensor::from_vec(ids, (prompts.len(), len), &dev).unwrap();
-    let mask = Tensor::from_vec(mask, (prompts.len(), len), &dev).unwrap();
-    let mut cache = model.new_cache();
-    let mut logits = model
-        .forward_cached(&ids, Some(&mask), &mut cache)
-        .unwrap()
-        .i((.., len - 1))
-        .unwrap();
-    let mut out = vec![Vec::new(); prompts.len()];
-    for _ in 0..steps {
-        let next = logits
-            .argmax(1)
-            .unwrap()
-            .to_dtype(DType::U32)
-            .unwrap()
-            .to_vec1::<u32>()
-            .unwrap();
-        for (o, &n) in out.iter_mut().zip(&next) {
-            o.push(n);
-        }
-        let step = Tensor::from_vec(next, (prompts.len(), 1), &dev).unwrap();
-        logits = model
-            .forward_cached(&step, None, &mut cache)
-            .unwrap()
-            .i((.., 0))
-            .unwrap();
-    }
-    out
-}
-
 #[test]
 fn forward_matches_transformers() {
     let fx = fixture("forward.json");
     let cases = fx["cases"].as_array().unwrap();
     let seqs: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["ids"])).collect();
     let mut worst = [0.0; 2];
-    for (case, (nll, logits)) in cases.iter().zip(nll_and_last_logits(base_model(), &seqs)) {
+    for (case, (nll, logits)) in
+        cases
+            .iter()
+            .zip(nll_and_last_logits(base_model(), &seqs, pad_id()))
+    {
         check_nll_and_top10(
             case["name"].as_str().unwrap(),
             case,
@@ -183,7 +99,7 @@ fn forward_matches_transformers() {
             &mut worst,
         );
     }
-    let greedy = greedy_batch(base_model(), &seqs, 24);
+    let greedy = greedy_batch(base_model(), &seqs, 24, pad_id());
     let mut compared = 0;
     for (case, ours) in cases.iter().zip(&greedy) {
         let want = ids(&case["greedy"]);
@@ -217,7 +133,10 @@ fn peft_adapter_applied_and_merged_matches_peft() {
     let cases = fx["cases"].as_array().unwrap();
     let seqs: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["ids"])).collect();
     let mut worst = [0.0; 2];
-    for (case, (nll, logits)) in cases.iter().zip(nll_and_last_logits(&applied, &seqs)) {
+    for (case, (nll, logits)) in cases
+        .iter()
+        .zip(nll_and_last_logits(&applied, &seqs, pad_id()))
+    {
         check_nll_and_top10(
             case["name"].as_str().unwrap(),
             case,
@@ -233,7 +152,7 @@ fn peft_adapter_applied_and_merged_matches_peft() {
     let mut weights = base_model().weights();
     merge_adapters(&mut weights, std::slice::from_ref(&adapter)).unwrap();
     let merged = LlamaModel::from_tensors(base_model().config(), weights).unwrap();
-    let (nll, logits) = nll_and_last_logits(&merged, &[seq]).remove(0);
+    let (nll, logits) = nll_and_last_logits(&merged, &[seq], pad_id()).remove(0);
     check_nll_and_top10("merged", merged_case, nll, &logits, &mut worst);
     eprintln!(
         "peft_adapter: worst nll err {:.2e}, worst top-10 logit err {:.2e}",
@@ -337,24 +256,6 @@ fn orpo_loss_matches_trl_formula_in_both_nll_variants() {
     eprintln!("orpo_loss.json: worst err {worst:.2e}");
 }
 
-/// The last position's logits through the decode path: the sequence minus its last token
-/// prefilled, then one cached step of a single row (the skinny kernels, 8-bit when packed).
-fn decode_step_logits(model: &LlamaModel, seq: &[u32]) -> Vec<f32> {
-    let dev = Device::Cpu;
-    let (head, last) = seq.split_at(seq.len() - 1);
-    let mut cache = model.new_cache();
-    let head = Tensor::new(head, &dev).unwrap().unsqueeze(0).unwrap();
-    model.forward_cached_last(&head, None, &mut cache).unwrap();
-    let step = Tensor::new(last, &dev).unwrap().unsqueeze(0).unwrap();
-    model
-        .forward_cached_last(&step, None, &mut cache)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-}
-
 /// Decoding from the 8-bit copies (`pack_for_decode`, what generate, eval and chat use): the
 /// base model's weights (dequantized GGUF blocks) are held exactly, so its top-10 logits stay
 /// within the fixtures' float tolerance and its greedy continuations are the exact ones. With
@@ -375,8 +276,8 @@ fn packed_decode_is_exact_on_gguf_weights_and_attached_adapters() {
     }
     let seqs: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["ids"])).collect();
     assert_eq!(
-        greedy_batch(&packed, &seqs, 24),
-        greedy_batch(base_model(), &seqs, 24),
+        greedy_batch(&packed, &seqs, 24, pad_id()),
+        greedy_batch(base_model(), &seqs, 24, pad_id()),
         "packed greedy continuations differ from the exact ones"
     );
 
@@ -387,11 +288,11 @@ fn packed_decode_is_exact_on_gguf_weights_and_attached_adapters() {
     let mut merged = LlamaModel::from_tensors(base_model().config(), weights).unwrap();
     let exact = merged.clone();
     merged.pack_for_decode().unwrap();
-    let packed_greedy = greedy_batch(&merged, &seqs, 24);
-    for ((seq, ours), want) in seqs
-        .iter()
-        .zip(&packed_greedy)
-        .zip(greedy_batch(&exact, &seqs, 24))
+    let packed_greedy = greedy_batch(&merged, &seqs, 24, pad_id());
+    for ((seq, ours), want) in
+        seqs.iter()
+            .zip(&packed_greedy)
+            .zip(greedy_batch(&exact, &seqs, 24, pad_id()))
     {
         // Where they part, the exact model must have been at a near tie.
         if let Some(step) = ours.iter().zip(&want).position(|(a, b)| a != b) {

@@ -61,6 +61,8 @@ pub fn smollm2_tokenizer() -> &'static super::TextTokenizer {
 }
 
 pub mod micro;
+#[cfg(test)]
+pub mod probes;
 mod tiny;
 pub use tiny::{random_weights, tiny_config, tiny_tokenizer, write_gguf, TinyVocab};
 
