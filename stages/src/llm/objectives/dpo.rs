@@ -14,7 +14,7 @@ use crate::llm::error::{LlmError, LlmResult};
 use crate::llm::model::decoder::LlamaModel;
 use crate::llm::model::lora::Mode;
 use crate::llm::model::ops::log_sigmoid;
-use crate::llm::objectives::batch::{Example, TargetMask, TokenBatch};
+use crate::llm::objectives::batch::TargetMask;
 use crate::llm::objectives::loss::TargetLogProbs;
 use crate::llm::objectives::orpo::PreferencePair;
 
@@ -87,14 +87,7 @@ pub fn pair_logps(
         return Err(LlmError::Invalid("dpo: empty batch of pairs".into()));
     }
     let p = pairs.len();
-    let chosen = pairs
-        .iter()
-        .map(|x| Example::new(x.prompt.clone(), x.chosen.clone()));
-    let rejected = pairs
-        .iter()
-        .map(|x| Example::new(x.prompt.clone(), x.rejected.clone()));
-    let examples: Vec<Example> = chosen.chain(rejected).collect();
-    let batch = TokenBatch::new(&examples, pad_id, model.device())?;
+    let batch = PreferencePair::batch(pairs, pad_id, model.device())?;
     let select = vec![TargetMask::Completion; 2 * p];
     let lp = TargetLogProbs::compute(model, &batch, &select, mode, chunk)?;
     let means = lp.mean_per_sequence(TargetMask::Completion)?;

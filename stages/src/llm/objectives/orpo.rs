@@ -1,7 +1,7 @@
 //! ORPO (Hong et al. 2024), exactly as DESIGN.md states it, with the metrics TRL's ORPOTrainer
 //! logs: `loss = NLL − beta·mean(log σ(log_odds))` over per-pair mean completion log-probs.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::llm::error::{LlmError, LlmResult};
@@ -46,6 +46,21 @@ pub struct PreferencePair {
     pub prompt: Vec<u32>,
     pub chosen: Vec<u32>,
     pub rejected: Vec<u32>,
+}
+
+impl PreferencePair {
+    /// One batch of every pair's prompt + chosen, then every pair's prompt + rejected: row
+    /// `i` and row `i + pairs.len()` are the two answers of pair `i`.
+    pub fn batch(pairs: &[Self], pad_id: u32, device: &Device) -> LlmResult<TokenBatch> {
+        let chosen = pairs
+            .iter()
+            .map(|x| Example::new(x.prompt.clone(), x.chosen.clone()));
+        let rejected = pairs
+            .iter()
+            .map(|x| Example::new(x.prompt.clone(), x.rejected.clone()));
+        let examples: Vec<Example> = chosen.chain(rejected).collect();
+        TokenBatch::new(&examples, pad_id, device)
+    }
 }
 
 /// What TRL's ORPOTrainer logs, under its names, averaged over the pairs of a batch.
@@ -100,14 +115,7 @@ pub fn orpo_loss(
         return Err(LlmError::Invalid("orpo: empty batch of pairs".into()));
     }
     let p = pairs.len();
-    let chosen = pairs
-        .iter()
-        .map(|x| Example::new(x.prompt.clone(), x.chosen.clone()));
-    let rejected = pairs
-        .iter()
-        .map(|x| Example::new(x.prompt.clone(), x.rejected.clone()));
-    let examples: Vec<Example> = chosen.chain(rejected).collect();
-    let batch = TokenBatch::new(&examples, pad_id, model.device())?;
+    let batch = PreferencePair::batch(pairs, pad_id, model.device())?;
     let chosen_select = match config.nll {
         OrpoNll::Completion => TargetMask::Completion,
         OrpoNll::FullSequence => TargetMask::Sequence,
