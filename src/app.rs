@@ -196,13 +196,7 @@ fn dispatch(
 }
 
 fn run(ws: &Workspace, args: &RunArgs, ui: &TerminalUi, globals: &Globals) -> Result<()> {
-    let opts = RunOptions {
-        from: args.from.clone(),
-        to: args.to.clone(),
-        only: args.only.clone(),
-        force: args.force,
-        dry_run: args.dry_run,
-    };
+    let opts = args.options();
     let lock = if args.dry_run {
         None
     } else {

@@ -95,6 +95,19 @@ pub struct RunArgs {
     pub executor: Option<String>,
 }
 
+impl RunArgs {
+    /// What the runner plans and runs by: the selection and the flags.
+    pub fn options(&self) -> crate::runner::RunOptions {
+        crate::runner::RunOptions {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            only: self.only.clone(),
+            force: self.force,
+            dry_run: self.dry_run,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ShowArgs {
     /// The stage to show.

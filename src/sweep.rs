@@ -170,13 +170,7 @@ pub fn run(
 ) -> Result<()> {
     let variants = expand(&globals.set)?;
     let mut loaded = load_all(&globals.config, variants, registry)?;
-    let opts = RunOptions {
-        from: args.from.clone(),
-        to: args.to.clone(),
-        only: args.only.clone(),
-        force: args.force,
-        dry_run: args.dry_run,
-    };
+    let opts = args.options();
     let loud = !globals.quiet;
     let kind = executor::kind(&loaded[0].ws, args.executor.as_deref())?;
     for l in &mut loaded {
